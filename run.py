@@ -1,0 +1,148 @@
+"""Command line: `python run.py [serve] [flags]`, `python run.py keys …`, `python run.py bench`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from server.config import DEFAULT_DB_PATH, Settings, add_settings_arguments, env_name, settings_from
+
+
+def _serve_parser(parser: argparse.ArgumentParser) -> None:
+    add_settings_arguments(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python run.py",
+        description="Bulk-requests service. With no command (or `serve`): run the server.",
+    )
+    _serve_parser(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _serve_parser(
+        commands.add_parser(
+            "serve",
+            help="run the HTTP server and its workers (default)",
+            description="Run the HTTP server and its workers.",
+        )
+    )
+
+    keys = commands.add_parser("keys", help="manage API keys", description="Manage API keys.")
+    key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    db_help = f"SQLite database file (env {env_name('db_path')}, default {DEFAULT_DB_PATH})"
+    create = key_commands.add_parser(
+        "create",
+        help="create a key and print it once",
+        description="Create an API key; it is printed once, alone.",
+    )
+    create.add_argument("--environment", required=True, help="environment the key belongs to")
+    create.add_argument("--db", dest="db_path", type=Path, help=db_help)
+    listing = key_commands.add_parser(
+        "list",
+        help="list keys (never the keys themselves)",
+        description="List API keys: id, environment, dates.",
+    )
+    listing.add_argument("--db", dest="db_path", type=Path, help=db_help)
+    revoke = key_commands.add_parser(
+        "revoke", help="revoke a key by id", description="Revoke an API key by its id."
+    )
+    revoke.add_argument("id", type=int, help="key id, as shown by `keys list`")
+    revoke.add_argument("--db", dest="db_path", type=Path, help=db_help)
+
+    from server.bench import add_bench_arguments
+
+    bench = commands.add_parser(
+        "bench",
+        help="run the benchmark against a temporary server",
+        description="Benchmark the real server on a temporary database.",
+    )
+    add_bench_arguments(bench)
+    return parser
+
+
+async def _serve(settings: Settings) -> int:
+    from aiohttp import web
+
+    from server.app import DatabaseInUse, create_app
+    from server.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    app = create_app(settings, bootstrap_api_key=os.environ.get("BULK_API_KEY") or None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=3.0, handle_signals=False)
+    try:
+        await runner.setup()
+    except DatabaseInUse as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        server = site._server  # the only way aiohttp exposes the bound port (port 0)
+        port = server.sockets[0].getsockname()[1] if server and server.sockets else settings.port
+        print(
+            f"Serving on http://{settings.host}:{port}  (database {settings.db_path}, "
+            f"{settings.workers} workers; Ctrl+C to stop)",
+            flush=True,
+        )
+        await stop.wait()
+        print("Shutting down: finishing current batches…", flush=True)
+    finally:
+        await runner.cleanup()
+    return 0
+
+
+async def _keys(args: argparse.Namespace) -> int:
+    from server.auth import generate_api_key, hash_api_key, key_prefix
+    from server.db.store import Store
+
+    db_path = args.db_path or Path(os.environ.get(env_name("db_path"), DEFAULT_DB_PATH))
+    store = Store(db_path)
+    await store.open()
+    try:
+        if args.keys_command == "create":
+            key = generate_api_key()
+            await store.create_api_key(args.environment, hash_api_key(key), key_prefix(key))
+            print(key)
+        elif args.keys_command == "list":
+            rows = await store.list_api_keys()
+            print(
+                f"{'id':>4}  {'environment':<16} {'prefix':<12} {'created':<28} "
+                f"{'last used':<28} revoked"
+            )
+            for r in rows:
+                print(
+                    f"{r['id']:>4}  {r['environment']:<16} {r['prefix'] + '…':<12} "
+                    f"{r['created_at']:<28} {r['last_used_at'] or '-':<28} "
+                    f"{r['revoked_at'] or '-'}"
+                )
+        else:
+            if not await store.revoke_api_key(args.id):
+                print(f"error: no active key with id {args.id}", file=sys.stderr)
+                return 1
+            print(f"revoked key {args.id}")
+    finally:
+        await store.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "keys":
+        return asyncio.run(_keys(args))
+    if args.command == "bench":
+        from server.bench import run_bench
+
+        return run_bench(args)
+    return asyncio.run(_serve(settings_from(args)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Bulk requests: submit records, show, list, row errors, cancel, retry (SPEC §6, §7)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from aiohttp import web
+
+from server import bulk_requests as domain
+from server.api.common import (
+    HUB,
+    POOL,
+    SETTINGS,
+    STORE,
+    decode_cursor,
+    idempotency_key,
+    json_response,
+    page,
+    page_limit,
+    path_id,
+    query_choice,
+    read_json_body,
+    require_object,
+    translate_domain_errors,
+)
+from server.api.error_export import stream_errors_csv
+from server.api.render import render_bulk_request, render_row_error, render_summary
+from server.auth import caller_of
+from server.constants import MAX_RECORDS_PER_REQUEST
+from server.errors import Problem, field_error, not_found
+from server.types import JSON
+
+STATUSES = frozenset({"pending", "processing", "completed", "failed", "cancelled"})
+SOURCES = frozenset({"bulk_api", "csv", "nacha", "retry"})
+ON_CONFLICT = frozenset({"skip", "error"})
+REPLAYED = {"Idempotent-Replayed": "true"}
+
+
+def _claim(request: web.Request, operation: str, payload: object) -> domain.IdempotencyClaim | None:
+    key = idempotency_key(request)
+    if key is None:
+        return None
+    return domain.IdempotencyClaim(key, domain.fingerprint(operation, payload))
+
+
+def _validate_submission(body: JSON) -> tuple[list[JSON], str]:
+    errors: list[JSON] = []
+    records = body.get("records")
+    if records is None:
+        errors.append(field_error("/records", "required", "records is required"))
+    elif not isinstance(records, list):
+        errors.append(field_error("/records", "invalid_type", "records must be an array"))
+    elif not records:
+        errors.append(field_error("/records", "too_short", "records must not be empty"))
+    elif len(records) > MAX_RECORDS_PER_REQUEST:
+        errors.append(
+            field_error(
+                "/records",
+                "too_long",
+                f"at most {MAX_RECORDS_PER_REQUEST} records per request, got {len(records)}; "
+                "upload a file for more",
+            )
+        )
+    else:
+        bad = [i for i, r in enumerate(records) if not isinstance(r, dict)]
+        errors.extend(
+            field_error(f"/records/{i}", "invalid_type", "a record must be a JSON object")
+            for i in bad[:50]
+        )
+    on_conflict = body.get("on_conflict", "skip")
+    if on_conflict not in ON_CONFLICT:
+        errors.append(
+            field_error("/on_conflict", "invalid_choice", 'on_conflict must be "skip" or "error"')
+        )
+    if errors:
+        raise Problem(422, "validation-error", "the bulk request is not valid", errors=errors)
+    assert isinstance(records, list)
+    return records, on_conflict
+
+
+async def submit_records(request: web.Request) -> web.Response:
+    caller = caller_of(request)
+    body = require_object(await read_json_body(request), {"records", "on_conflict"})
+    records, on_conflict = _validate_submission(body)
+    claim = _claim(request, "records.bulk", body)
+    for record in records:
+        # Staged as the exact decimal text; the worker converts it to minor units.
+        if isinstance(record.get("amount"), Decimal):
+            record["amount"] = str(record["amount"])
+    with translate_domain_errors():
+        row, replayed = await domain.submit_records(
+            request.app[STORE], caller.environment_id, records, on_conflict, claim
+        )
+    if replayed:
+        return json_response(render_summary(row), status=200, headers=REPLAYED)
+    request.app[POOL].wake()
+    return json_response(
+        render_summary(row), status=202, headers={"Location": f"/v1/bulk_requests/{row['id']}"}
+    )
+
+
+async def _load(request: web.Request) -> JSON:
+    caller = caller_of(request)
+    request_id = path_id(request)
+    row = await request.app[STORE].get_bulk_request(caller.environment_id, request_id)
+    if row is None:
+        raise not_found(f"bulk request {request_id}")
+    return row
+
+
+def _payload(request: web.Request, row: JSON) -> JSON:
+    return render_bulk_request(row, request.app[SETTINGS].stuck_after)
+
+
+async def get_bulk_request(request: web.Request) -> web.Response:
+    return json_response(_payload(request, await _load(request)))
+
+
+async def list_bulk_requests(request: web.Request) -> web.Response:
+    caller = caller_of(request)
+    limit = page_limit(request)
+    before = decode_cursor(request, "bulk_requests")
+    rows = await request.app[STORE].list_bulk_requests(
+        caller.environment_id,
+        status=query_choice(request, "status", STATUSES),
+        source=query_choice(request, "source", SOURCES),
+        data_stream_key=request.query.get("data_stream_key"),
+        before_id=before if before is not None else 2**62,
+        limit=limit,
+    )
+    last = rows[-1]["id"] if rows else None
+    return json_response(page([_payload(request, r) for r in rows], limit, "bulk_requests", last))
+
+
+async def list_row_errors(request: web.Request) -> web.StreamResponse:
+    row = await _load(request)
+    wants_csv = request.query.get("format") == "csv" or (
+        "text/csv" in request.headers.get("Accept", "") and request.query.get("format") != "json"
+    )
+    if wants_csv:
+        return await stream_errors_csv(request, row)
+    if request.query.get("format") not in (None, "json"):
+        raise Problem(400, "invalid-parameter", "format must be json or csv")
+    limit = page_limit(request)
+    after = decode_cursor(request, "errors")
+    errors = await request.app[STORE].list_row_errors(
+        row["id"], after if after is not None else -1, limit
+    )
+    last = errors[-1]["row"] if errors else None
+    return json_response(page([render_row_error(e) for e in errors], limit, "errors", last))
+
+
+async def cancel_bulk_request(request: web.Request) -> web.Response:
+    caller = caller_of(request)
+    request_id = path_id(request)
+    with translate_domain_errors():
+        result = await domain.cancel(request.app[STORE], caller.environment_id, request_id)
+    if result is None:
+        raise not_found(f"bulk request {request_id}")
+    row, outcome = result
+    if outcome == "requested":
+        request.app[POOL].notify_cancel_requested(request_id)
+        return json_response(_payload(request, row), status=202)
+    if outcome == "cancelled":
+        request.app[HUB].publish(row)
+    return json_response(_payload(request, row), status=200)
+
+
+async def retry_bulk_request(request: web.Request) -> web.Response:
+    caller = caller_of(request)
+    request_id = path_id(request)
+    claim = _claim(request, "bulk_requests.retry", {"parent": request_id})
+    with translate_domain_errors():
+        result = await domain.retry(request.app[STORE], caller.environment_id, request_id, claim)
+    if result is None:
+        raise not_found(f"bulk request {request_id}")
+    row, replayed = result
+    if replayed:
+        return json_response(_payload(request, row), status=200, headers=REPLAYED)
+    request.app[POOL].wake()
+    return json_response(
+        _payload(request, row), status=201, headers={"Location": f"/v1/bulk_requests/{row['id']}"}
+    )

@@ -1,0 +1,197 @@
+"""What every handler shares: app keys, JSON in and out, pagination, path ids."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from server.config import Settings
+from server.constants import DEFAULT_PAGE_LIMIT, MAX_IDEMPOTENCY_KEY_CHARS, MAX_PAGE_LIMIT
+from server.db.store import Store
+from server.errors import Problem, field_error, not_found, parameter_error
+from server.events import ProgressHub
+from server.types import JSON
+from server.worker import WorkerPool
+
+STORE = web.AppKey("store", Store)
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", WorkerPool)
+HUB = web.AppKey("hub", ProgressHub)
+
+JSON_CONTENT_TYPES = frozenset({"application/json"})
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def read_json_body(request: web.Request) -> Any:
+    """The parsed body, with every non-integer number as an exact Decimal."""
+    if request.content_type not in JSON_CONTENT_TYPES and not request.content_type.endswith(
+        "+json"
+    ):
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            f"send the body as application/json, not {request.content_type}",
+        )
+    raw = await request.read()  # bounded by the app's client_max_size → 413
+    if not raw:
+        raise Problem(400, "invalid-json", "the request body is empty")
+    try:
+        return json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise Problem(
+            400, "invalid-json", f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except UnicodeDecodeError:
+        raise Problem(400, "invalid-json", "the request body is not UTF-8 text") from None
+    except (ValueError, RecursionError) as exc:
+        raise Problem(400, "invalid-json", f"the request body is not valid JSON: {exc}") from None
+
+
+def require_object(body: Any, allowed: set[str]) -> JSON:
+    if not isinstance(body, dict):
+        raise Problem(
+            422,
+            "validation-error",
+            "the request body must be a JSON object",
+            errors=[field_error("", "invalid_type", "expected a JSON object")],
+        )
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise Problem(
+            422,
+            "validation-error",
+            "the request body has unknown fields",
+            errors=[
+                field_error(f"/{name}", "unknown_field", f"unknown field {name!r}")
+                for name in unknown[:20]
+            ],
+        )
+    return body
+
+
+def path_id(request: web.Request, what: str = "bulk request") -> int:
+    text = request.match_info["id"]
+    # Ids are positive integers; anything else cannot name an existing object.
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise not_found(f"{what} {text!r}")
+    return int(text)
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
+        raise Problem(
+            400,
+            "validation-error",
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable characters",
+            errors=[parameter_error("Idempotency-Key", "invalid", "bad header value")],
+        )
+    return key
+
+
+def page_limit(request: web.Request) -> int:
+    text = request.query.get("limit")
+    if text is None:
+        return DEFAULT_PAGE_LIMIT
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_PAGE_LIMIT:
+        raise Problem(
+            400,
+            "invalid-parameter",
+            f"limit must be an integer from 1 to {MAX_PAGE_LIMIT}",
+            errors=[
+                parameter_error(
+                    "limit", "out_of_range", f"expected 1..{MAX_PAGE_LIMIT}, got {text!r}"
+                )
+            ],
+        )
+    return int(text)
+
+
+def encode_cursor(kind: str, position: int) -> str:
+    raw = orjson.dumps([kind, position])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(request: web.Request, kind: str) -> int | None:
+    """The position a cursor points after, or None for the first page."""
+    text = request.query.get("cursor")
+    if text is None or text == "":
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        decoded = orjson.loads(raw)
+    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        decoded = None
+    if (
+        not isinstance(decoded, list)
+        or len(decoded) != 2
+        or decoded[0] != kind
+        or not isinstance(decoded[1], int)
+        or isinstance(decoded[1], bool)
+    ):
+        raise Problem(
+            400,
+            "invalid-parameter",
+            "cursor is not one this endpoint issued",
+            errors=[parameter_error("cursor", "invalid", "use next_cursor as given")],
+        )
+    return int(decoded[1])
+
+
+def page(data: list[JSON], limit: int, kind: str, position: int | None) -> JSON:
+    """The list envelope; a next_cursor only when this page is full."""
+    cursor = encode_cursor(kind, position) if len(data) == limit and position is not None else None
+    return {"data": data, "next_cursor": cursor}
+
+
+def query_choice(request: web.Request, name: str, choices: frozenset[str]) -> str | None:
+    value = request.query.get(name)
+    if value is None:
+        return None
+    if value not in choices:
+        raise Problem(
+            400,
+            "invalid-parameter",
+            f"{name} must be one of {', '.join(sorted(choices))}",
+            errors=[parameter_error(name, "invalid_choice", f"got {value!r}")],
+        )
+    return value
+
+
+@contextmanager
+def translate_domain_errors() -> Iterator[None]:
+    """Domain refusals → problems, in one place."""
+    from server import bulk_requests as domain
+
+    try:
+        yield
+    except domain.IdempotencyMismatch as exc:
+        raise Problem(
+            409,
+            "idempotency-key-reused",
+            f"Idempotency-Key {exc.args[0]!r} was already used for a different request; "
+            "use a new key for a new request",
+        ) from None
+    except domain.Conflict as exc:
+        raise Problem(409, "conflict", str(exc)) from None

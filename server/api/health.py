@@ -1,0 +1,29 @@
+"""`GET /healthz`: is the database usable, how many workers, how deep the queue."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from aiohttp import web
+
+from server.api.common import POOL, STORE, json_response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    pool = request.app[POOL]
+    try:
+        depth = await request.app[STORE].queue_depth()
+    except (sqlite3.Error, OSError, ValueError) as exc:
+        return json_response(
+            {
+                "status": "unavailable",
+                "database": f"error: {type(exc).__name__}",
+                "workers": pool.worker_count,
+                "queue_depth": None,
+            },
+            status=503,
+        )
+    status = "ok" if pool.worker_count else "degraded"
+    return json_response(
+        {"status": status, "database": "ok", "workers": pool.worker_count, "queue_depth": depth}
+    )

@@ -1,0 +1,114 @@
+"""Database rows → the JSON shapes of the API (SPEC §5, §7)."""
+
+from __future__ import annotations
+
+import orjson
+
+from server.clock import parse_rfc3339, utc_now
+from server.money import currency_exponent, format_major_units
+from server.types import JSON
+
+SUMMARY_FIELDS = (
+    "id",
+    "status",
+    "total_items",
+    "processed_items",
+    "successful_items",
+    "failed_items",
+    "skipped_items",
+    "url",
+)
+
+
+def bulk_request_url(request_id: int) -> str:
+    return f"/v1/bulk_requests/{request_id}"
+
+
+def is_stuck(row: JSON, stuck_after: float) -> bool:
+    beat = row["last_progress_at"]
+    if row["status"] != "processing" or beat is None:
+        return False
+    return (utc_now() - parse_rfc3339(beat)).total_seconds() > stuck_after
+
+
+def render_bulk_request(row: JSON, stuck_after: float) -> JSON:
+    total = row["total_items"]
+    processed = row["processed_items"]
+    if total:
+        progress = processed * 100 // total
+    else:
+        progress = 100 if row["status"] == "completed" else 0
+    url = bulk_request_url(row["id"])
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "source": row["source"],
+        "total_items": total,
+        "processed_items": processed,
+        "successful_items": row["successful_items"],
+        "failed_items": row["failed_items"],
+        "skipped_items": row["skipped_items"],
+        "progress": progress,
+        "filename": row["filename"],
+        "created_at": row["created_at"],
+        "started_at": row["started_at"],
+        "completed_at": row["completed_at"],
+        "last_progress_at": row["last_progress_at"],
+        "cancellation_requested_at": row["cancellation_requested_at"],
+        "parsing": bool(row["parsing"]),
+        "stuck": is_stuck(row, stuck_after),
+        "error_message": row["error_message"],
+        "error_details": orjson.loads(row["error_details"]) if row["error_details"] else {},
+        "recoveries": row["recoveries"],
+        "parent_bulk_request_id": row["parent_bulk_request_id"],
+        "on_conflict": row["on_conflict"],
+        "data_stream_id": row["data_stream_id"],
+        "data_stream_key": row.get("data_stream_key"),
+        "url": url,
+        "errors_url": f"{url}/errors",
+    }
+
+
+def render_summary(row: JSON) -> JSON:
+    summary = {name: row[name] for name in SUMMARY_FIELDS if name != "url"}
+    summary["url"] = bulk_request_url(row["id"])
+    return summary
+
+
+def render_record(row: JSON) -> JSON:
+    exponent = currency_exponent(row["currency"])
+    amount = format_major_units(row["amount_minor"], exponent if exponent is not None else 0)
+    return {
+        "id": row["id"],
+        "data_stream_key": row["data_stream_key"],
+        "date": row["date"],
+        # Emitted as a JSON number with exactly these digits (no float in between).
+        "amount": orjson.Fragment(amount.encode()),
+        "currency": row["currency"],
+        "description": row["description"],
+        "external_id": row["external_id"],
+        "metadata": orjson.loads(row["metadata"]) if row["metadata"] else None,
+        "bulk_request_id": row["bulk_request_id"],
+        "created_at": row["created_at"],
+    }
+
+
+def render_data_stream(row: JSON) -> JSON:
+    return {
+        "id": row["id"],
+        "key": row["key"],
+        "name": row["name"],
+        "currency": row["currency"],
+        "created_at": row["created_at"],
+    }
+
+
+def render_row_error(row: JSON) -> JSON:
+    return {
+        "row": row["row"],
+        "line": row["line"],
+        "external_id": row["external_id"],
+        "code": row["code"],
+        "message": row["message"],
+        "pointer": row["pointer"],
+    }

@@ -1,0 +1,218 @@
+"""`POST /v1/uploads`: stream a CSV or NACHA file to disk and enqueue it (SPEC §8).
+
+The file is written chunk by chunk under the data directory and never held in memory;
+the size limit is enforced while streaming. Parsing happens later, in a worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import uuid
+from pathlib import Path
+
+from aiohttp import BodyPartReader, web
+
+from server import bulk_requests as domain
+from server.api.common import (
+    POOL,
+    SETTINGS,
+    STORE,
+    idempotency_key,
+    json_response,
+    translate_domain_errors,
+)
+from server.api.render import render_summary
+from server.auth import caller_of
+from server.constants import FILE_READ_BYTES, MAX_FILENAME_CHARS
+from server.errors import Problem, field_error
+
+FORMATS = frozenset({"csv", "nacha"})
+ON_CONFLICT = frozenset({"skip", "error"})
+TEXT_FIELDS = frozenset({"data_stream_key", "on_conflict", "format"})
+MAX_TEXT_FIELD_BYTES = 1024
+DETECTION_BYTES = 4096
+_UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def sanitize_filename(name: str | None) -> str | None:
+    """The client's file name for display only: no directories, no control characters."""
+    if not name:
+        return None
+    base = re.split(r"[\\/]", name)[-1]
+    cleaned = _UNSAFE_FILENAME.sub("", base).strip()
+    return cleaned[:MAX_FILENAME_CHARS] or None
+
+
+class _ReceivedFile:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = 0
+        self.head = b""
+        self.sha256 = hashlib.sha256()
+        self.filename: str | None = None
+
+
+async def _receive_file(part: BodyPartReader, upload_dir: Path, limit: int) -> _ReceivedFile:
+    received = _ReceivedFile(upload_dir / f"{uuid.uuid4().hex}.part")
+    with received.path.open("wb") as handle:
+        while chunk := await part.read_chunk(FILE_READ_BYTES):
+            received.size += len(chunk)
+            if received.size > limit:
+                raise Problem(
+                    413,
+                    "payload-too-large",
+                    f"the file is larger than the {limit // (1024 * 1024)} MiB limit",
+                )
+            if len(received.head) < DETECTION_BYTES:
+                received.head += chunk[: DETECTION_BYTES - len(received.head)]
+            received.sha256.update(chunk)
+            handle.write(chunk)
+    received.filename = sanitize_filename(part.filename)
+    return received
+
+
+async def _read_text(part: BodyPartReader) -> str:
+    data = await part.read_chunk(MAX_TEXT_FIELD_BYTES + 1)
+    if len(data) > MAX_TEXT_FIELD_BYTES or await part.read_chunk(1):
+        raise Problem(
+            422,
+            "validation-error",
+            f"form field {part.name!r} is too long",
+            errors=[field_error(f"/{part.name}", "too_long", "at most 1024 bytes")],
+        )
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise Problem(
+            422,
+            "validation-error",
+            f"form field {part.name!r} is not UTF-8",
+            errors=[field_error(f"/{part.name}", "invalid", "not UTF-8")],
+        ) from None
+
+
+async def create_upload(request: web.Request) -> web.Response:
+    caller = caller_of(request)
+    if request.content_type != "multipart/form-data":
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            "send the file as multipart/form-data with a part named 'file'",
+        )
+    settings = request.app[SETTINGS]
+    settings.upload_dir.mkdir(parents=True, exist_ok=True)
+    received: _ReceivedFile | None = None
+    fields: dict[str, str] = {}
+    try:
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader):
+                    raise Problem(
+                        422, "validation-error", "nested multipart bodies are not supported"
+                    )
+                if part.name == "file" and received is None:
+                    received = await _receive_file(
+                        part, settings.upload_dir, settings.max_upload_bytes
+                    )
+                elif part.name in TEXT_FIELDS:
+                    fields[part.name] = await _read_text(part)
+                else:
+                    await part.release()  # unknown parts are ignored, not buffered
+        except ValueError as exc:  # malformed multipart framing
+            raise Problem(400, "validation-error", f"malformed multipart body: {exc}") from None
+        upload_format, on_conflict, stream_key = await _validate(request, received, fields)
+        assert received is not None
+        final = received.path.with_suffix(f".{upload_format}")
+        received.path.rename(final)
+        received.path = final
+        payload = {
+            "sha256": received.sha256.hexdigest(),
+            "format": upload_format,
+            "on_conflict": on_conflict,
+            "data_stream_key": stream_key,
+            "filename": received.filename,
+        }
+        key = idempotency_key(request)
+        claim = (
+            domain.IdempotencyClaim(key, domain.fingerprint("uploads", payload)) if key else None
+        )
+        with translate_domain_errors():
+            row, replayed = await domain.submit_upload(
+                request.app[STORE],
+                caller.environment_id,
+                upload_format=upload_format,
+                upload_path=str(final),
+                filename=received.filename,
+                data_stream_key=stream_key,
+                on_conflict=on_conflict,
+                claim=claim,
+            )
+    except BaseException:
+        if received is not None:
+            with contextlib.suppress(FileNotFoundError):
+                received.path.unlink()
+        raise
+    body = {
+        **render_summary(row),
+        "source": row["source"],
+        "filename": row["filename"],
+        "parsing": bool(row["parsing"]),
+    }
+    if replayed:
+        received.path.unlink(missing_ok=True)
+        return json_response(body, status=200, headers={"Idempotent-Replayed": "true"})
+    request.app[POOL].wake()
+    return json_response(body, status=202, headers={"Location": body["url"]})
+
+
+async def _validate(
+    request: web.Request, received: _ReceivedFile | None, fields: dict[str, str]
+) -> tuple[str, str, str | None]:
+    errors = []
+    if received is None:
+        raise Problem(
+            422,
+            "validation-error",
+            "the form has no 'file' part",
+            errors=[field_error("/file", "required", "attach the file as 'file'")],
+        )
+    if received.size == 0:
+        raise Problem(
+            422,
+            "validation-error",
+            "the uploaded file is empty",
+            errors=[field_error("/file", "empty", "the file has no bytes")],
+        )
+    from server.ingest.detect import detect_format
+
+    upload_format = fields.get("format") or detect_format(received.head)
+    if upload_format not in FORMATS:
+        errors.append(field_error("/format", "invalid_choice", "format must be csv or nacha"))
+    on_conflict = fields.get("on_conflict") or "skip"
+    if on_conflict not in ON_CONFLICT:
+        errors.append(
+            field_error("/on_conflict", "invalid_choice", "on_conflict must be skip or error")
+        )
+    stream_key = fields.get("data_stream_key") or None
+    if stream_key is None and upload_format == "nacha":
+        errors.append(
+            field_error(
+                "/data_stream_key", "required", "data_stream_key is required for NACHA files"
+            )
+        )
+    if stream_key is not None:
+        caller = caller_of(request)
+        if await request.app[STORE].get_data_stream(caller.environment_id, stream_key) is None:
+            errors.append(
+                field_error(
+                    "/data_stream_key",
+                    "unknown_data_stream",
+                    f"no data stream with key {stream_key!r}",
+                )
+            )
+    if errors:
+        raise Problem(422, "validation-error", "the upload is not valid", errors=errors)
+    return upload_format, on_conflict, stream_key

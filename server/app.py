@@ -1,0 +1,119 @@
+"""Builds the aiohttp Application: routes, middlewares, start-up and shutdown."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from server.api import bulk_requests, data_streams, health, uploads
+from server.api.common import HUB, POOL, SETTINGS, STORE
+from server.auth import generate_api_key, hash_api_key, key_prefix, make_auth_middleware
+from server.config import Settings
+from server.constants import MAX_JSON_BODY_BYTES
+from server.db.store import Store
+from server.errors import add_request_id_header, problem_middleware
+from server.events import ProgressHub
+from server.logs import access_log_middleware
+from server.worker import WorkerPool
+
+log = logging.getLogger("server.app")
+
+BOOTSTRAP_ENVIRONMENT = "default"
+
+
+class DatabaseInUse(RuntimeError):
+    pass
+
+
+def _lock_database(db_path: Path) -> int:
+    """One server process per database: its claims are then known to be its own."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{db_path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatabaseInUse(f"another server process is already using {db_path}") from None
+    return fd
+
+
+async def ensure_bootstrap_key(store: Store, configured_key: str | None) -> str | None:
+    """SPEC §3: BULK_API_KEY is ensured to exist; with no keys at all, make one.
+
+    Returns a newly generated key (to print once), else None.
+    """
+    if configured_key:
+        await store.ensure_api_key(
+            BOOTSTRAP_ENVIRONMENT, hash_api_key(configured_key), key_prefix(configured_key)
+        )
+        return None
+    if await store.count_api_keys() == 0:
+        key = generate_api_key()
+        await store.create_api_key(BOOTSTRAP_ENVIRONMENT, hash_api_key(key), key_prefix(key))
+        return key
+    return None
+
+
+def _announce_key(key: str) -> None:
+    banner = "=" * 72
+    print(
+        f"\n{banner}\nNo API key existed, so one was created for environment "
+        f"'{BOOTSTRAP_ENVIRONMENT}'.\nIt is shown only this once; store it now:\n\n"
+        f"    X-API-KEY: {key}\n\n{banner}\n",
+        flush=True,
+    )
+
+
+def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> web.Application:
+    app = web.Application(
+        middlewares=[access_log_middleware, problem_middleware, make_auth_middleware(STORE)],
+        client_max_size=MAX_JSON_BODY_BYTES,
+    )
+    store = Store(settings.db_path, synchronous=settings.synchronous)
+    hub = ProgressHub()
+    app[SETTINGS] = settings
+    app[STORE] = store
+    app[HUB] = hub
+    app[POOL] = WorkerPool(store, settings, hub)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        lock_fd = _lock_database(settings.db_path)
+        try:
+            await store.open()
+            try:
+                new_key = await ensure_bootstrap_key(store, bootstrap_api_key)
+                if new_key:
+                    _announce_key(new_key)
+                await app[POOL].start()
+                yield
+            finally:
+                await app[POOL].stop()
+                await store.close()
+        finally:
+            os.close(lock_fd)
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_response_prepare.append(add_request_id_header)
+    _add_routes(app)
+    return app
+
+
+def _add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/healthz", health.healthz)
+    r.add_post("/v1/data_streams", data_streams.create_data_stream)
+    r.add_get("/v1/data_streams", data_streams.list_data_streams)
+    r.add_get("/v1/data_streams/{key}", data_streams.get_data_stream)
+    r.add_get("/v1/records", data_streams.list_records)
+    r.add_post("/v1/records/bulk", bulk_requests.submit_records)
+    r.add_get("/v1/bulk_requests", bulk_requests.list_bulk_requests)
+    r.add_get("/v1/bulk_requests/{id}", bulk_requests.get_bulk_request)
+    r.add_get("/v1/bulk_requests/{id}/errors", bulk_requests.list_row_errors)
+    r.add_post("/v1/bulk_requests/{id}/cancel", bulk_requests.cancel_bulk_request)
+    r.add_post("/v1/bulk_requests/{id}/retry", bulk_requests.retry_bulk_request)
+    r.add_post("/v1/uploads", uploads.create_upload)

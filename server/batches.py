@@ -1,0 +1,130 @@
+"""One batch of rows: validate, resolve external_id conflicts, write in one transaction.
+
+The transaction inserts the records, records the row errors, advances the counters
+and the checkpoint and writes the heartbeat, all fenced by the worker's claim, so a
+batch is either wholly applied exactly once or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from server.clock import now_rfc3339
+from server.db.store import Store
+from server.db.tx import StagedItem
+from server.ingest.validation import StreamRef, ValidRecord, validate_row
+from server.types import JSON, RowProblem
+
+
+class FencedOut(Exception):
+    """The worker's claim is no longer current; its transaction was rolled back."""
+
+
+@dataclass(slots=True)
+class Batch:
+    start_row: int
+    items: Sequence[StagedItem]
+    candidates: list[tuple[int, ValidRecord]] = field(default_factory=list)
+    problems: list[tuple[int, RowProblem]] = field(default_factory=list)
+
+
+def validate_batch(
+    start_row: int, items: Sequence[StagedItem], streams: dict[str, StreamRef]
+) -> Batch:
+    batch = Batch(start_row, items)
+    for offset, (_line, fields, problem) in enumerate(items):
+        if problem is not None:
+            batch.problems.append((offset, RowProblem(*problem)))
+            continue
+        result = validate_row(fields, streams)
+        if isinstance(result, RowProblem):
+            batch.problems.append((offset, result))
+        else:
+            batch.candidates.append((offset, result))
+    return batch
+
+
+def stream_keys_of(items: Sequence[StagedItem]) -> set[str]:
+    keys: set[str] = set()
+    for _line, fields, _problem in items:
+        if isinstance(fields, dict):
+            key = fields.get("data_stream_key")
+            if isinstance(key, str):
+                keys.add(key)
+    return keys
+
+
+def _external_id(fields: Any) -> str | None:
+    value = fields.get("external_id") if isinstance(fields, dict) else None
+    return value if isinstance(value, str) else None
+
+
+async def commit_batch(store: Store, job: JSON, worker: str, batch: Batch) -> JSON:
+    """Apply the batch; return the updated request row or raise FencedOut."""
+    request_id = job["id"]
+    start = batch.start_row
+    now = now_rfc3339()
+    problems = list(batch.problems)
+    async with store.transaction() as tx:
+        pairs = [
+            (rec.data_stream_id, rec.external_id)
+            for _o, rec in batch.candidates
+            if rec.external_id is not None
+        ]
+        seen = await tx.find_existing_external_ids(pairs) if pairs else set()
+        inserts: list[tuple[Any, ...]] = []
+        skipped = 0
+        for offset, rec in batch.candidates:
+            if rec.external_id is not None:
+                pair = (rec.data_stream_id, rec.external_id)
+                if pair in seen:
+                    if job["on_conflict"] == "skip":
+                        skipped += 1
+                    else:
+                        problems.append(
+                            (
+                                offset,
+                                RowProblem(
+                                    "duplicate_external_id",
+                                    f"a record with external_id {rec.external_id!r} already exists "
+                                    "in this data stream",
+                                    "/external_id",
+                                ),
+                            )
+                        )
+                    continue
+                seen.add(pair)
+            inserts.append((*rec, request_id, start + offset, now))
+        if inserts:
+            await tx.insert_records(inserts)
+        if problems:
+            await tx.insert_row_errors(
+                (
+                    request_id,
+                    start + offset,
+                    batch.items[offset][0],
+                    _external_id(batch.items[offset][1]),
+                    p.code,
+                    p.message,
+                    f"/records/{start + offset}{p.pointer}",
+                    orjson.dumps(batch.items[offset]),
+                )
+                for offset, p in problems
+            )
+        updated = await tx.record_batch(
+            job,
+            worker,
+            next_row=start + len(batch.items),
+            successful=len(inserts),
+            failed=len(problems),
+            skipped=skipped,
+        )
+        if updated is None:
+            raise FencedOut(f"claim on bulk request {request_id} is stale")
+        if updated["status"] == "completed":
+            await tx.delete_chunks(request_id)
+    return updated

@@ -1,0 +1,60 @@
+"""Opening SQLite connections with the pragmas this service relies on."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+
+from server.constants import SQLITE_BUSY_TIMEOUT_MS
+from server.db.migrations import migrate
+
+
+def _pragmas(synchronous: str, *, read_only: bool) -> list[str]:
+    pragmas = [
+        f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}",
+        # NORMAL in WAL mode survives any process crash (kill -9); only an OS crash or
+        # power loss can roll back the last commits. FULL closes that too, at a cost.
+        f"PRAGMA synchronous = {synchronous}",
+        "PRAGMA foreign_keys = ON",
+        "PRAGMA temp_store = MEMORY",
+        "PRAGMA cache_size = -32000",  # 32 MB page cache per connection
+    ]
+    if read_only:
+        pragmas.append("PRAGMA query_only = ON")
+    return pragmas
+
+
+def prepare_database(path: Path) -> int:
+    """Create the file if needed, switch it to WAL and apply migrations (synchronously)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise RuntimeError(f"could not switch {path} to WAL mode (got {mode!r})")
+        return migrate(conn)
+    finally:
+        conn.close()
+
+
+async def open_connection(
+    path: Path, synchronous: str, *, read_only: bool = False
+) -> aiosqlite.Connection:
+    # isolation_level=None: no implicit transactions; every write says BEGIN IMMEDIATE.
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    for pragma in _pragmas(synchronous, read_only=read_only):
+        await conn.execute(pragma)
+    return conn
+
+
+def open_sync_connection(path: Path, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """A plain connection for the command line (`keys`) and the benchmark's ceiling."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    for pragma in _pragmas(synchronous, read_only=False):
+        conn.execute(pragma)
+    return conn

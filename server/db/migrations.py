@@ -1,0 +1,146 @@
+"""Versioned schema: migration N brings `PRAGMA user_version` from N-1 to N.
+
+Append new migrations; never edit one that has shipped. Each runs in one transaction
+with the version bump, so a crash mid-migration leaves the previous version intact.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[str] = [
+    # 1: the initial schema.
+    """
+    CREATE TABLE environments (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        created_at  TEXT NOT NULL
+    );
+
+    CREATE TABLE api_keys (
+        id              INTEGER PRIMARY KEY,
+        environment_id  INTEGER NOT NULL REFERENCES environments(id),
+        key_hash        TEXT NOT NULL UNIQUE,   -- sha256 hex; the key itself is never stored
+        prefix          TEXT NOT NULL,          -- first characters, to recognise a key in lists
+        created_at      TEXT NOT NULL,
+        last_used_at    TEXT,
+        revoked_at      TEXT
+    );
+
+    CREATE TABLE data_streams (
+        id              INTEGER PRIMARY KEY,
+        environment_id  INTEGER NOT NULL REFERENCES environments(id),
+        key             TEXT NOT NULL,
+        name            TEXT,
+        currency        TEXT NOT NULL,
+        created_at      TEXT NOT NULL,
+        UNIQUE (environment_id, key)
+    );
+
+    CREATE TABLE bulk_requests (
+        id                        INTEGER PRIMARY KEY,
+        environment_id            INTEGER NOT NULL REFERENCES environments(id),
+        status                    TEXT NOT NULL,
+        source                    TEXT NOT NULL,
+        on_conflict               TEXT NOT NULL,
+        total_items               INTEGER NOT NULL DEFAULT 0,
+        processed_items           INTEGER NOT NULL DEFAULT 0,
+        successful_items          INTEGER NOT NULL DEFAULT 0,
+        failed_items              INTEGER NOT NULL DEFAULT 0,
+        skipped_items             INTEGER NOT NULL DEFAULT 0,
+        next_row                  INTEGER NOT NULL DEFAULT 0,  -- checkpoint: first unprocessed row
+        parsing                   INTEGER NOT NULL DEFAULT 0,
+        upload_format             TEXT,           -- csv | nacha, for uploads
+        upload_path               TEXT,           -- staged file, until parsed
+        filename                  TEXT,
+        default_data_stream_key   TEXT,           -- upload form field
+        data_stream_id            INTEGER REFERENCES data_streams(id),
+        parent_bulk_request_id    INTEGER REFERENCES bulk_requests(id),
+        created_at                TEXT NOT NULL,
+        queued_at                 TEXT NOT NULL,  -- queue order; reset when a worker yields
+        started_at                TEXT,
+        completed_at              TEXT,
+        last_progress_at          TEXT,
+        cancellation_requested_at TEXT,
+        error_message             TEXT,
+        error_details             TEXT,           -- JSON object
+        recoveries                INTEGER NOT NULL DEFAULT 0,
+        attempt                   INTEGER NOT NULL DEFAULT 0,  -- fences writes of an older claim
+        claimed_by                TEXT,           -- worker holding it now; NULL = runnable
+        CHECK (processed_items = successful_items + failed_items + skipped_items),
+        CHECK (processed_items <= total_items OR parsing = 1)
+    );
+    CREATE INDEX bulk_requests_runnable ON bulk_requests (queued_at, id)
+        WHERE status IN ('pending', 'processing') AND claimed_by IS NULL;
+    CREATE INDEX bulk_requests_claimed ON bulk_requests (claimed_by)
+        WHERE claimed_by IS NOT NULL;
+    CREATE INDEX bulk_requests_environment ON bulk_requests (environment_id, id);
+    CREATE INDEX bulk_requests_parent ON bulk_requests (parent_bulk_request_id)
+        WHERE parent_bulk_request_id IS NOT NULL;
+
+    -- The input rows of a request, as JSON arrays of [line, fields, problem], staged
+    -- durably before 202 (API) or while parsing (uploads). Deleted when completed.
+    CREATE TABLE request_chunks (
+        bulk_request_id  INTEGER NOT NULL REFERENCES bulk_requests(id),
+        first_row        INTEGER NOT NULL,
+        row_count        INTEGER NOT NULL,
+        body             BLOB NOT NULL,
+        PRIMARY KEY (bulk_request_id, first_row)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE row_errors (
+        bulk_request_id  INTEGER NOT NULL REFERENCES bulk_requests(id),
+        row              INTEGER NOT NULL,
+        line             INTEGER,
+        external_id      TEXT,
+        code             TEXT NOT NULL,
+        message          TEXT NOT NULL,
+        pointer          TEXT NOT NULL,
+        source           TEXT NOT NULL,  -- the original row (JSON), for the CSV export and retry
+        PRIMARY KEY (bulk_request_id, row)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE records (
+        id               INTEGER PRIMARY KEY,
+        data_stream_id   INTEGER NOT NULL REFERENCES data_streams(id),
+        bulk_request_id  INTEGER NOT NULL REFERENCES bulk_requests(id),
+        row_index        INTEGER NOT NULL,
+        date             TEXT NOT NULL,
+        amount_minor     INTEGER NOT NULL,
+        currency         TEXT NOT NULL,
+        description      TEXT,
+        external_id      TEXT,
+        metadata         TEXT,
+        created_at       TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX records_external_id ON records (data_stream_id, external_id)
+        WHERE external_id IS NOT NULL;
+    -- Unique: a row of a request can never be stored twice, whatever happens.
+    CREATE UNIQUE INDEX records_request_row ON records (bulk_request_id, row_index);
+    CREATE INDEX records_stream ON records (data_stream_id, id);
+
+    CREATE TABLE idempotency_keys (
+        environment_id   INTEGER NOT NULL REFERENCES environments(id),
+        key              TEXT NOT NULL,
+        fingerprint      TEXT NOT NULL,   -- sha256 of operation + canonical request
+        bulk_request_id  INTEGER NOT NULL REFERENCES bulk_requests(id),
+        created_at       TEXT NOT NULL,
+        PRIMARY KEY (environment_id, key)
+    ) WITHOUT ROWID;
+    """,
+]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply pending migrations on a plain sqlite3 connection; return the schema version."""
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > len(MIGRATIONS):
+        raise RuntimeError(
+            f"database schema version {version} is newer than this server "
+            f"({len(MIGRATIONS)}); upgrade the server"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        # executescript() commits first and runs outside our transaction control, so
+        # wrap the script and the version bump in one explicit transaction.
+        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+    return len(MIGRATIONS)

@@ -1,0 +1,279 @@
+-- Every SQL statement the server runs, by name. `server/db/queries.py` loads this file;
+-- `server/db/store.py` is the only module that executes these. Parameters are named.
+
+-- name: ensure_environment
+INSERT INTO environments (name, created_at) VALUES (:name, :now)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: get_environment_by_name
+SELECT id, name FROM environments WHERE name = :name;
+
+-- name: insert_api_key
+INSERT INTO api_keys (environment_id, key_hash, prefix, created_at)
+VALUES (:environment_id, :key_hash, :prefix, :now)
+RETURNING id;
+
+-- name: find_api_key
+SELECT k.id, k.environment_id, e.name AS environment, k.key_hash, k.last_used_at
+FROM api_keys k JOIN environments e ON e.id = k.environment_id
+WHERE k.key_hash = :key_hash AND k.revoked_at IS NULL;
+
+-- name: unrevoke_api_key
+UPDATE api_keys SET revoked_at = NULL WHERE key_hash = :key_hash;
+
+-- name: touch_api_key
+UPDATE api_keys SET last_used_at = :now WHERE id = :id;
+
+-- name: list_api_keys
+SELECT k.id, e.name AS environment, k.prefix, k.created_at, k.last_used_at, k.revoked_at
+FROM api_keys k JOIN environments e ON e.id = k.environment_id
+ORDER BY k.id;
+
+-- name: revoke_api_key
+UPDATE api_keys SET revoked_at = :now WHERE id = :id AND revoked_at IS NULL;
+
+-- name: count_api_keys
+SELECT count(*) FROM api_keys;
+
+-- name: insert_data_stream
+INSERT INTO data_streams (environment_id, key, name, currency, created_at)
+VALUES (:environment_id, :key, :name, :currency, :now)
+ON CONFLICT (environment_id, key) DO NOTHING
+RETURNING id, key, name, currency, created_at;
+
+-- name: get_data_stream
+SELECT id, key, name, currency, created_at FROM data_streams
+WHERE environment_id = :environment_id AND key = :key;
+
+-- name: list_data_streams
+SELECT id, key, name, currency, created_at FROM data_streams
+WHERE environment_id = :environment_id AND id > :after_id
+ORDER BY id LIMIT :limit;
+
+-- name: find_data_streams_by_keys
+SELECT key, id, currency FROM data_streams
+WHERE environment_id = :environment_id AND key IN (SELECT value FROM json_each(:keys));
+
+-- name: insert_record
+INSERT INTO records (data_stream_id, date, amount_minor, currency, description, external_id,
+                     metadata, bulk_request_id, row_index, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: find_existing_external_ids
+-- :pairs is a JSON array of [data_stream_id, external_id]; answered from records_external_id.
+SELECT data_stream_id, external_id FROM records
+WHERE (data_stream_id, external_id) IN
+      (SELECT value ->> 0, value ->> 1 FROM json_each(:pairs));
+
+-- name: list_records
+SELECT r.id, s.key AS data_stream_key, r.date, r.amount_minor, r.currency, r.description,
+       r.external_id, r.metadata, r.bulk_request_id, r.created_at
+FROM records r JOIN data_streams s ON s.id = r.data_stream_id
+WHERE s.environment_id = :environment_id AND r.id > :after_id
+ORDER BY r.id LIMIT :limit;
+
+-- name: list_records_by_stream
+SELECT r.id, s.key AS data_stream_key, r.date, r.amount_minor, r.currency, r.description,
+       r.external_id, r.metadata, r.bulk_request_id, r.created_at
+FROM records r JOIN data_streams s ON s.id = r.data_stream_id
+WHERE s.environment_id = :environment_id AND s.key = :data_stream_key AND r.id > :after_id
+  AND (:bulk_request_id IS NULL OR r.bulk_request_id = :bulk_request_id)
+ORDER BY r.id LIMIT :limit;
+
+-- name: list_records_by_request
+SELECT r.id, s.key AS data_stream_key, r.date, r.amount_minor, r.currency, r.description,
+       r.external_id, r.metadata, r.bulk_request_id, r.created_at
+FROM records r JOIN data_streams s ON s.id = r.data_stream_id
+WHERE r.bulk_request_id = :bulk_request_id AND s.environment_id = :environment_id
+  AND r.id > :after_id
+ORDER BY r.id LIMIT :limit;
+
+-- name: count_records_of_request
+SELECT count(*) FROM records WHERE bulk_request_id = :bulk_request_id;
+
+-- name: insert_bulk_request
+INSERT INTO bulk_requests (environment_id, status, source, on_conflict, total_items, parsing,
+                           upload_format, upload_path, filename, default_data_stream_key,
+                           data_stream_id, parent_bulk_request_id, created_at, queued_at)
+VALUES (:environment_id, 'pending', :source, :on_conflict, :total_items, :parsing,
+        :upload_format, :upload_path, :filename, :default_data_stream_key,
+        :data_stream_id, :parent_bulk_request_id, :now, :now)
+RETURNING *;
+
+-- name: insert_chunk
+INSERT INTO request_chunks (bulk_request_id, first_row, row_count, body)
+VALUES (:bulk_request_id, :first_row, :row_count, :body);
+
+-- name: get_chunk_at
+SELECT first_row, row_count, body FROM request_chunks
+WHERE bulk_request_id = :bulk_request_id AND first_row <= :row
+ORDER BY first_row DESC LIMIT 1;
+
+-- name: next_chunk_from
+-- The chunk holding :row, or the first one after it.
+SELECT first_row, row_count, body FROM request_chunks
+WHERE bulk_request_id = :bulk_request_id AND first_row + row_count > :row
+ORDER BY first_row LIMIT 1;
+
+-- name: set_total_items
+UPDATE bulk_requests SET total_items = :total_items WHERE id = :id;
+
+-- name: delete_chunks
+DELETE FROM request_chunks WHERE bulk_request_id = :bulk_request_id;
+
+-- name: get_bulk_request
+SELECT b.*, s.key AS data_stream_key FROM bulk_requests b
+LEFT JOIN data_streams s ON s.id = b.data_stream_id
+WHERE b.id = :id AND b.environment_id = :environment_id;
+
+-- name: get_bulk_request_any_environment
+SELECT b.*, s.key AS data_stream_key FROM bulk_requests b
+LEFT JOIN data_streams s ON s.id = b.data_stream_id
+WHERE b.id = :id;
+
+-- name: list_bulk_requests
+SELECT b.*, s.key AS data_stream_key FROM bulk_requests b
+LEFT JOIN data_streams s ON s.id = b.data_stream_id
+WHERE b.environment_id = :environment_id AND b.id < :before_id
+  AND (:status IS NULL OR b.status = :status)
+  AND (:source IS NULL OR b.source = :source)
+  AND (:data_stream_key IS NULL OR s.key = :data_stream_key)
+ORDER BY b.id DESC LIMIT :limit;
+
+-- name: latest_child
+SELECT id, status FROM bulk_requests
+WHERE parent_bulk_request_id = :parent_id ORDER BY id DESC LIMIT 1;
+
+-- name: claim_next_request
+-- Oldest runnable first. `queued_at` moves to the back of the line when a worker
+-- yields a long request, which is what makes the queue round-robin (fair).
+UPDATE bulk_requests
+SET status = 'processing',
+    started_at = coalesce(started_at, :now),
+    last_progress_at = coalesce(last_progress_at, :now),
+    attempt = attempt + 1,
+    claimed_by = :worker
+WHERE id = (SELECT id FROM bulk_requests
+            WHERE status IN ('pending', 'processing') AND claimed_by IS NULL
+            ORDER BY queued_at, id LIMIT 1)
+RETURNING *;
+
+-- name: has_runnable_request
+SELECT EXISTS (SELECT 1 FROM bulk_requests
+               WHERE status IN ('pending', 'processing') AND claimed_by IS NULL);
+
+-- name: count_runnable_requests
+SELECT count(*) FROM bulk_requests WHERE status IN ('pending', 'processing');
+
+-- name: release_request
+UPDATE bulk_requests SET claimed_by = NULL, queued_at = :now
+WHERE id = :id AND attempt = :attempt AND claimed_by = :worker AND status = 'processing';
+
+-- name: record_batch
+-- The heartbeat. Fenced by attempt and claimed_by: a zombie worker's batch matches
+-- no row, and its transaction is rolled back by the caller.
+UPDATE bulk_requests
+SET processed_items = processed_items + :processed,
+    successful_items = successful_items + :successful,
+    failed_items = failed_items + :failed,
+    skipped_items = skipped_items + :skipped,
+    next_row = :next_row,
+    last_progress_at = :now,
+    status = CASE WHEN next_row + :processed >= total_items THEN 'completed' ELSE status END,
+    completed_at = CASE WHEN next_row + :processed >= total_items THEN :now ELSE NULL END,
+    claimed_by = CASE WHEN next_row + :processed >= total_items THEN NULL ELSE claimed_by END
+WHERE id = :id AND attempt = :attempt AND claimed_by = :worker AND status = 'processing'
+  AND parsing = 0 AND next_row + :processed = :next_row
+RETURNING *;
+
+-- name: record_parse_progress
+UPDATE bulk_requests SET total_items = :total_items, last_progress_at = :now
+WHERE id = :id AND attempt = :attempt AND claimed_by = :worker AND status = 'processing'
+RETURNING cancellation_requested_at;
+
+-- name: finish_parsing
+UPDATE bulk_requests
+SET parsing = 0, total_items = :total_items, data_stream_id = :data_stream_id,
+    upload_path = NULL, last_progress_at = :now,
+    error_details = CASE WHEN :error_details IS NULL THEN error_details
+                         ELSE json_patch(coalesce(error_details, '{}'), :error_details) END,
+    status = CASE WHEN :total_items = 0 THEN 'completed' ELSE status END,
+    completed_at = CASE WHEN :total_items = 0 THEN :now ELSE NULL END
+WHERE id = :id AND attempt = :attempt AND claimed_by = :worker AND status = 'processing'
+RETURNING *;
+
+-- name: finish_request
+-- Terminal transition by the worker holding the request (cancelled or failed).
+UPDATE bulk_requests
+SET status = :status, completed_at = :now, claimed_by = NULL,
+    upload_path = CASE WHEN :keep_upload THEN upload_path END,
+    error_message = coalesce(:error_message, error_message),
+    error_details = CASE WHEN :error_details IS NULL THEN error_details
+                         ELSE json_patch(coalesce(error_details, '{}'), :error_details) END
+WHERE id = :id AND attempt = :attempt AND claimed_by = :worker AND status = 'processing'
+RETURNING *;
+
+-- name: clear_upload_path
+UPDATE bulk_requests SET upload_path = NULL WHERE id = :id;
+
+-- name: cancel_pending_request
+UPDATE bulk_requests
+SET status = 'cancelled', cancellation_requested_at = :now, completed_at = :now
+WHERE id = :id AND environment_id = :environment_id AND status = 'pending'
+RETURNING id;
+
+-- name: cancel_unclaimed_processing_request
+-- A processing request that no worker holds right now (between time slices) has no
+-- batch in flight, so it can be cancelled at once.
+UPDATE bulk_requests
+SET status = 'cancelled', cancellation_requested_at = coalesce(cancellation_requested_at, :now),
+    completed_at = :now
+WHERE id = :id AND environment_id = :environment_id AND status = 'processing'
+  AND claimed_by IS NULL
+RETURNING id;
+
+-- name: request_cancellation
+UPDATE bulk_requests SET cancellation_requested_at = coalesce(cancellation_requested_at, :now)
+WHERE id = :id AND environment_id = :environment_id AND status = 'processing'
+RETURNING id;
+
+-- name: requeue_orphans
+-- Claims held by workers that no longer exist (a crashed task, or a previous process)
+-- go back to the queue; the request resumes from its checkpoint `next_row`.
+UPDATE bulk_requests
+SET claimed_by = NULL, queued_at = :now, recoveries = recoveries + 1,
+    error_details = json_set(coalesce(error_details, '{}'), '$.recoveries',
+        json_insert(coalesce(error_details ->> '$.recoveries', '[]'), '$[#]',
+                    json_object('at', :now, 'worker', claimed_by, 'reason', :reason,
+                                'resumed_from_row', next_row)))
+WHERE claimed_by IS NOT NULL AND claimed_by NOT IN (SELECT value FROM json_each(:live_workers))
+RETURNING id;
+
+-- name: insert_row_error
+INSERT INTO row_errors (bulk_request_id, row, line, external_id, code, message, pointer, source)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?);
+
+-- name: list_row_errors
+SELECT row, line, external_id, code, message, pointer, source FROM row_errors
+WHERE bulk_request_id = :bulk_request_id AND row > :after_row
+ORDER BY row LIMIT :limit;
+
+-- name: get_idempotency_key
+SELECT fingerprint, bulk_request_id FROM idempotency_keys
+WHERE environment_id = :environment_id AND key = :key AND created_at > :not_before;
+
+-- name: upsert_idempotency_key
+INSERT INTO idempotency_keys (environment_id, key, fingerprint, bulk_request_id, created_at)
+VALUES (:environment_id, :key, :fingerprint, :bulk_request_id, :now)
+ON CONFLICT (environment_id, key) DO UPDATE
+SET fingerprint = excluded.fingerprint, bulk_request_id = excluded.bulk_request_id,
+    created_at = excluded.created_at;
+
+-- name: delete_expired_idempotency_keys
+DELETE FROM idempotency_keys WHERE created_at <= :not_before;
+
+-- name: count_requests_by_status
+SELECT status, count(*) AS n FROM bulk_requests GROUP BY status;
+
+-- name: ping
+SELECT 1;

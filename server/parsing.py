@@ -1,0 +1,151 @@
+"""The parsing phase of an upload: file → staged rows, inside a worker.
+
+Rows are staged in chunks, each chunk one transaction that also writes the heartbeat
+(`total_items` so far), so parsing shows progress, honours cancellation and survives a
+crash: a resumed parse re-reads the file but stages only rows it had not staged yet.
+Nothing reaches the records table until the whole file has parsed; a file rejected as
+a whole (bad structure, undecodable) leaves no rows behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from server.batches import FencedOut
+from server.constants import FILE_READ_BYTES, PARSE_CHUNK_ROWS
+from server.db.tx import StagedItem
+from server.types import JSON, FileRejected, ParseReport, SourceRow
+
+if TYPE_CHECKING:
+    from server.worker import WorkerPool
+
+log = logging.getLogger("server.parsing")
+
+
+def _file_rows(
+    path: Path, upload_format: str, data_stream_key: str | None, report: ParseReport
+) -> Iterator[SourceRow]:
+    # Imported here: only the parse phase needs the parsers.
+    from server.ingest.csv_reader import iter_csv_rows
+    from server.ingest.nacha import iter_nacha_rows
+
+    with path.open("rb") as handle:
+        chunks = iter(lambda: handle.read(FILE_READ_BYTES), b"")
+        if upload_format == "nacha":
+            if not data_stream_key:
+                raise FileRejected("data_stream_key is required for NACHA files")
+            yield from iter_nacha_rows(chunks, data_stream_key=data_stream_key, report=report)
+        else:
+            yield from iter_csv_rows(chunks, data_stream_key=data_stream_key)
+
+
+def _take(rows: Iterator[SourceRow], count: int) -> list[SourceRow]:
+    return list(islice(rows, count))
+
+
+def _staged(row: SourceRow) -> StagedItem:
+    problem = row.problem
+    return [
+        row.line,
+        row.fields,
+        [problem.code, problem.message, problem.pointer] if problem else None,
+    ]
+
+
+async def parse_upload(pool: WorkerPool, job: JSON, worker: str) -> JSON | None:
+    """Stage every row of the job's file; the updated job, or None when it ended here."""
+    store = pool.store
+    path = Path(job["upload_path"] or "")
+    already_staged = job["total_items"]
+    report = ParseReport()
+    rows = _file_rows(path, job["upload_format"], job["default_data_stream_key"], report)
+    keys: set[str] = set()
+    position = 0
+    try:
+        while True:
+            # Parsing is CPU work: run it off the event loop so the API stays responsive.
+            block = await asyncio.to_thread(_take, rows, PARSE_CHUNK_ROWS)
+            if not block:
+                break
+            for row in block:
+                key = row.fields.get("data_stream_key")
+                if isinstance(key, str):
+                    keys.add(key)
+            fresh = block[max(0, already_staged - position) :]
+            position += len(block)
+            if not fresh:
+                continue
+            async with store.transaction() as tx:
+                await tx.insert_chunk(job["id"], position - len(fresh), [_staged(r) for r in fresh])
+                progress = await tx.record_parse_progress(job, worker, position)
+                if progress is None:
+                    raise FencedOut(f"claim on bulk request {job['id']} is stale")
+            job = {**job, "total_items": position, **progress}
+            pool.hub.publish(job)
+            if pool.cancel_requested(job):
+                await _discard_staged(pool, job)
+                await pool.finish(job, worker, "cancelled")
+                return None
+            if pool.stopping:
+                async with store.transaction() as tx:
+                    await tx.release_request(job, worker)
+                return None
+    except FileRejected as exc:
+        await _discard_staged(pool, job)
+        await pool.finish(
+            job,
+            worker,
+            "failed",
+            error_message=exc.message,
+            error_details={"file": exc.details},
+            keep_upload=False,
+        )
+        _remove(path)
+        return None
+    except FileNotFoundError:
+        await _discard_staged(pool, job)
+        await pool.finish(
+            job,
+            worker,
+            "failed",
+            keep_upload=False,
+            error_message="the uploaded file is no longer on disk",
+        )
+        return None
+    finally:
+        rows.close()
+
+    stream_id = None
+    if len(keys) == 1:
+        found = await store.find_data_streams(job["environment_id"], keys)
+        stream_id = found[0]["id"] if found else None
+    async with store.transaction() as tx:
+        done = await tx.finish_parsing(
+            job,
+            worker,
+            total_items=position,
+            data_stream_id=stream_id,
+            error_details={"warnings": report.warnings} if report.warnings else None,
+        )
+        if done is None:
+            raise FencedOut(f"claim on bulk request {job['id']} is stale")
+    _remove(path)
+    log.info("bulk request %s parsed: %d rows", job["id"], position)
+    pool.hub.publish(done)
+    return done
+
+
+async def _discard_staged(pool: WorkerPool, job: JSON) -> None:
+    async with pool.store.transaction() as tx:
+        await tx.delete_chunks(job["id"])
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

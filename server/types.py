@@ -1,0 +1,61 @@
+"""The shared vocabulary: small value types every module speaks.
+
+Kept free of imports from the rest of the package so that parsers, the store,
+the worker and the HTTP layer can all depend on it without cycles.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+JSON = dict[str, Any]
+
+Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+Source = Literal["bulk_api", "csv", "nacha", "retry"]
+OnConflict = Literal["skip", "error"]
+
+
+@dataclass(slots=True, frozen=True)
+class RowProblem:
+    """Why one input row cannot become a record (a per-row failure, not a request error)."""
+
+    code: str
+    message: str
+    pointer: str = ""  # JSON Pointer relative to the row, e.g. "/amount"; "" = whole row
+
+
+@dataclass(slots=True)
+class SourceRow:
+    """One input row as a parser yields it, before validation.
+
+    `fields` has the shape of one element of `POST /v1/records/bulk`'s `records`
+    (strings are fine for every value: validation converts them). `line` is the
+    1-based line of the uploaded file where the row starts (None for JSON input).
+    `problem` is set when the parser already knows the row is unusable
+    (e.g. a CSV row with more cells than the header); validation then reports it as is.
+    """
+
+    fields: JSON
+    line: int | None = None
+    problem: RowProblem | None = None
+
+
+class FileRejected(Exception):
+    """The uploaded file as a whole cannot be processed; nothing from it is inserted.
+
+    `details` goes to the bulk request's `error_details` (e.g. {"line": 93, "rule": ...}).
+    """
+
+    def __init__(self, message: str, details: JSON | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: JSON = details if details is not None else {}
+
+
+@dataclass(slots=True)
+class ParseReport:
+    """What a parser learned about a whole file besides its rows (warnings, counts)."""
+
+    warnings: list[str] = field(default_factory=list)

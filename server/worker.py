@@ -1,0 +1,273 @@
+"""The in-process worker pool: claim, process in batches, heartbeat, cancel, recover.
+
+Scheduling: runnable requests are claimed oldest `queued_at` first. A worker that has
+held one request for a time slice, while another request waits, gives it back and it
+goes to the back of the line (its status stays `processing`). That is round-robin
+between large requests, and a small request never waits for a large one to finish.
+
+Crash safety: the checkpoint (`next_row`) moves in the same transaction as the rows it
+covers, and every worker write is fenced by the claim (`attempt`, `claimed_by`), so a
+restarted or requeued request resumes exactly where its last committed batch ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Sequence
+
+import orjson
+
+from server.batches import FencedOut, commit_batch, stream_keys_of, validate_batch
+from server.config import Settings
+from server.constants import SHUTDOWN_GRACE_SECONDS, WORKER_IDLE_POLL_SECONDS
+from server.db.store import Store
+from server.db.tx import StagedItem
+from server.events import ProgressHub
+from server.ingest.validation import StreamRef
+from server.parsing import parse_upload
+from server.types import JSON
+
+log = logging.getLogger("server.worker")
+
+
+class WorkerPool:
+    def __init__(self, store: Store, settings: Settings, hub: ProgressHub) -> None:
+        self.store = store
+        self.settings = settings
+        self.hub = hub
+        # A fresh id per process start tells this process's claims from a dead one's.
+        self.boot_id = secrets.token_hex(4)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._stop_event = asyncio.Event()
+        self._live: set[str] = set()
+        self._busy: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._cancel_requested: set[int] = set()
+        self.recovered_total = 0
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        # Only one server process may use a database (see app.py's lock), so every claim
+        # still recorded now belongs to a process that is gone: resume them all.
+        recovered = await self.requeue_orphans("process restarted")
+        if recovered:
+            log.warning("resuming %d interrupted bulk request(s): %s", len(recovered), recovered)
+        for n in range(self.settings.workers):
+            self._tasks.append(asyncio.create_task(self._worker_loop(n), name=f"worker-{n}"))
+        self._tasks.append(asyncio.create_task(self._sweeper_loop(), name="sweeper"))
+
+    async def stop(self) -> None:
+        """Let each worker finish its current batch, then return (requests stay resumable)."""
+        self._stopping = True
+        self._stop_event.set()
+        self._wake.set()
+        if not self._tasks:
+            return
+        _done, pending = await asyncio.wait(self._tasks, timeout=SHUTDOWN_GRACE_SECONDS)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def wake(self) -> None:
+        """New work was committed: idle workers claim it now instead of polling."""
+        self._wake.set()
+
+    def notify_cancel_requested(self, request_id: int) -> None:
+        """Fast path: the holder stops before its next batch instead of after it."""
+        self._cancel_requested.add(request_id)
+
+    @property
+    def worker_count(self) -> int:
+        return len(self._live)
+
+    @property
+    def busy_count(self) -> int:
+        return len(self._busy)
+
+    async def requeue_orphans(self, reason: str) -> list[int]:
+        async with self.store.transaction() as tx:
+            ids = await tx.requeue_orphans(self._live, reason)
+        self.recovered_total += len(ids)
+        if ids:
+            self.wake()
+        return ids
+
+    # --- loops ---------------------------------------------------------------------------
+
+    async def _sweeper_loop(self) -> None:
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_event.wait(), self.settings.sweep_interval)
+            if self._stopping:
+                return
+            try:
+                ids = await self.requeue_orphans("worker gone")
+                if ids:
+                    log.warning("requeued orphaned bulk request(s) %s", ids)
+                async with self.store.transaction() as tx:
+                    await tx.delete_expired_idempotency_keys()
+            except Exception:
+                log.exception("sweeper pass failed; trying again next interval")
+
+    async def _worker_loop(self, n: int) -> None:
+        worker = self._new_worker_id(n)
+        try:
+            while not self._stopping:
+                try:
+                    async with self.store.transaction() as tx:
+                        job = await tx.claim_next_request(worker)
+                except Exception:
+                    log.exception("claiming failed; retrying")
+                    await asyncio.sleep(1)
+                    continue
+                if job is None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), WORKER_IDLE_POLL_SECONDS)
+                    if not self._stopping:  # once stopping, the event stays set for all
+                        self._wake.clear()
+                    continue
+                self._busy.add(worker)
+                try:
+                    await self._run(job, worker)
+                except FencedOut as exc:
+                    log.warning("%s", exc)
+                except Exception as exc:
+                    if not await self._fail(job, worker, exc):
+                        # Could not even record the failure: give up this identity so the
+                        # sweeper sees the claim as orphaned and requeues it.
+                        self._live.discard(worker)
+                        worker = self._new_worker_id(n)
+                finally:
+                    self._busy.discard(worker)
+        finally:
+            self._live.discard(worker)
+
+    def _new_worker_id(self, n: int) -> str:
+        worker = f"{self.boot_id}:{n}:{secrets.token_hex(2)}"
+        self._live.add(worker)
+        return worker
+
+    # --- one claim -------------------------------------------------------------------------
+
+    async def _run(self, job: JSON, worker: str) -> None:
+        log.info(
+            "claimed bulk request %s (attempt %s, next row %s)",
+            job["id"],
+            job["attempt"],
+            job["next_row"],
+        )
+        self.hub.publish(job)
+        loop = asyncio.get_running_loop()
+        slice_ends = loop.time() + self.settings.time_slice
+        if job["parsing"]:
+            parsed = await parse_upload(self, job, worker)
+            if parsed is None:
+                return
+            job = parsed
+        streams: dict[str, StreamRef] = {}
+        chunk: tuple[int, list[StagedItem]] | None = None
+        while job["status"] == "processing":
+            if self._should_cancel(job):
+                await self.finish(job, worker, "cancelled")
+                return
+            if self._stopping or (
+                loop.time() >= slice_ends and await self.store.has_runnable_request()
+            ):
+                await self._release(job, worker)
+                return
+            start = job["next_row"]
+            if chunk is None or not chunk[0] <= start < chunk[0] + len(chunk[1]):
+                chunk = await self._load_chunk(job["id"], start)
+            first_row, rows = chunk
+            end = min(start + self.settings.batch_size, first_row + len(rows), job["total_items"])
+            items = rows[start - first_row : end - first_row]
+            await self._resolve_streams(job["environment_id"], items, streams)
+            batch = validate_batch(start, items, streams)
+            job = await commit_batch(self.store, job, worker, batch)
+            self.hub.publish(job)
+        self._cancel_requested.discard(job["id"])
+        log.info("bulk request %s %s", job["id"], job["status"])
+
+    def _should_cancel(self, job: JSON) -> bool:
+        return job["id"] in self._cancel_requested or job["cancellation_requested_at"] is not None
+
+    async def _load_chunk(self, request_id: int, row: int) -> tuple[int, list[StagedItem]]:
+        found = await self.store.get_chunk_at(request_id, row)
+        if found is None or row >= found["first_row"] + found["row_count"]:
+            raise RuntimeError(f"staged rows of bulk request {request_id} are missing at row {row}")
+        return found["first_row"], orjson.loads(found["body"])
+
+    async def _resolve_streams(
+        self, environment_id: int, items: Sequence[StagedItem], streams: dict[str, StreamRef]
+    ) -> None:
+        # Streams never disappear, so found ones are cached for the whole claim; unknown
+        # keys are asked again each batch in case the stream was created meanwhile.
+        missing = stream_keys_of(items) - streams.keys()
+        if missing:
+            for row in await self.store.find_data_streams(environment_id, missing):
+                streams[row["key"]] = StreamRef(row["id"], row["currency"])
+
+    async def _release(self, job: JSON, worker: str) -> None:
+        async with self.store.transaction() as tx:
+            await tx.release_request(job, worker)
+        self.wake()
+
+    async def finish(
+        self,
+        job: JSON,
+        worker: str,
+        status: str,
+        *,
+        error_message: str | None = None,
+        error_details: JSON | None = None,
+        keep_upload: bool = True,
+    ) -> JSON:
+        async with self.store.transaction() as tx:
+            row = await tx.finish_request(
+                job,
+                worker,
+                status,
+                error_message=error_message,
+                error_details=error_details,
+                keep_upload=keep_upload,
+            )
+            if row is None:
+                raise FencedOut(f"claim on bulk request {job['id']} is stale")
+        self._cancel_requested.discard(job["id"])
+        log.info(
+            "bulk request %s %s%s", job["id"], status, f": {error_message}" if error_message else ""
+        )
+        self.hub.publish(row)
+        return row
+
+    async def _fail(self, job: JSON, worker: str, exc: Exception) -> bool:
+        log.error("bulk request %s failed", job["id"], exc_info=exc)
+        try:
+            await self.finish(
+                job,
+                worker,
+                "failed",
+                error_message=f"internal error while processing: {type(exc).__name__}",
+                error_details={"exception": type(exc).__name__, "message": str(exc)[:500]},
+            )
+        except FencedOut:
+            return True
+        except Exception:
+            log.exception("could not mark bulk request %s failed", job["id"])
+            return False
+        return True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def cancel_requested(self, job: JSON) -> bool:
+        return self._should_cancel(job)

@@ -1,0 +1,112 @@
+"""Fixtures: the real app on a real SQLite file in tmp_path, driven over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from server.app import create_app
+from server.config import Settings
+from server.types import TERMINAL_STATUSES
+
+API_KEY = "bk_test_key_for_the_default_environment_0123456789"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+class Api:
+    """A test client that sends the API key and answers parsed JSON."""
+
+    def __init__(self, client: TestClient, key: str = API_KEY) -> None:
+        self.client = client
+        self.key = key
+        self.app = client.app
+
+    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        return {"X-API-KEY": self.key, **(extra or {})}
+
+    async def call(self, method: str, path: str, *, expect: int | None = None,
+                   headers: dict[str, str] | None = None, **kwargs: Any) -> tuple[int, Any]:
+        async with self.client.request(method, path, headers=self.headers(headers),
+                                       **kwargs) as resp:
+            body = await resp.json(content_type=None) if await resp.read() else None
+            if expect is not None:
+                assert resp.status == expect, (resp.status, body)
+            return resp.status, body
+
+    async def get(self, path: str, **kw: Any) -> Any:
+        return (await self.call("GET", path, expect=kw.pop("expect", 200), **kw))[1]
+
+    async def post(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return (await self.call("POST", path, json=body, expect=kw.pop("expect", None), **kw))[1]
+
+    async def create_stream(self, key: str = "bank", currency: str = "USD") -> Any:
+        return await self.post("/v1/data_streams", {"key": key, "currency": currency}, expect=201)
+
+    async def submit(self, records: list[Any], *, on_conflict: str | None = None,
+                     expect: int = 202, headers: dict[str, str] | None = None) -> Any:
+        body: dict[str, Any] = {"records": records}
+        if on_conflict is not None:
+            body["on_conflict"] = on_conflict
+        return await self.post("/v1/records/bulk", body, expect=expect, headers=headers)
+
+    async def wait_terminal(self, request_id: int, timeout: float = 20.0) -> Any:
+        return await wait_until(
+            lambda: self.get(f"/v1/bulk_requests/{request_id}"),
+            lambda r: r["status"] in TERMINAL_STATUSES, timeout)
+
+    async def all_pages(self, path: str, limit: int = 200) -> list[Any]:
+        items: list[Any] = []
+        cursor = None
+        sep = "&" if "?" in path else "?"
+        while True:
+            url = f"{path}{sep}limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+            page = await self.get(url)
+            items.extend(page["data"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return items
+
+
+async def wait_until(fetch: Callable[[], Awaitable[Any]], done: Callable[[Any], bool],
+                     timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await fetch()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached within {timeout}s; last value {value!r}")
+        await asyncio.sleep(0.02)
+
+
+def record(n: int, stream: str = "bank", **overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {"date": "2024-01-31", "data_stream_key": stream,
+                           "amount": f"{n}.25", "description": f"row {n}"}
+    row.update(overrides)
+    return row
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(db_path=tmp_path / "bulk.db", workers=2, batch_size=50,
+                    sweep_interval=3600, time_slice=0.25)
+
+
+@pytest.fixture
+async def make_api(aiohttp_client: Any) -> Callable[..., Awaitable[Api]]:
+    async def make(settings: Settings) -> Api:
+        client = await aiohttp_client(create_app(settings, bootstrap_api_key=API_KEY))
+        return Api(client)
+
+    return make
+
+
+@pytest.fixture
+async def api(make_api: Callable[..., Awaitable[Api]], settings: Settings) -> Api:
+    return await make_api(settings)
