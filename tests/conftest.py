@@ -30,10 +30,18 @@ class Api:
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         return {"X-API-KEY": self.key, **(extra or {})}
 
-    async def call(self, method: str, path: str, *, expect: int | None = None,
-                   headers: dict[str, str] | None = None, **kwargs: Any) -> tuple[int, Any]:
-        async with self.client.request(method, path, headers=self.headers(headers),
-                                       **kwargs) as resp:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        expect: int | None = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> tuple[int, Any]:
+        async with self.client.request(
+            method, path, headers=self.headers(headers), **kwargs
+        ) as resp:
             body = await resp.json(content_type=None) if await resp.read() else None
             if expect is not None:
                 assert resp.status == expect, (resp.status, body)
@@ -48,17 +56,25 @@ class Api:
     async def create_stream(self, key: str = "bank", currency: str = "USD") -> Any:
         return await self.post("/v1/data_streams", {"key": key, "currency": currency}, expect=201)
 
-    async def submit(self, records: list[Any], *, on_conflict: str | None = None,
-                     expect: int = 202, headers: dict[str, str] | None = None) -> Any:
+    async def submit(
+        self,
+        records: list[Any],
+        *,
+        on_conflict: str | None = None,
+        expect: int = 202,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         body: dict[str, Any] = {"records": records}
         if on_conflict is not None:
             body["on_conflict"] = on_conflict
         return await self.post("/v1/records/bulk", body, expect=expect, headers=headers)
 
-    async def wait_terminal(self, request_id: int, timeout: float = 20.0) -> Any:
+    async def wait_terminal(self, request_id: int, within: float = 20.0) -> Any:
         return await wait_until(
             lambda: self.get(f"/v1/bulk_requests/{request_id}"),
-            lambda r: r["status"] in TERMINAL_STATUSES, timeout)
+            lambda r: r["status"] in TERMINAL_STATUSES,
+            within,
+        )
 
     async def all_pages(self, path: str, limit: int = 200) -> list[Any]:
         items: list[Any] = []
@@ -73,29 +89,35 @@ class Api:
                 return items
 
 
-async def wait_until(fetch: Callable[[], Awaitable[Any]], done: Callable[[Any], bool],
-                     timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
+async def wait_until(
+    fetch: Callable[[], Awaitable[Any]], done: Callable[[Any], bool], within: float = 20.0
+) -> Any:
+    deadline = time.monotonic() + within
     while True:
         value = await fetch()
         if done(value):
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached within {timeout}s; last value {value!r}")
+            raise AssertionError(f"condition not reached within {within}s; last value {value!r}")
         await asyncio.sleep(0.02)
 
 
 def record(n: int, stream: str = "bank", **overrides: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {"date": "2024-01-31", "data_stream_key": stream,
-                           "amount": f"{n}.25", "description": f"row {n}"}
+    row: dict[str, Any] = {
+        "date": "2024-01-31",
+        "data_stream_key": stream,
+        "amount": f"{n}.25",
+        "description": f"row {n}",
+    }
     row.update(overrides)
     return row
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(db_path=tmp_path / "bulk.db", workers=2, batch_size=50,
-                    sweep_interval=3600, time_slice=0.25)
+    return Settings(
+        db_path=tmp_path / "bulk.db", workers=2, batch_size=50, sweep_interval=3600, time_slice=0.25
+    )
 
 
 @pytest.fixture

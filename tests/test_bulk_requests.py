@@ -17,15 +17,27 @@ from tests.conftest import Api, record
 async def test_submit_processes_rows_and_counters_add_up(api: Api) -> None:
     await api.create_stream()
     summary = await api.submit([record(i) for i in range(120)])
-    assert set(summary) == {"id", "status", "total_items", "processed_items", "successful_items",
-                            "failed_items", "skipped_items", "url"}
+    assert set(summary) == {
+        "id",
+        "status",
+        "total_items",
+        "processed_items",
+        "successful_items",
+        "failed_items",
+        "skipped_items",
+        "url",
+    }
     assert summary["status"] == "pending"
     assert summary["total_items"] == 120
     assert summary["url"] == f"/v1/bulk_requests/{summary['id']}"
     done = await api.wait_terminal(summary["id"])
     assert done["status"] == "completed"
-    assert (done["processed_items"], done["successful_items"], done["failed_items"],
-            done["skipped_items"]) == (120, 120, 0, 0)
+    assert (
+        done["processed_items"],
+        done["successful_items"],
+        done["failed_items"],
+        done["skipped_items"],
+    ) == (120, 120, 0, 0)
     assert done["progress"] == 100
     assert done["source"] == "bulk_api"
     assert done["data_stream_key"] == "bank"
@@ -34,7 +46,8 @@ async def test_submit_processes_rows_and_counters_add_up(api: Api) -> None:
     stored = await api.all_pages(f"/v1/records?bulk_request_id={summary['id']}")
     assert [r["description"] for r in stored] == [f"row {i}" for i in range(120)]
     assert sum(Decimal(str(r["amount"])) for r in stored) == sum(
-        Decimal(f"{i}.25") for i in range(120))
+        Decimal(f"{i}.25") for i in range(120)
+    )
 
 
 @pytest.mark.parametrize(
@@ -53,13 +66,15 @@ async def test_submit_processes_rows_and_counters_add_up(api: Api) -> None:
         ("BHD", "1.234", "1.234"),
     ],
 )
-async def test_amounts_are_stored_exactly(api: Api, currency: str, amount: Any,
-                                          expected: str) -> None:
+async def test_amounts_are_stored_exactly(
+    api: Api, currency: str, amount: Any, expected: str
+) -> None:
     await api.create_stream("s", currency)
     summary = await api.submit([record(1, "s", amount=amount)])
     assert (await api.wait_terminal(summary["id"]))["successful_items"] == 1
-    async with api.client.get(f"/v1/records?bulk_request_id={summary['id']}",
-                              headers=api.headers()) as resp:
+    async with api.client.get(
+        f"/v1/records?bulk_request_id={summary['id']}", headers=api.headers()
+    ) as resp:
         raw = await resp.text()
     # The number is rendered with exactly these digits, not via a float.
     assert f'"amount":{expected},' in raw
@@ -99,17 +114,21 @@ async def test_sums_are_exact_where_floats_are_not(api: Api) -> None:
         ({"ammount": 1}, "unknown_field", "/ammount"),
     ],
 )
-async def test_row_problems_become_row_errors(api: Api, overrides: dict[str, Any], code: str,
-                                              pointer: str) -> None:
+async def test_row_problems_become_row_errors(
+    api: Api, overrides: dict[str, Any], code: str, pointer: str
+) -> None:
     await api.create_stream()
     body = [record(0), record(1, **overrides), record(2)]
     if "amount" in overrides and overrides["amount"] == 1e400:
         # json.dumps would write "Infinity"; send the literal the issue names.
-        raw = ('{"records": [{"date": "2024-01-01", "data_stream_key": "bank", "amount": 1},'
-               '{"date": "2024-01-01", "data_stream_key": "bank", "amount": 1e400},'
-               '{"date": "2024-01-01", "data_stream_key": "bank", "amount": 2}]}')
-        status, summary = await api.call("POST", "/v1/records/bulk", data=raw,
-                                         headers={"Content-Type": "application/json"})
+        raw = (
+            '{"records": [{"date": "2024-01-01", "data_stream_key": "bank", "amount": 1},'
+            '{"date": "2024-01-01", "data_stream_key": "bank", "amount": 1e400},'
+            '{"date": "2024-01-01", "data_stream_key": "bank", "amount": 2}]}'
+        )
+        status, summary = await api.call(
+            "POST", "/v1/records/bulk", data=raw, headers={"Content-Type": "application/json"}
+        )
         assert status == 202
     else:
         summary = await api.submit(body)
@@ -129,8 +148,16 @@ async def test_row_problems_become_row_errors(api: Api, overrides: dict[str, Any
 async def test_unicode_everywhere_round_trips(api: Api) -> None:
     await api.create_stream()
     text = "Zahlung für Café ☕ — 東京 \U0001f4b8"
-    summary = await api.submit([record(1, description=text, external_id=f"ü-{text}",
-                                       metadata={"note": text, "ключ": [1, 2.5]})])
+    summary = await api.submit(
+        [
+            record(
+                1,
+                description=text,
+                external_id=f"ü-{text}",
+                metadata={"note": text, "ключ": [1, 2.5]},
+            )
+        ]
+    )
     await api.wait_terminal(summary["id"])
     [stored] = (await api.get("/v1/records"))["data"]
     assert stored["description"] == text
@@ -142,17 +169,22 @@ async def test_on_conflict_skip_and_error(api: Api) -> None:
     await api.create_stream()
     first = await api.submit([record(1, external_id="a"), record(2, external_id="b")])
     await api.wait_terminal(first["id"])
-    skip = await api.submit([record(3, external_id="a"), record(4, external_id="c"),
-                             record(5, external_id="c")])
+    skip = await api.submit(
+        [record(3, external_id="a"), record(4, external_id="c"), record(5, external_id="c")]
+    )
     done = await api.wait_terminal(skip["id"])
     assert (done["successful_items"], done["skipped_items"], done["failed_items"]) == (1, 2, 0)
-    error = await api.submit([record(6, external_id="b"), record(7, external_id="d"),
-                              record(8, external_id="d")], on_conflict="error")
+    error = await api.submit(
+        [record(6, external_id="b"), record(7, external_id="d"), record(8, external_id="d")],
+        on_conflict="error",
+    )
     done = await api.wait_terminal(error["id"])
     assert (done["successful_items"], done["skipped_items"], done["failed_items"]) == (1, 0, 2)
     errors = (await api.get(f"/v1/bulk_requests/{error['id']}/errors"))["data"]
     assert [(e["row"], e["code"], e["external_id"]) for e in errors] == [
-        (0, "duplicate_external_id", "b"), (2, "duplicate_external_id", "d")]
+        (0, "duplicate_external_id", "b"),
+        (2, "duplicate_external_id", "d"),
+    ]
     ids = [r["external_id"] for r in await api.all_pages("/v1/records")]
     assert sorted(ids) == ["a", "b", "c", "d"]
 
@@ -160,8 +192,9 @@ async def test_on_conflict_skip_and_error(api: Api) -> None:
 async def test_same_external_id_in_two_streams_is_no_conflict(api: Api) -> None:
     await api.create_stream("one")
     await api.create_stream("two")
-    summary = await api.submit([record(1, "one", external_id="x"), record(2, "two", external_id="x")],
-                               on_conflict="error")
+    summary = await api.submit(
+        [record(1, "one", external_id="x"), record(2, "two", external_id="x")], on_conflict="error"
+    )
     assert (await api.wait_terminal(summary["id"]))["successful_items"] == 2
 
 
@@ -184,8 +217,9 @@ async def _nothing_created(api: Api) -> None:
         ("text", 422, ""),
     ],
 )
-async def test_request_level_problems_reject_the_whole_call(api: Api, body: Any, status: int,
-                                                            pointer: str) -> None:
+async def test_request_level_problems_reject_the_whole_call(
+    api: Api, body: Any, status: int, pointer: str
+) -> None:
     code, problem = await api.call("POST", "/v1/records/bulk", json=body)
     assert code == status
     assert problem["type"] == "/problems/validation-error"
@@ -196,8 +230,9 @@ async def test_request_level_problems_reject_the_whole_call(api: Api, body: Any,
 
 
 async def test_too_many_records(api: Api) -> None:
-    code, problem = await api.call("POST", "/v1/records/bulk",
-                                   json={"records": [record(i) for i in range(1001)]})
+    code, problem = await api.call(
+        "POST", "/v1/records/bulk", json={"records": [record(i) for i in range(1001)]}
+    )
     assert code == 422
     assert problem["errors"][0]["code"] == "too_long"
     await _nothing_created(api)
@@ -205,28 +240,41 @@ async def test_too_many_records(api: Api) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    [b"{", b'{"records": [NaN]}', b'{"records": [Infinity]}', b"\xff\xfe{}", b"",
-     b"[" * 100000 + b"]" * 100000, b'{"records": [1,]}'],
+    [
+        b"{",
+        b'{"records": [NaN]}',
+        b'{"records": [Infinity]}',
+        b"\xff\xfe{}",
+        b"",
+        b"[" * 100000 + b"]" * 100000,
+        b'{"records": [1,]}',
+    ],
 )
 async def test_malformed_json_is_400(api: Api, raw: bytes) -> None:
-    code, problem = await api.call("POST", "/v1/records/bulk", data=raw,
-                                   headers={"Content-Type": "application/json"})
+    code, problem = await api.call(
+        "POST", "/v1/records/bulk", data=raw, headers={"Content-Type": "application/json"}
+    )
     assert code == 400
     assert problem["type"] == "/problems/invalid-json"
     await _nothing_created(api)
 
 
 async def test_wrong_content_type_is_415(api: Api) -> None:
-    code, problem = await api.call("POST", "/v1/records/bulk", data=b'{"records": []}',
-                                   headers={"Content-Type": "text/plain"})
+    code, problem = await api.call(
+        "POST", "/v1/records/bulk", data=b'{"records": []}', headers={"Content-Type": "text/plain"}
+    )
     assert code == 415
     assert problem["type"] == "/problems/unsupported-media-type"
 
 
 async def test_huge_body_is_413_and_changes_nothing(api: Api) -> None:
     raw = b'{"records": ["' + b"x" * (50 * 1024 * 1024) + b'"]}'
-    code, problem = await api.call("POST", "/v1/records/bulk", data=io.BytesIO(raw),
-                                   headers={"Content-Type": "application/json"})
+    code, problem = await api.call(
+        "POST",
+        "/v1/records/bulk",
+        data=io.BytesIO(raw),
+        headers={"Content-Type": "application/json"},
+    )
     assert code == 413
     assert problem["type"] == "/problems/payload-too-large"
     await _nothing_created(api)
@@ -236,22 +284,28 @@ async def test_idempotent_replay_mismatch_and_race(api: Api) -> None:
     await api.create_stream()
     key = {"Idempotency-Key": "order-42"}
     first = await api.submit([record(1)], headers=key)
-    status, replay = await api.call("POST", "/v1/records/bulk", json={"records": [record(1)]},
-                                    headers=key)
+    status, replay = await api.call(
+        "POST", "/v1/records/bulk", json={"records": [record(1)]}, headers=key
+    )
     assert status == 200
     assert replay["id"] == first["id"]
-    async with api.client.post("/v1/records/bulk", json={"records": [record(1)]},
-                               headers=api.headers(key)) as resp:
+    async with api.client.post(
+        "/v1/records/bulk", json={"records": [record(1)]}, headers=api.headers(key)
+    ) as resp:
         assert resp.headers["Idempotent-Replayed"] == "true"
-    status, problem = await api.call("POST", "/v1/records/bulk", json={"records": [record(2)]},
-                                     headers=key)
+    status, problem = await api.call(
+        "POST", "/v1/records/bulk", json={"records": [record(2)]}, headers=key
+    )
     assert status == 409
     assert problem["type"] == "/problems/idempotency-key-reused"
 
     race_key = {"Idempotency-Key": "race"}
-    results = await asyncio.gather(*[
-        api.call("POST", "/v1/records/bulk", json={"records": [record(3)]}, headers=race_key)
-        for _ in range(20)])
+    results = await asyncio.gather(
+        *[
+            api.call("POST", "/v1/records/bulk", json={"records": [record(3)]}, headers=race_key)
+            for _ in range(20)
+        ]
+    )
     assert sorted(s for s, _ in results) == [200] * 19 + [202]
     assert len({body["id"] for _, body in results}) == 1
     listed = await api.all_pages("/v1/bulk_requests")
@@ -280,8 +334,11 @@ async def test_environments_are_isolated_on_every_route(api: Api) -> None:
     summary = await api.submit([record(1), record(2, date="bad")])
     rid = summary["id"]
     await api.wait_terminal(rid)
-    for path in (f"/v1/bulk_requests/{rid}", f"/v1/bulk_requests/{rid}/errors",
-                 "/v1/data_streams/bank"):
+    for path in (
+        f"/v1/bulk_requests/{rid}",
+        f"/v1/bulk_requests/{rid}/errors",
+        "/v1/data_streams/bank",
+    ):
         status, problem = await other.call("GET", path)
         assert status == 404, path
         assert problem["type"] == "/problems/not-found"
@@ -326,8 +383,17 @@ async def test_list_filters_and_pagination_visit_each_item_once(api: Api) -> Non
 
 @pytest.mark.parametrize(
     "query",
-    ["limit=0", "limit=-1", "limit=201", "limit=abc", "limit=1.5", "cursor=abc",
-     "cursor=WyJyZWNvcmRzIiwxXQ", "status=done", "source=ftp"],
+    [
+        "limit=0",
+        "limit=-1",
+        "limit=201",
+        "limit=abc",
+        "limit=1.5",
+        "cursor=abc",
+        "cursor=WyJyZWNvcmRzIiwxXQ",
+        "status=done",
+        "source=ftp",
+    ],
 )
 async def test_bad_list_parameters_are_400(api: Api, query: str) -> None:
     status, problem = await api.call("GET", f"/v1/bulk_requests?{query}")
