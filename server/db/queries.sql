@@ -145,8 +145,9 @@ SELECT id, status FROM bulk_requests
 WHERE parent_bulk_request_id = :parent_id ORDER BY id DESC LIMIT 1;
 
 -- name: claim_next_request
--- Oldest runnable first. `queued_at` moves to the back of the line when a worker
--- yields a long request, which is what makes the queue round-robin (fair).
+-- Requests never started come first, oldest first; then the ones a worker gave back
+-- after a time slice, in the order they were given back (round-robin). So a small new
+-- request waits for at most one time slice, however many large ones are running.
 UPDATE bulk_requests
 SET status = 'processing',
     started_at = coalesce(started_at, :now),
@@ -155,7 +156,7 @@ SET status = 'processing',
     claimed_by = :worker
 WHERE id = (SELECT id FROM bulk_requests
             WHERE status IN ('pending', 'processing') AND claimed_by IS NULL
-            ORDER BY queued_at, id LIMIT 1)
+            ORDER BY started_at IS NOT NULL, queued_at, id LIMIT 1)
 RETURNING *;
 
 -- name: has_runnable_request
