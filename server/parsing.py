@@ -149,3 +149,24 @@ async def _discard_staged(pool: WorkerPool, job: JSON) -> None:
 def _remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+
+
+def _remove_files_except(upload_dir: Path, keep: set[str]) -> int:
+    if not upload_dir.is_dir():
+        return 0
+    removed = 0
+    for path in upload_dir.iterdir():
+        if path.is_file() and str(path) not in keep:
+            _remove(path)
+            removed += 1
+    return removed
+
+
+async def remove_unreferenced_uploads(pool: WorkerPool, upload_dir: Path) -> int:
+    """At start: delete files no request needs (a crash between commit and unlink, or
+    an upload cut off mid-stream). Only this process writes there (see the DB lock)."""
+    keep = await pool.store.referenced_upload_paths()
+    removed = await asyncio.to_thread(_remove_files_except, upload_dir, keep)
+    if removed:
+        log.info("removed %d unreferenced upload file(s)", removed)
+    return removed

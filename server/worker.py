@@ -27,7 +27,7 @@ from server.db.store import Store
 from server.db.tx import StagedItem
 from server.events import ProgressHub
 from server.ingest.validation import StreamRef
-from server.parsing import parse_upload
+from server.parsing import parse_upload, remove_unreferenced_uploads
 from server.types import JSON
 
 log = logging.getLogger("server.worker")
@@ -54,6 +54,7 @@ class WorkerPool:
     async def start(self) -> None:
         # Only one server process may use a database (see app.py's lock), so every claim
         # still recorded now belongs to a process that is gone: resume them all.
+        await remove_unreferenced_uploads(self, self.settings.upload_dir)
         recovered = await self.requeue_orphans("process restarted")
         if recovered:
             log.warning("resuming %d interrupted bulk request(s): %s", len(recovered), recovered)

@@ -33,6 +33,20 @@ async def db_write(settings: Settings, sql: str, params: tuple[Any, ...] = ()) -
     await asyncio.to_thread(_write, settings, sql, params)
 
 
+async def occupy_the_worker(api: Api) -> list[int]:
+    """Keep a one-worker pool busy: several long requests, all older than what follows."""
+    ids = [(await api.submit([record(i) for i in range(1000)]))["id"] for _ in range(4)]
+    await wait_until(
+        lambda: api.get(f"/v1/bulk_requests/{ids[0]}"), lambda r: r["processed_items"] > 0
+    )
+    return ids
+
+
+async def release_the_worker(api: Api, ids: list[int]) -> None:
+    for rid in ids:
+        await api.call("POST", f"/v1/bulk_requests/{rid}/cancel")
+
+
 async def test_small_request_is_not_stuck_behind_large_ones(
     make_api: ApiFactory, settings: Settings
 ) -> None:
@@ -68,10 +82,7 @@ async def test_stuck_request_is_reported_and_resumed_by_the_sweeper(
     )
     api = await make_api(settings)
     await api.create_stream()
-    blocker = await api.submit([record(i) for i in range(1000)])
-    await wait_until(
-        lambda: api.get(f"/v1/bulk_requests/{blocker['id']}"), lambda r: r["processed_items"] > 0
-    )
+    blockers = await occupy_the_worker(api)
     victim = await api.submit([record(i, external_id=f"v{i}") for i in range(40)])
     # Make it look like a worker of a dead process took it, did 10 rows, and vanished.
     await db_write(
@@ -84,11 +95,11 @@ async def test_stuck_request_is_reported_and_resumed_by_the_sweeper(
     seen = await api.get(f"/v1/bulk_requests/{victim['id']}")
     assert seen["status"] == "processing"
     assert seen["stuck"] is True
-    assert (await api.get(f"/v1/bulk_requests/{blocker['id']}"))["stuck"] is False
+    assert (await api.get(f"/v1/bulk_requests/{blockers[0]}"))["stuck"] is False
 
     requeued = await api.app[POOL].requeue_orphans("worker gone")  # one sweeper pass
     assert requeued == [victim["id"]]
-    await api.post(f"/v1/bulk_requests/{blocker['id']}/cancel", expect=202)
+    await release_the_worker(api, blockers)
     done = await api.wait_terminal(victim["id"])
     assert done["status"] == "completed"
     assert done["successful_items"] == 40
@@ -105,10 +116,7 @@ async def test_the_sweeper_runs_by_itself(make_api: ApiFactory, settings: Settin
     )
     api = await make_api(settings)
     await api.create_stream()
-    blocker = await api.submit([record(i) for i in range(1000)])
-    await wait_until(
-        lambda: api.get(f"/v1/bulk_requests/{blocker['id']}"), lambda r: r["processed_items"] > 0
-    )
+    blockers = await occupy_the_worker(api)
     victim = await api.submit([record(1)])
     await db_write(
         settings,
@@ -119,7 +127,7 @@ async def test_the_sweeper_runs_by_itself(make_api: ApiFactory, settings: Settin
     await wait_until(
         lambda: api.get(f"/v1/bulk_requests/{victim['id']}"), lambda r: r["recoveries"] == 1, 5
     )
-    await api.post(f"/v1/bulk_requests/{blocker['id']}/cancel")
+    await release_the_worker(api, blockers)
     assert (await api.wait_terminal(victim["id"]))["status"] == "completed"
 
 
@@ -129,10 +137,7 @@ async def test_an_internal_error_fails_the_request_and_the_worker_goes_on(
     settings = dataclasses.replace(settings, workers=1, batch_size=5, time_slice=1000.0)
     api = await make_api(settings)
     await api.create_stream()
-    blocker = await api.submit([record(i) for i in range(1000)])
-    await wait_until(
-        lambda: api.get(f"/v1/bulk_requests/{blocker['id']}"), lambda r: r["processed_items"] > 0
-    )
+    blockers = await occupy_the_worker(api)
     broken = await api.submit([record(1), record(2)])
     await db_write(
         settings,
@@ -140,7 +145,7 @@ async def test_an_internal_error_fails_the_request_and_the_worker_goes_on(
         (broken["id"],),
     )
     after = await api.submit([record(3)])
-    await api.post(f"/v1/bulk_requests/{blocker['id']}/cancel")
+    await release_the_worker(api, blockers)
     failed = await api.wait_terminal(broken["id"])
     assert failed["status"] == "failed"
     assert failed["error_message"].startswith("internal error while processing")

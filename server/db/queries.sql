@@ -278,3 +278,6 @@ SELECT status, count(*) AS n FROM bulk_requests GROUP BY status;
 
 -- name: ping
 SELECT 1;
+
+-- name: list_upload_paths
+SELECT upload_path FROM bulk_requests WHERE upload_path IS NOT NULL;

@@ -242,5 +242,8 @@ class Store:
     async def count_requests_by_status(self) -> dict[str, int]:
         return {r["status"]: r["n"] for r in await self.read_all(Q.count_requests_by_status)}
 
+    async def referenced_upload_paths(self) -> set[str]:
+        return {r["upload_path"] for r in await self.read_all(Q.list_upload_paths)}
+
     async def ping(self) -> None:
         await self.read_value(Q.ping)
