@@ -15,7 +15,7 @@ import orjson
 
 from server.clock import now_rfc3339
 from server.db.store import Store
-from server.db.tx import StagedItem
+from server.db.tx import StagedItem, WriteTx
 from server.ingest.validation import StreamRef, ValidRecord, validate_row
 from server.types import JSON, RowProblem
 
@@ -70,37 +70,15 @@ async def commit_batch(store: Store, job: JSON, worker: str, batch: Batch) -> JS
     now = now_rfc3339()
     problems = list(batch.problems)
     async with store.transaction() as tx:
-        pairs = [
-            (rec.data_stream_id, rec.external_id)
-            for _o, rec in batch.candidates
-            if rec.external_id is not None
-        ]
-        seen = await tx.find_existing_external_ids(pairs) if pairs else set()
-        inserts: list[tuple[Any, ...]] = []
-        skipped = 0
-        for offset, rec in batch.candidates:
-            if rec.external_id is not None:
-                pair = (rec.data_stream_id, rec.external_id)
-                if pair in seen:
-                    if job["on_conflict"] == "skip":
-                        skipped += 1
-                    else:
-                        problems.append(
-                            (
-                                offset,
-                                RowProblem(
-                                    "duplicate_external_id",
-                                    f"a record with external_id {rec.external_id!r} already exists "
-                                    "in this data stream",
-                                    "/external_id",
-                                ),
-                            )
-                        )
-                    continue
-                seen.add(pair)
-            inserts.append((*rec, request_id, start + offset, now))
-        if inserts:
-            await tx.insert_records(inserts)
+        if job["on_conflict"] == "skip":
+            # The unique index decides; only the count of skipped rows is needed.
+            rows = [(*rec, request_id, start + offset, now) for offset, rec in batch.candidates]
+            inserted = await tx.insert_records_skipping_duplicates(rows) if rows else 0
+            skipped = len(rows) - inserted
+        else:
+            inserted, skipped = await _insert_reporting_duplicates(
+                tx, batch, request_id, now, problems
+            )
         if problems:
             await tx.insert_row_errors(
                 (
@@ -119,7 +97,7 @@ async def commit_batch(store: Store, job: JSON, worker: str, batch: Batch) -> JS
             job,
             worker,
             next_row=start + len(batch.items),
-            successful=len(inserts),
+            successful=inserted,
             failed=len(problems),
             skipped=skipped,
         )
@@ -128,3 +106,43 @@ async def commit_batch(store: Store, job: JSON, worker: str, batch: Batch) -> JS
         if updated["status"] == "completed":
             await tx.delete_chunks(request_id)
     return updated
+
+
+async def _insert_reporting_duplicates(
+    tx: WriteTx,
+    batch: Batch,
+    request_id: int,
+    now: str,
+    problems: list[tuple[int, RowProblem]],
+) -> tuple[int, int]:
+    """on_conflict=error: find each duplicate (stored earlier or earlier in this request)
+    so it can be reported on its row; insert the rest. Returns (inserted, skipped=0)."""
+    start = batch.start_row
+    pairs = [
+        (rec.data_stream_id, rec.external_id)
+        for _o, rec in batch.candidates
+        if rec.external_id is not None
+    ]
+    seen = await tx.find_existing_external_ids(pairs) if pairs else set()
+    inserts: list[tuple[Any, ...]] = []
+    for offset, rec in batch.candidates:
+        if rec.external_id is not None:
+            pair = (rec.data_stream_id, rec.external_id)
+            if pair in seen:
+                problems.append(
+                    (
+                        offset,
+                        RowProblem(
+                            "duplicate_external_id",
+                            f"a record with external_id {rec.external_id!r} already exists "
+                            "in this data stream",
+                            "/external_id",
+                        ),
+                    )
+                )
+                continue
+            seen.add(pair)
+        inserts.append((*rec, request_id, start + offset, now))
+    if inserts:
+        await tx.insert_records(inserts)
+    return len(inserts), 0

@@ -16,7 +16,7 @@ ApiFactory = Callable[[Settings], Awaitable[Api]]
 
 def slow(settings: Settings, **changes: Any) -> Settings:
     """One worker, tiny batches, no time slicing: long-running requests on purpose."""
-    base = {"workers": 1, "batch_size": 5, "time_slice": 1000.0}
+    base = {"workers": 1, "batch_size": 2, "time_slice": 1000.0}
     return dataclasses.replace(settings, **{**base, **changes})
 
 
@@ -81,7 +81,7 @@ async def test_cancel_during_processing_stops_at_the_next_heartbeat(
     latency = time.monotonic() - started
     assert done["status"] == "cancelled"
     assert done["processed_items"] < done["total_items"]
-    assert done["processed_items"] % 5 == 0  # whole batches only: none half-applied
+    assert done["processed_items"] % 2 == 0  # whole batches only: none half-applied
     assert latency < 1.0, latency
     await _assert_consistent(api, done)
     # Terminal states never change again.
@@ -123,7 +123,7 @@ async def test_retry_holds_exactly_the_failed_and_unprocessed_rows(
     await api.create_stream()
     rows = [
         record(i, external_id=f"e{i}", date="2024-02-30" if i % 10 == 3 else "2024-02-01")
-        for i in range(600)
+        for i in range(1000)
     ]
     parent = await api.submit(rows)
     await _processing(api, parent["id"])
@@ -148,11 +148,11 @@ async def test_retry_holds_exactly_the_failed_and_unprocessed_rows(
     assert child_done["status"] == "completed"
     # The failed rows fail again (still a bad date), everything else now succeeded.
     assert child_done["failed_items"] == parent_done["failed_items"] + sum(
-        1 for i in range(parent_done["processed_items"], 600) if i % 10 == 3
+        1 for i in range(parent_done["processed_items"], 1000) if i % 10 == 3
     )
     stored = await api.all_pages("/v1/records")
     assert sorted(r["external_id"] for r in stored) == sorted(
-        f"e{i}" for i in range(600) if i % 10 != 3
+        f"e{i}" for i in range(1000) if i % 10 != 3
     )
     # Completed child: the parent cannot be retried again; a completed one never.
     assert (await api.call("POST", f"/v1/bulk_requests/{parent['id']}/retry"))[0] == 409
@@ -160,9 +160,9 @@ async def test_retry_holds_exactly_the_failed_and_unprocessed_rows(
 
 
 async def test_retry_twice_and_retry_of_a_retry(make_api: ApiFactory, settings: Settings) -> None:
-    api = await make_api(slow(settings))
+    api = await make_api(slow(settings, batch_size=1))
     await api.create_stream()
-    parent = await api.submit([record(i, external_id=f"x{i}") for i in range(500)])
+    parent = await api.submit([record(i, external_id=f"x{i}") for i in range(1000)])
     await _processing(api, parent["id"])
     await api.post(f"/v1/bulk_requests/{parent['id']}/cancel", expect=202)
     await api.wait_terminal(parent["id"])
@@ -184,13 +184,13 @@ async def test_retry_twice_and_retry_of_a_retry(make_api: ApiFactory, settings: 
         await api.wait_terminal(third["id"])
     stored = await api.all_pages("/v1/records")
     ids = [r["external_id"] for r in stored]
-    assert len(ids) == len(set(ids)) == 500
+    assert len(ids) == len(set(ids)) == 1000
 
 
 async def test_retry_is_idempotent_with_a_key(make_api: ApiFactory, settings: Settings) -> None:
     api = await make_api(slow(settings))
     await api.create_stream()
-    parent = await api.submit([record(i) for i in range(300)])
+    parent = await api.submit([record(i) for i in range(1000)])
     await _processing(api, parent["id"])
     await api.post(f"/v1/bulk_requests/{parent['id']}/cancel", expect=202)
     await api.wait_terminal(parent["id"])

@@ -59,11 +59,23 @@ INSERT INTO records (data_stream_id, date, amount_minor, currency, description, 
                      metadata, bulk_request_id, row_index, created_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
 
+-- name: insert_record_unless_duplicate
+-- on_conflict=skip: the unique index decides; the caller counts skips from rowcount.
+-- Only the external_id conflict is absorbed: any other constraint still raises.
+INSERT INTO records (data_stream_id, date, amount_minor, currency, description, external_id,
+                     metadata, bulk_request_id, row_index, created_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (data_stream_id, external_id) WHERE external_id IS NOT NULL DO NOTHING;
+
 -- name: find_existing_external_ids
--- :pairs is a JSON array of [data_stream_id, external_id]; answered from records_external_id.
-SELECT data_stream_id, external_id FROM records
-WHERE (data_stream_id, external_id) IN
-      (SELECT value ->> 0, value ->> 1 FROM json_each(:pairs));
+-- :pairs is a JSON array of [data_stream_id, external_id]. CROSS JOIN fixes the join
+-- order so each pair is one probe of records_external_id; the row-value IN form made
+-- SQLite scan the whole stream for every batch.
+SELECT r.data_stream_id, r.external_id
+FROM json_each(:pairs) AS pair
+CROSS JOIN records AS r
+  ON r.data_stream_id = pair.value ->> 0 AND r.external_id = pair.value ->> 1
+ AND r.external_id IS NOT NULL;
 
 -- name: list_records
 SELECT r.id, s.key AS data_stream_key, r.date, r.amount_minor, r.currency, r.description,

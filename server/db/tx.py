@@ -204,6 +204,11 @@ class WriteTx:
     async def insert_records(self, rows: Iterable[Sequence[Any]]) -> None:
         await self.conn.executemany(Q.insert_record, rows)
 
+    async def insert_records_skipping_duplicates(self, rows: Iterable[Sequence[Any]]) -> int:
+        """Insert, silently skipping external_id duplicates; returns how many were inserted."""
+        cursor = await self.conn.executemany(Q.insert_record_unless_duplicate, rows)
+        return cursor.rowcount
+
     async def insert_row_errors(self, rows: Iterable[Sequence[Any]]) -> None:
         await self.conn.executemany(Q.insert_row_error, rows)
 
