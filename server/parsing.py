@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from server.batches import FencedOut
 from server.constants import FILE_READ_BYTES, PARSE_CHUNK_ROWS
 from server.db.tx import StagedItem
+from server.ingest.csv_reader import iter_csv_rows
 from server.types import JSON, FileRejected, ParseReport, SourceRow
 
 if TYPE_CHECKING:
@@ -31,13 +32,11 @@ log = logging.getLogger("server.parsing")
 def _file_rows(
     path: Path, upload_format: str, data_stream_key: str | None, report: ParseReport
 ) -> Iterator[SourceRow]:
-    # Imported here: only the parse phase needs the parsers.
-    from server.ingest.csv_reader import iter_csv_rows
-    from server.ingest.nacha import iter_nacha_rows
-
     with path.open("rb") as handle:
         chunks = iter(lambda: handle.read(FILE_READ_BYTES), b"")
         if upload_format == "nacha":
+            from server.ingest.nacha import iter_nacha_rows
+
             if not data_stream_key:
                 raise FileRejected("data_stream_key is required for NACHA files")
             yield from iter_nacha_rows(chunks, data_stream_key=data_stream_key, report=report)

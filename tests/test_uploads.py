@@ -225,7 +225,9 @@ async def test_bad_uploads_are_refused_and_leave_nothing(
 async def test_client_filename_is_sanitised(api: Api) -> None:
     await api.create_stream("checking")
     _, summary = await upload(
-        api, (SAMPLES / "records.csv").read_bytes(), filename="../../etc/\x07passwd.csv"
+        api,
+        (SAMPLES / "records.csv").read_bytes(),
+        filename="..\\..\\Users\\me/../../etc/passwd.csv",
     )
     assert summary["filename"] == "passwd.csv"
 

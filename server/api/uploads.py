@@ -11,6 +11,7 @@ import hashlib
 import re
 import uuid
 from pathlib import Path
+from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
 
@@ -27,6 +28,7 @@ from server.api.render import render_summary
 from server.auth import caller_of
 from server.constants import FILE_READ_BYTES, MAX_FILENAME_CHARS
 from server.errors import Problem, field_error
+from server.ingest.detect import detect_format
 
 FORMATS = frozenset({"csv", "nacha"})
 ON_CONFLICT = frozenset({"skip", "error"})
@@ -40,7 +42,8 @@ def sanitize_filename(name: str | None) -> str | None:
     """The client's file name for display only: no directories, no control characters."""
     if not name:
         return None
-    base = re.split(r"[\\/]", name)[-1]
+    # Some clients (aiohttp's among them) percent-encode the name in the header.
+    base = re.split(r"[\\/]", unquote(name))[-1]
     cleaned = _UNSAFE_FILENAME.sub("", base).strip()
     return cleaned[:MAX_FILENAME_CHARS] or None
 
@@ -54,8 +57,7 @@ class _ReceivedFile:
         self.filename: str | None = None
 
 
-async def _receive_file(part: BodyPartReader, upload_dir: Path, limit: int) -> _ReceivedFile:
-    received = _ReceivedFile(upload_dir / f"{uuid.uuid4().hex}.part")
+async def _receive_file(part: BodyPartReader, received: _ReceivedFile, limit: int) -> None:
     with received.path.open("wb") as handle:
         while chunk := await part.read_chunk(FILE_READ_BYTES):
             received.size += len(chunk)
@@ -70,7 +72,6 @@ async def _receive_file(part: BodyPartReader, upload_dir: Path, limit: int) -> _
             received.sha256.update(chunk)
             handle.write(chunk)
     received.filename = sanitize_filename(part.filename)
-    return received
 
 
 async def _read_text(part: BodyPartReader) -> str:
@@ -114,9 +115,8 @@ async def create_upload(request: web.Request) -> web.Response:
                         422, "validation-error", "nested multipart bodies are not supported"
                     )
                 if part.name == "file" and received is None:
-                    received = await _receive_file(
-                        part, settings.upload_dir, settings.max_upload_bytes
-                    )
+                    received = _ReceivedFile(settings.upload_dir / f"{uuid.uuid4().hex}.part")
+                    await _receive_file(part, received, settings.max_upload_bytes)
                 elif part.name in TEXT_FIELDS:
                     fields[part.name] = await _read_text(part)
                 else:
@@ -186,8 +186,6 @@ async def _validate(
             "the uploaded file is empty",
             errors=[field_error("/file", "empty", "the file has no bytes")],
         )
-    from server.ingest.detect import detect_format
-
     upload_format = fields.get("format") or detect_format(received.head)
     if upload_format not in FORMATS:
         errors.append(field_error("/format", "invalid_choice", "format must be csv or nacha"))
