@@ -21,6 +21,7 @@ from server.batches import FencedOut
 from server.constants import FILE_READ_BYTES, PARSE_CHUNK_ROWS
 from server.db.tx import StagedItem
 from server.ingest.csv_reader import iter_csv_rows
+from server.ingest.nacha import iter_nacha_rows
 from server.types import JSON, FileRejected, ParseReport, SourceRow
 
 if TYPE_CHECKING:
@@ -35,8 +36,6 @@ def _file_rows(
     with path.open("rb") as handle:
         chunks = iter(lambda: handle.read(FILE_READ_BYTES), b"")
         if upload_format == "nacha":
-            from server.ingest.nacha import iter_nacha_rows
-
             if not data_stream_key:
                 raise FileRejected("data_stream_key is required for NACHA files")
             yield from iter_nacha_rows(chunks, data_stream_key=data_stream_key, report=report)
@@ -130,7 +129,10 @@ async def parse_upload(pool: WorkerPool, job: JSON, worker: str) -> JSON | None:
             worker,
             total_items=position,
             data_stream_id=stream_id,
-            error_details={"warnings": report.warnings} if report.warnings else None,
+            error_details={
+                k: v for k, v in (("warnings", report.warnings), ("notes", report.notes)) if v
+            }
+            or None,
         )
         if done is None:
             raise FencedOut(f"claim on bulk request {job['id']} is stale")

@@ -59,3 +59,5 @@ class ParseReport:
     """What a parser learned about a whole file besides its rows (warnings, counts)."""
 
     warnings: list[str] = field(default_factory=list)
+    # Observations that are not format defects (e.g. a fallback the parser chose).
+    notes: list[str] = field(default_factory=list)

@@ -124,7 +124,8 @@ async def test_sample_nacha_end_to_end(api: Api) -> None:
     assert stored[0]["date"] == "2024-11-15"
     meta = stored[0]["metadata"]
     assert meta["account_number_masked"] == "****6789"
-    assert "123456789" not in json.dumps(stored)
+    assert stored[2]["metadata"]["account_number_masked"] == "****1234"
+    assert "5550001234" not in json.dumps(stored)  # Carol's full account number
     assert stored[1]["metadata"]["addenda"] == ["NOVEMBER SALARY"]
     # Uploading the same file again: every row is a skipped duplicate.
     _, again = await upload(api, (SAMPLES / "payroll.ach").read_bytes(), data_stream_key="checking")
