@@ -1,13 +1,438 @@
-"""`python run.py bench` — the benchmark (filled in by the performance work)."""
+"""`python run.py bench` — measure the real server against SQLite's own ceiling.
+
+Phases, each on a fresh database so one cannot slow the next:
+1. raw ceiling: the ingest rows written with plain sqlite3 (no server);
+2–3. ingest: N x 1000-row `POST /v1/records/bulk` from concurrent clients;
+4. cancel: requests cancelled mid-processing, on a server with a small batch size;
+5–6. a large CSV upload, with 10-row requests probing fairness while it runs.
+The numbers go out as a table (targets marked ✓/✗) or, with --json, one JSON object.
+Helpers live in `bench_support.py` (server process, client, data) and
+`bench_scenarios.py` (the measurements).
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import secrets
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from server.bench_scenarios import measure_cancel, measure_ceiling, measure_ingest, measure_upload
+from server.bench_support import Api, BenchError, ServerProcess, write_csv
+from server.types import JSON
+
+CEILING_TX_ROWS = 500
+CANCEL_REQUEST_ROWS = 1000  # the most one POST may carry
+
+
+def _count(text: str) -> int:
+    value = int(text.replace("_", ""))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = _count(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print results as JSON")
+    # dest names are prefixed: the top-level parser already owns `workers`/`batch_size`
+    # (the serve flags) in the same namespace.
+    add = parser.add_argument
+    add(
+        "--rows",
+        metavar="N",
+        dest="bench_rows",
+        type=_count,
+        default=500_000,
+        help="rows sent through POST /v1/records/bulk; 0 skips ingest (default 500000)",
+    )
+    add(
+        "--request-rows",
+        metavar="N",
+        dest="bench_request_rows",
+        type=_positive,
+        default=1000,
+        help="rows per bulk POST, at most 1000 (default 1000)",
+    )
+    add(
+        "--concurrency",
+        metavar="N",
+        dest="bench_concurrency",
+        type=_positive,
+        default=8,
+        help="concurrent clients posting (default 8)",
+    )
+    add(
+        "--workers",
+        metavar="N",
+        dest="bench_workers",
+        type=_positive,
+        default=2,
+        help="server worker tasks (default 2)",
+    )
+    add(
+        "--batch-size",
+        metavar="N",
+        dest="bench_batch_size",
+        type=_positive,
+        default=500,
+        help="server batch size for ingest and upload (default 500)",
+    )
+    add(
+        "--cancel-rounds",
+        metavar="N",
+        dest="bench_cancel_rounds",
+        type=_count,
+        default=15,
+        help="requests cancelled mid-processing; 0 skips (default 15)",
+    )
+    add(
+        "--cancel-batch-size",
+        metavar="N",
+        dest="bench_cancel_batch_size",
+        type=_positive,
+        default=20,
+        help="batch size of the cancel phase's server: a 1000-row request must take "
+        "many batches to be caught mid-processing (default 20)",
+    )
+    add(
+        "--csv-rows",
+        metavar="N",
+        dest="bench_csv_rows",
+        type=_count,
+        default=1_000_000,
+        help="rows in the uploaded CSV file; 0 skips upload and fairness (default 1000000)",
+    )
+    add(
+        "--probe-interval",
+        metavar="SECONDS",
+        dest="bench_probe_interval",
+        type=_seconds,
+        default=1.0,
+        help="seconds between 10-row probe requests during the upload (default 1.0)",
+    )
+    add(
+        "--workdir",
+        metavar="DIR",
+        dest="bench_workdir",
+        type=Path,
+        default=None,
+        help="where the temporary databases and CSV go (default: the system temp dir)",
+    )
+    add(
+        "--keep",
+        dest="bench_keep",
+        action="store_true",
+        help="keep the temporary files (databases, CSV, server logs) for inspection",
+    )
+    add("--json", action="store_true", help="print one JSON object instead of the table")
+
+
+def _settings(args: argparse.Namespace) -> JSON:
+    request_rows = args.bench_request_rows
+    if request_rows > 1000:
+        raise BenchError("--request-rows must be at most 1000 (the API's limit per POST)")
+    return {
+        "rows": args.bench_rows,
+        "request_rows": request_rows,
+        "concurrency": args.bench_concurrency,
+        "workers": args.bench_workers,
+        "batch_size": args.bench_batch_size,
+        "cancel_rounds": args.bench_cancel_rounds,
+        "cancel_batch_size": args.bench_cancel_batch_size,
+        "csv_rows": args.bench_csv_rows,
+        "probe_interval_s": args.bench_probe_interval,
+    }
+
+
+def _machine() -> JSON:
+    return {
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "platform": platform.platform(),
+    }
+
+
+def _progress(quiet: bool, message: str) -> None:
+    # Progress goes to stderr so `--json` output stays one clean object on stdout.
+    if not quiet:
+        print(f"… {message}", file=sys.stderr, flush=True)
+
+
+async def _with_server(
+    work: Path,
+    name: str,
+    api_key: str,
+    *,
+    workers: int,
+    batch_size: int,
+    connections: int,
+    body: Callable[[Api], Awaitable[JSON]],
+) -> tuple[JSON, JSON]:
+    """Run `body(api)` against a fresh server; returns (its result, server memory)."""
+    server = ServerProcess(name, work / name, api_key, workers=workers, batch_size=batch_size)
+    try:
+        await server.start()
+        async with Api(server, connections) as api:
+            await api.create_stream()
+            result = await body(api)
+        server.check_alive()
+    finally:
+        await server.stop()
+    return result, server.memory()
+
+
+async def _run(settings: JSON, work: Path, quiet: bool) -> JSON:
+    api_key = "bk_bench_" + secrets.token_urlsafe(24)
+    result: JSON = {"machine": _machine(), "settings": settings, "servers": {}}
+    rows, request_rows = settings["rows"], settings["request_rows"]
+    common = {"workers": settings["workers"], "batch_size": settings["batch_size"]}
+
+    if rows:
+        _progress(quiet, f"raw ceiling: {rows} rows with sqlite3 executemany")
+        ceiling_db = work / "ceiling" / "ceiling.db"
+        result["ceiling"] = await asyncio.to_thread(
+            measure_ceiling, ceiling_db, rows, request_rows, CEILING_TX_ROWS
+        )
+        _progress(quiet, f"ingest: {rows} rows in {request_rows}-row POSTs")
+        result["ingest"], result["servers"]["ingest"] = await _with_server(
+            work,
+            "ingest",
+            api_key,
+            connections=settings["concurrency"] + 4,
+            body=lambda api: measure_ingest(api, rows, request_rows, settings["concurrency"]),
+            **common,
+        )
+        result["ingest"]["ratio_to_ceiling"] = round(
+            result["ingest"]["rows_per_s"] / result["ceiling"]["rows_per_s"], 3
+        )
+
+    if settings["cancel_rounds"]:
+        _progress(quiet, f"cancel: {settings['cancel_rounds']} rounds")
+        result["cancel"], result["servers"]["cancel"] = await _with_server(
+            work,
+            "cancel",
+            api_key,
+            workers=settings["workers"],
+            batch_size=settings["cancel_batch_size"],
+            connections=4,
+            body=lambda api: measure_cancel(api, settings["cancel_rounds"], CANCEL_REQUEST_ROWS),
+        )
+
+    csv_rows = settings["csv_rows"]
+    if csv_rows:
+        csv_path = work / "bench.csv"
+        _progress(quiet, f"writing a {csv_rows}-row CSV")
+        started = time.perf_counter()
+        size = await asyncio.to_thread(write_csv, csv_path, csv_rows, "csv")
+        generated = time.perf_counter() - started
+        _progress(quiet, f"upload: {size / 1e6:.1f} MB, probing fairness")
+        measured, result["servers"]["upload"] = await _with_server(
+            work,
+            "upload",
+            api_key,
+            connections=8,
+            body=lambda api: measure_upload(
+                api, csv_path, size, csv_rows, settings["probe_interval_s"]
+            ),
+            **common,
+        )
+        csv_path.unlink()
+        result["upload"] = {**measured["upload"], "csv_generation_seconds": round(generated, 3)}
+        result["fairness"] = measured["fairness"]
+
+    result["targets"] = evaluate_targets(result)
+    return result
+
+
+# --- targets and the table --------------------------------------------------------------
+
+
+def _peak_rss(result: JSON) -> float | None:
+    peaks = [s["vm_hwm_mb"] for s in result["servers"].values() if s["vm_hwm_mb"] is not None]
+    return max(peaks, default=None)
+
+
+def evaluate_targets(result: JSON) -> list[JSON]:
+    """The issue's targets: each {name, value, limit, ok}; ok is None when not measured."""
+
+    def target(name: str, value: float | None, limit: float, *, at_least: bool) -> JSON:
+        ok = None if value is None else (value >= limit if at_least else value <= limit)
+        return {"name": name, "value": value, "limit": limit, "ok": ok}
+
+    def get(part: str, *path: str) -> Any:
+        value: Any = result.get(part)
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    return [
+        target("ingest_ratio_to_ceiling", get("ingest", "ratio_to_ceiling"), 0.60, at_least=True),
+        target("accept_p99_ms", get("ingest", "accept", "p99_ms"), 20.0, at_least=False),
+        target("cancel_p99_ms", get("cancel", "latency", "p99_ms"), 100.0, at_least=False),
+        target(
+            "small_request_max_ms", get("fairness", "latency", "max_ms"), 1000.0, at_least=False
+        ),
+        target("peak_rss_mb", _peak_rss(result), 300.0, at_least=False),
+    ]
+
+
+def _mark(result: JSON, name: str) -> str:
+    for t in result["targets"]:
+        if t["name"] == name:
+            return {True: "✓", False: "✗", None: "-"}[t["ok"]]
+    return ""
+
+
+def _phase_max(result: JSON, phase: str) -> str:
+    summary = result["fairness"][phase]
+    return f"≤{summary['max_ms']:.0f}" if summary["n"] else "none"
+
+
+def render_table(result: JSON) -> str:
+    m, s = result["machine"], result["settings"]
+    lines = [
+        f"bulk-requests benchmark — {m['cpu_count']} CPU cores (os.cpu_count()), "
+        f"Python {m['python']}, SQLite {m['sqlite']}",
+        f"settings: rows {s['rows']:,} ({s['request_rows']}/POST, {s['concurrency']} concurrent), "
+        f"workers {s['workers']}, batch size {s['batch_size']}, cancel rounds "
+        f"{s['cancel_rounds']} (batch size {s['cancel_batch_size']}), CSV rows {s['csv_rows']:,}",
+        "client and server share this machine: numbers are noisy when anything else runs",
+        "",
+        f"{'measure':<34} {'result':<62} {'target':<16} ok",
+        "-" * 117,
+    ]
+
+    def row(label: str, value: str, target: str = "", mark: str = "") -> None:
+        lines.append(f"{label:<34} {value:<62} {target:<16} {mark}".rstrip())
+
+    if "ceiling" in result:
+        c, i = result["ceiling"], result["ingest"]
+        row(
+            "raw ceiling (sqlite3 executemany)",
+            f"{c['rows_per_s']:,.0f} rows/s ({c['rows_per_transaction']}-row transactions)",
+        )
+        row(
+            "end-to-end ingest (bulk POSTs)",
+            f"{i['rows_per_s']:,.0f} rows/s = {i['ratio_to_ceiling']:.0%} of ceiling "
+            f"({i['seconds']:.1f} s)",
+            "≥ 60% of ceiling",
+            _mark(result, "ingest_ratio_to_ceiling"),
+        )
+        a = i["accept"]
+        row(
+            "accept latency p50 / p99 / max",
+            f"{a['p50_ms']:.1f} / {a['p99_ms']:.1f} / {a['max_ms']:.1f} ms ({a['n']} POSTs)",
+            "p99 ≤ 20 ms",
+            _mark(result, "accept_p99_ms"),
+        )
+    if "cancel" in result:
+        c = result["cancel"]
+        lat = c["latency"]
+        row(
+            "cancel latency p50 / p99 / max",
+            f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} / {lat['max_ms']:.1f} ms "
+            f"({lat['n']} rounds, "
+            f"{c['missed'] + c['completed_after_cancel_requested']} finished first)",
+            "p99 ≤ 100 ms",
+            _mark(result, "cancel_p99_ms"),
+        )
+    if "upload" in result:
+        f, u = result["fairness"]["latency"], result["upload"]
+        if f["n"]:
+            row(
+                "10-row request during upload",
+                f"p50 {f['p50_ms']:.0f} / max {f['max_ms']:.0f} ms ({f['n']} probes; "
+                f"parsing {_phase_max(result, 'during_parsing')}, "
+                f"inserting {_phase_max(result, 'during_processing')}; "
+                f"202 max {result['fairness']['accept']['max_ms']:.0f})",
+                "≤ 1000 ms",
+                _mark(result, "small_request_max_ms"),
+            )
+        else:
+            row("10-row request during upload", "no probe ran (upload too short)")
+        row(
+            "CSV upload transfer",
+            f"{u['upload_mb_per_s']:.1f} MB/s ({u['bytes'] / 1e6:.1f} MB in "
+            f"{u['upload_seconds']:.2f} s)",
+        )
+        parse = f"parse {u['parse_seconds']:.1f} s" if u["parse_seconds"] is not None else ""
+        row(
+            "CSV upload to completion",
+            f"{u['rows_per_s']:,.0f} rows/s ({u['rows']:,} rows, {u['seconds']:.1f} s; {parse})",
+        )
+    for name, mem in result["servers"].items():
+        row(
+            f"server peak RSS ({name})",
+            f"VmHWM {mem['vm_hwm_mb']} MB, sampled VmRSS max {mem['vm_rss_sampled_max_mb']} MB",
+            "≤ 300 MB",
+            _mark(result, "peak_rss_mb"),
+        )
+    return "\n".join(lines)
+
+
+def _bench_error(exc: BaseException) -> BenchError | None:
+    """The BenchError behind a failure, also from inside a TaskGroup's ExceptionGroup."""
+    if isinstance(exc, BenchError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _bench_error(inner)) is not None:
+                return found
+    return None
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    raise SystemExit("the benchmark is not implemented yet")
+    try:
+        settings = _settings(args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    base = args.bench_workdir
+    if base is not None:
+        base.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bulk-bench-", dir=base))
+    try:
+        result = asyncio.run(_run(settings, work, quiet=False))
+    except (BenchError, ExceptionGroup) as exc:
+        error = _bench_error(exc)
+        if error is None:
+            raise
+        print(f"benchmark failed: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if args.bench_keep:
+            print(f"kept the benchmark files in {work}", file=sys.stderr)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(work)
+    if args.json:
+        print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render_table(result))
+    return 0

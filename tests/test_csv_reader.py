@@ -77,8 +77,8 @@ def test_lf_only_and_no_final_newline() -> None:
         (b"date,amount\n", "no rows"),
         (b"date,amount\n\n,\n", "no rows"),
         (b"foo,bar\n1,2\n", "none of the expected columns"),
-        (b"date,Date\n1,2\n", "appears twice"),
-        (b'date\n"unterminated\n', "cannot be read"),
+        (b"date,Date\n1,2\n", "appears more than once"),
+        (b'date\n"unterminated\n', "never closed"),
     ],
 )
 def test_whole_file_failures(data: bytes, words: str) -> None:
