@@ -1,0 +1,362 @@
+"""Contract test: schemathesis drives the LIVE server with cases generated from the document.
+
+The server is a real `python run.py` subprocess (free port, temporary database, workers
+running), so requests cross a real socket and the workers change state while the fuzzer
+runs: the server a client talks to, not an in-process stand-in. The document is loaded
+from `server/openapi.json` at import (no server is needed to collect the tests);
+test_openapi.py proves the served document is that file.
+
+Every operation gets one test item. Each generated case — schemathesis' examples,
+coverage and fuzzing phases, valid and invalid data, with and without the API key —
+must get a response that is not a 5xx and whose status code, Content-Type, headers and
+body all match the document. Generation is derandomized, so CI sees the same cases on
+every run (the server's timing can still vary which documented answer a case gets).
+
+Run only these with `python -m pytest -m contract`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from server.api.openapi import OPENAPI_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+API_KEY = "bk_contract_test_key_0123456789abcdef"
+STREAM_KEYS = ["checking", "savings", "yen"]
+# The seed creates the first few bulk requests; fuzzed ids are drawn from a slightly
+# larger range, so requests the fuzzer itself created are hit too.
+SEEDED_IDS_UPPER = 12
+# A path id the fuzzer may draw that the test replaces, just before the call, with a bulk
+# request created that instant: still pending or processing, so cancel answers 202 (not
+# only 409), its event stream sends `progress` before `done`, and retry (after a cancel)
+# answers 201. Valid per the document (an int64 ≥ 1), never a real id here.
+FRESH_ID = 10**15
+FRESH_ROWS = 1000
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+TERMINAL_TIMEOUT = 20.0
+SERVER_START_TIMEOUT = 30.0
+# Ordinary calls answer in milliseconds; this only bounds a hung server.
+REQUEST_TIMEOUT = 10.0
+# Fuzzed examples per operation (the examples and coverage phases add their own,
+# deterministic cases): enough to find what is findable in a CI-sized run.
+MAX_EXAMPLES = 25
+# GET /v1/events never ends, by design. schemathesis reads an event stream until it
+# ends, sends `max-stream-events` events or the request timeout passes, so each case of
+# it costs the whole timeout: a short one and few cases keep its check (status, headers,
+# Content-Type, and the schema of every event that arrives) cheap. The per-request
+# stream ends after `done`, so it is fuzzed like any other operation.
+ENDLESS_STREAM = "/v1/events"
+ENDLESS_STREAM_TIMEOUT = 1.0
+ENDLESS_STREAM_EXAMPLES = 3
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+
+pytestmark = [pytest.mark.contract]
+
+CONFIG = schemathesis.Config.from_dict(
+    {
+        # Fixed, so CI runs the same cases every time: schemathesis seeds each operation's
+        # run (examples, coverage and fuzzing phases) from it; unset, it is random per run.
+        "seed": 20240501,
+        # The key is applied through the document's own security scheme; schemathesis
+        # also sends cases without it or with a wrong one, which must answer 401.
+        "auth": {"openapi": {"ApiKeyAuth": {"api_key": API_KEY}}},
+        "generation": {"max-examples": MAX_EXAMPLES},
+        "max-stream-events": 5,
+        "operations": [
+            {
+                "include-path": ENDLESS_STREAM,
+                "generation": {"max-examples": ENDLESS_STREAM_EXAMPLES},
+            }
+        ],
+    }
+)
+SCHEMA = schemathesis.openapi.from_path(OPENAPI_FILE, config=CONFIG)
+CASES_RUN: Counter[str] = Counter()
+STATUSES: dict[str, Counter[int]] = {}
+
+
+@SCHEMA.hook
+def before_generate_path_parameters(context: Any, strategy: st.SearchStrategy[Any]) -> Any:
+    """Aim path parameters at objects that exist (seeded, or created meanwhile) often."""
+    path = context.operation.path if context.operation is not None else ""
+    if "{id}" in path:
+        # A third each: generated, existing, created at call time.
+        existing = st.fixed_dictionaries({"id": st.integers(1, SEEDED_IDS_UPPER)})
+        return st.one_of(strategy, existing, st.just({"id": FRESH_ID}))
+    if "{key}" in path:
+        return st.one_of(strategy, st.fixed_dictionaries({"key": st.sampled_from(STREAM_KEYS)}))
+    if "{name}" in path:
+        names = st.sampled_from(["app.js", "index.html", "missing.css"])
+        return st.one_of(strategy, st.fixed_dictionaries({"name": names}))
+    return strategy
+
+
+@dataclass
+class LiveServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    session: requests.Session = field(default_factory=requests.Session)
+
+    def __post_init__(self) -> None:
+        self.session.headers["X-API-KEY"] = API_KEY
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        response = self.session.post(self.url + path, timeout=REQUEST_TIMEOUT, **kwargs)
+        assert response.status_code < 300, (path, response.status_code, response.text)
+        return response.json()
+
+    def fresh_request(self, *, cancelled: bool) -> int:
+        """A bulk request created now (half its rows fail), cancelled at once if asked."""
+        rows = [
+            {
+                "date": "2024-05-01" if n % 2 else "2024-02-30",
+                "data_stream_key": "checking",
+                "amount": f"{n}.01",
+            }
+            for n in range(FRESH_ROWS)
+        ]
+        request_id: int = self.post("/v1/records/bulk", json={"records": rows})["id"]
+        if cancelled:
+            cancel = self.session.post(
+                f"{self.url}/v1/bulk_requests/{request_id}/cancel", timeout=REQUEST_TIMEOUT
+            )
+            assert cancel.status_code in (200, 202, 409), cancel.text
+            # A 202 stops the worker at its next batch: wait for that, so retry can apply.
+            self.wait_terminal(request_id)
+        return request_id
+
+    def wait_terminal(self, request_id: int) -> str:
+        deadline = time.monotonic() + TERMINAL_TIMEOUT
+        while True:
+            response = self.session.get(
+                f"{self.url}/v1/bulk_requests/{request_id}", timeout=REQUEST_TIMEOUT
+            )
+            status: str = response.json()["status"]
+            if status in TERMINAL or time.monotonic() > deadline:
+                return status
+            time.sleep(0.02)
+
+    def seed(self) -> None:
+        """Streams, and requests in each final state with row errors, for paths to hit."""
+        for key, currency in zip(STREAM_KEYS, ["USD", "EUR", "JPY"], strict=True):
+            self.post("/v1/data_streams", json={"key": key, "currency": currency})
+        good = {"date": "2024-05-01", "data_stream_key": "checking", "amount": "12.34"}
+        mixed = [
+            {**good, "external_id": "inv-1", "metadata": {"k": "v"}},
+            {**good, "date": "2024-02-30"},
+            {**good, "amount": "1.234"},
+            {**good, "data_stream_key": "nope"},
+        ]
+        csv = (
+            b"date,amount,currency,external_id,metadata.note\r\n"
+            b"2024-01-02,5.00,EUR,csv-1,hello\r\n2024-13-01,1,EUR,csv-2,bad\r\n"
+        )
+        ids = [
+            # Stored rows and row errors, so /errors has JSON and CSV content.
+            self.post("/v1/records/bulk", json={"records": mixed})["id"],
+            # Every row fails (still `completed`), under on_conflict=error.
+            self.post(
+                "/v1/records/bulk",
+                json={"records": [{**good, "external_id": "inv-1"}] * 3, "on_conflict": "error"},
+            )["id"],
+            # A CSV upload with a row error (it has a `line`).
+            self.post(
+                "/v1/uploads",
+                files={"file": ("rows.csv", csv), "data_stream_key": (None, "savings")},
+            )["id"],
+            # A header and no rows: the request `failed`, with an error_message.
+            self.post(
+                "/v1/uploads",
+                files={"file": ("empty.csv", b"date,amount\r\n"), "format": (None, "csv")},
+            )["id"],
+            # Cancelled while processing (or completed first, if the workers win the race).
+            self.fresh_request(cancelled=True),
+        ]
+        for request_id in ids:
+            self.wait_terminal(request_id)
+        if self.wait_terminal(ids[-1]) == "cancelled":
+            self.post(f"/v1/bulk_requests/{ids[-1]}/retry")  # a child with a parent
+
+
+def _wait_for_url(process: subprocess.Popen[bytes], stdout: Path, log: Path) -> str:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        match = re.search(r"Serving on (http://\S+)", stdout.read_text(errors="replace"))
+        if match:
+            return match.group(1)
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    output = stdout.read_text(errors="replace") + log.read_text(errors="replace")
+    raise RuntimeError(f"the server did not start:\n{output}")
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    workdir = tmp_path_factory.mktemp("contract")
+    stdout = workdir / "stdout.txt"
+    log = workdir / "server.log"
+    argv = [sys.executable, "run.py", "--port", "0", "--db", str(workdir / "bulk.db")]
+    # WARNING: the log (in server.log) then holds the tracebacks of any 500, nothing else.
+    argv += ["--log-level", "WARNING"]
+    env = {**os.environ, "BULK_API_KEY": API_KEY}
+    with stdout.open("wb") as out, log.open("wb") as err:
+        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err)
+    try:
+        server = LiveServer(url=_wait_for_url(process, stdout, log), process=process)
+        server.seed()
+        yield server
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_case_count(request: pytest.FixtureRequest) -> Iterator[None]:
+    """One summary line per run: how many cases, and the statuses they met."""
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None or not CASES_RUN:
+        return
+    total = sum(n for counts in STATUSES.values() for n in counts.values())
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(
+            f"\nschemathesis contract: {total} cases over {len(STATUSES)} operations"
+        )
+        for label, counts in sorted(STATUSES.items()):
+            fresh = CASES_RUN.get("fresh: " + label, 0)
+            reporter.write_line(
+                f"  {label}: {dict(sorted(counts.items()))}"
+                + (f" ({fresh} on a just-created request)" if fresh else "")
+            )
+
+
+def _timeout_for(path: str) -> float:
+    return ENDLESS_STREAM_TIMEOUT if path == ENDLESS_STREAM else REQUEST_TIMEOUT
+
+
+@SCHEMA.parametrize()
+@settings(
+    # max_examples comes from CONFIG, which can set it per operation. derandomize is the
+    # fallback should the seed above ever be removed.
+    derandomize=True,
+    database=None,
+    deadline=None,
+    # Responses come from a real server; slow or filtered generation is not a defect.
+    suppress_health_check=list(HealthCheck),
+)
+def test_api_matches_document(case: Any, live_server: LiveServer) -> None:
+    if case.path_parameters and case.path_parameters.get("id") == FRESH_ID:
+        CASES_RUN["fresh: " + case.operation.label] += 1
+        case.path_parameters["id"] = live_server.fresh_request(
+            cancelled=case.operation.path.endswith("/retry")
+        )
+    CASES_RUN[case.operation.label] += 1
+    response = case.call_and_validate(
+        base_url=live_server.url,
+        checks=CHECKS,
+        timeout=_timeout_for(case.operation.path),
+    )
+    STATUSES.setdefault(case.operation.label, Counter())[response.status_code] += 1
+
+
+# Each case the fuzzer found (a 500 before the fix), replayed exactly, plus the cases
+# probed around it. (content type, body, expected status, row error code if any).
+RECORD = '{"date": "2024-05-01", "data_stream_key": "checking", "amount": %s%s}'
+FINDINGS: dict[str, tuple[str, bytes, int, str | None]] = {
+    "on_conflict is an object": (
+        "application/json",
+        b'{"records": [' + (RECORD % ("1", "")).encode() + b'], "on_conflict": {}}',
+        422,
+        None,
+    ),
+    "integer beyond 64 bits in metadata": (
+        "application/json",
+        b'{"records": ['
+        + (RECORD % ("1", ', "metadata": {"n": [13020867532603699232768]}')).encode()
+        + b"]}",
+        422,
+        None,
+    ),
+    "number beyond a double in metadata": (
+        "application/json",
+        b'{"records": [' + (RECORD % ("1", ', "metadata": {"n": 1e400}')).encode() + b"]}",
+        422,
+        None,
+    ),
+    "integer beyond 64 bits as amount": (
+        "application/json",
+        b'{"records": [' + (RECORD % ("13020867532603699232768", "")).encode() + b"]}",
+        202,
+        "amount_out_of_range",
+    ),
+    "data_stream_key is an object": (
+        "application/json",
+        b'{"records": [{"date": "2024-05-01", "data_stream_key": {}, "amount": 1}]}',
+        202,
+        "invalid_type",
+    ),
+    "multipart part with a malformed header": (
+        "multipart/form-data; boundary=b",
+        b'--b\r\nContent-Disposition: form-data; name="\x0c"\r\n\r\nx\r\n--b--\r\n',
+        400,
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("finding", list(FINDINGS))
+def test_fuzzer_findings_stay_fixed(finding: str, live_server: LiveServer) -> None:
+    content_type, body, status, row_error = FINDINGS[finding]
+    path = "/v1/uploads" if content_type.startswith("multipart/") else "/v1/records/bulk"
+    response = live_server.session.post(
+        live_server.url + path,
+        data=body,
+        headers={"Content-Type": content_type},
+        timeout=REQUEST_TIMEOUT,
+    )
+    assert response.status_code == status, response.text
+    SCHEMA[path]["POST"].Case().validate_response(response, checks=CHECKS)
+    if row_error is not None:
+        request_id = response.json()["id"]
+        assert live_server.wait_terminal(request_id) == "completed"
+        errors = live_server.session.get(
+            f"{live_server.url}/v1/bulk_requests/{request_id}/errors", timeout=REQUEST_TIMEOUT
+        ).json()["data"]
+        assert [e["code"] for e in errors] == [row_error]
