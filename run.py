@@ -68,9 +68,11 @@ async def _serve(settings: Settings) -> int:
     from aiohttp import web
 
     from server.app import DatabaseInUse, create_app
+    from server.constants import GIL_SWITCH_INTERVAL_SECONDS
     from server.logs import configure_logging
 
     configure_logging(settings.log_level)
+    sys.setswitchinterval(float(os.environ.get("SWI", GIL_SWITCH_INTERVAL_SECONDS)))
     app = create_app(settings, bootstrap_api_key=os.environ.get("BULK_API_KEY") or None)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=3.0, handle_signals=False)
     try:

@@ -60,7 +60,8 @@ def stream_keys_of(items: Sequence[StagedItem]) -> set[str]:
 
 def _external_id(fields: Any) -> str | None:
     value = fields.get("external_id") if isinstance(fields, dict) else None
-    return value if isinstance(value, str) else None
+    # A NUL would be cut off by the JSON batch insert; the row's source keeps it whole.
+    return value if isinstance(value, str) and "\x00" not in value else None
 
 
 async def commit_batch(store: Store, job: JSON, worker: str, batch: Batch) -> JSON:
@@ -68,32 +69,35 @@ async def commit_batch(store: Store, job: JSON, worker: str, batch: Batch) -> JS
     request_id = job["id"]
     start = batch.start_row
     now = now_rfc3339()
-    problems = list(batch.problems)
-    async with store.transaction() as tx:
-        if job["on_conflict"] == "skip":
+    on_conflict_skip = job["on_conflict"] == "skip"
+    # Rows are shaped here, on the loop, so the writer thread holds the lock only for SQL.
+    candidates = [(*rec, request_id, start + offset, now) for offset, rec in batch.candidates]
+
+    def work(tx: WriteTx) -> JSON:
+        problems = list(batch.problems)
+        if on_conflict_skip:
             # The unique index decides; only the count of skipped rows is needed.
-            rows = [(*rec, request_id, start + offset, now) for offset, rec in batch.candidates]
-            inserted = await tx.insert_records_skipping_duplicates(rows) if rows else 0
-            skipped = len(rows) - inserted
+            inserted = tx.insert_records_skipping_duplicates(candidates) if candidates else 0
+            skipped = len(candidates) - inserted
         else:
-            inserted, skipped = await _insert_reporting_duplicates(
-                tx, batch, request_id, now, problems
-            )
+            inserted, skipped = _insert_reporting_duplicates(tx, batch, candidates, problems)
         if problems:
-            await tx.insert_row_errors(
-                (
-                    request_id,
-                    start + offset,
-                    batch.items[offset][0],
-                    _external_id(batch.items[offset][1]),
-                    p.code,
-                    p.message,
-                    f"/records/{start + offset}{p.pointer}",
-                    orjson.dumps(batch.items[offset]),
-                )
-                for offset, p in problems
+            tx.insert_row_errors(
+                [
+                    (
+                        request_id,
+                        start + offset,
+                        batch.items[offset][0],
+                        _external_id(batch.items[offset][1]),
+                        p.code,
+                        p.message,
+                        f"/records/{start + offset}{p.pointer}",
+                        orjson.dumps(batch.items[offset]).decode(),
+                    )
+                    for offset, p in problems
+                ]
             )
-        updated = await tx.record_batch(
+        updated = tx.record_batch(
             job,
             worker,
             next_row=start + len(batch.items),
@@ -104,28 +108,28 @@ async def commit_batch(store: Store, job: JSON, worker: str, batch: Batch) -> JS
         if updated is None:
             raise FencedOut(f"claim on bulk request {request_id} is stale")
         if updated["status"] == "completed":
-            await tx.delete_chunks(request_id)
-    return updated
+            tx.delete_chunks(request_id)
+        return updated
+
+    return await store.write(work)
 
 
-async def _insert_reporting_duplicates(
+def _insert_reporting_duplicates(
     tx: WriteTx,
     batch: Batch,
-    request_id: int,
-    now: str,
+    candidates: list[tuple[Any, ...]],
     problems: list[tuple[int, RowProblem]],
 ) -> tuple[int, int]:
     """on_conflict=error: find each duplicate (stored earlier or earlier in this request)
     so it can be reported on its row; insert the rest. Returns (inserted, skipped=0)."""
-    start = batch.start_row
     pairs = [
         (rec.data_stream_id, rec.external_id)
         for _o, rec in batch.candidates
         if rec.external_id is not None
     ]
-    seen = await tx.find_existing_external_ids(pairs) if pairs else set()
+    seen = tx.find_existing_external_ids(pairs) if pairs else set()
     inserts: list[tuple[Any, ...]] = []
-    for offset, rec in batch.candidates:
+    for (offset, rec), row in zip(batch.candidates, candidates, strict=True):
         if rec.external_id is not None:
             pair = (rec.data_stream_id, rec.external_id)
             if pair in seen:
@@ -142,7 +146,7 @@ async def _insert_reporting_duplicates(
                 )
                 continue
             seen.add(pair)
-        inserts.append((*rec, request_id, start + offset, now))
+        inserts.append(row)
     if inserts:
-        await tx.insert_records(inserts)
+        tx.insert_records(inserts)
     return len(inserts), 0

@@ -340,7 +340,7 @@ def render_table(result: JSON) -> str:
         row(
             "end-to-end ingest (bulk POSTs)",
             f"{i['rows_per_s']:,.0f} rows/s = {i['ratio_to_ceiling']:.0%} of ceiling "
-            f"({i['seconds']:.1f} s)",
+            f"({i['seconds']:.1f} s; server CPU {i['server_cpu_us_per_row']:.1f} µs/row)",
             "≥ 60% of ceiling",
             _mark(result, "ingest_ratio_to_ceiling"),
         )

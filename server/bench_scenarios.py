@@ -22,6 +22,7 @@ from server.bench_support import (
     BenchError,
     bulk_body,
     latency_summary,
+    process_cpu_seconds,
     record_fields,
     wall_seconds,
 )
@@ -156,6 +157,7 @@ async def measure_ingest(api: Api, rows: int, request_rows: int, concurrency: in
             accept.append(time.perf_counter() - started)
             ids.append(summary["id"])
 
+    cpu_before = process_cpu_seconds(api.server.pid) or 0.0
     started = time.perf_counter()
     async with asyncio.TaskGroup() as group:
         for _ in range(concurrency):
@@ -176,6 +178,7 @@ async def measure_ingest(api: Api, rows: int, request_rows: int, concurrency: in
             f"ingest: {len(requests)}/{len(wanted)} requests found, not completed: "
             f"{not_done[:10]}, {stored}/{rows} rows stored"
         )
+    cpu_seconds = (process_cpu_seconds(api.server.pid) or 0.0) - cpu_before
     last_completion = max(wall_seconds(r["completed_at"]) for r in requests)
     seconds = last_completion - first_post_wall[0]
     return {
@@ -186,6 +189,8 @@ async def measure_ingest(api: Api, rows: int, request_rows: int, concurrency: in
         "posting_seconds": round(posting_seconds, 3),
         "seconds": round(seconds, 3),
         "rows_per_s": _rate(rows, seconds),
+        # Server CPU (all threads) per row: the work done, whatever else the machine runs.
+        "server_cpu_us_per_row": round(cpu_seconds / rows * 1e6, 2),
         "accept": latency_summary(accept),
     }
 

@@ -45,24 +45,24 @@ def fingerprint(operation: str, payload: Any) -> str:
     return hashlib.sha256(canonical).hexdigest()
 
 
-async def _replay(tx: WriteTx, environment_id: int, claim: IdempotencyClaim | None) -> JSON | None:
+def _replay(tx: WriteTx, environment_id: int, claim: IdempotencyClaim | None) -> JSON | None:
     if claim is None:
         return None
-    seen = await tx.get_idempotency_key(environment_id, claim.key)
+    seen = tx.get_idempotency_key(environment_id, claim.key)
     if seen is None:
         return None
     if seen["fingerprint"] != claim.fingerprint:
         raise IdempotencyMismatch(claim.key)
-    row = await tx.get_bulk_request(environment_id, seen["bulk_request_id"])
+    row = tx.get_bulk_request(environment_id, seen["bulk_request_id"])
     assert row is not None
     return row
 
 
-async def _single_stream(tx: WriteTx, environment_id: int, keys: set[Any]) -> JSON | None:
+def _single_stream(tx: WriteTx, environment_id: int, keys: set[Any]) -> JSON | None:
     if len(keys) != 1:
         return None
     (key,) = keys
-    return await tx.get_data_stream(environment_id, key) if isinstance(key, str) else None
+    return tx.get_data_stream(environment_id, key) if isinstance(key, str) else None
 
 
 async def submit_records(
@@ -74,24 +74,33 @@ async def submit_records(
 ) -> tuple[JSON, bool]:
     """Stage the rows durably and enqueue them; returns (request, replayed)."""
     items: list[StagedItem] = [[None, record, None] for record in records]
-    async with store.transaction() as tx:
-        replayed = await _replay(tx, environment_id, claim)
+    # Only text can name a stream; other values (maybe unhashable: {}) count as None.
+    keys = {
+        key if isinstance(key := r.get("data_stream_key"), str) else None
+        for r in records
+        if isinstance(r, dict)
+    }
+
+    def work(tx: WriteTx) -> tuple[JSON, bool]:
+        replayed = _replay(tx, environment_id, claim)
         if replayed is not None:
             return replayed, True
-        keys = {r.get("data_stream_key") for r in records if isinstance(r, dict)}
-        stream = await _single_stream(tx, environment_id, keys)
-        row = await tx.insert_bulk_request(
+        stream = _single_stream(tx, environment_id, keys)
+        row = tx.insert_bulk_request(
             environment_id=environment_id,
             source="bulk_api",
             on_conflict=on_conflict,
             total_items=len(items),
             data_stream_id=stream["id"] if stream else None,
         )
-        await tx.insert_chunk(row["id"], 0, items)
+        tx.insert_chunk(row["id"], 0, items)
         if claim is not None:
-            await tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
-    row["data_stream_key"] = stream["key"] if stream else None
-    return row, False
+            tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
+        row["data_stream_key"] = stream["key"] if stream else None
+        return row, False
+
+    # urgent: the client waits for this commit, a worker's next batch can wait 1 ms more.
+    return await store.write(work, urgent=True)
 
 
 async def submit_upload(
@@ -109,11 +118,12 @@ async def submit_upload(
 
     On replay the caller deletes its freshly stored copy of the file.
     """
-    async with store.transaction() as tx:
-        replayed = await _replay(tx, environment_id, claim)
+
+    def work(tx: WriteTx) -> tuple[JSON, bool]:
+        replayed = _replay(tx, environment_id, claim)
         if replayed is not None:
             return replayed, True
-        row = await tx.insert_bulk_request(
+        row = tx.insert_bulk_request(
             environment_id=environment_id,
             source=upload_format,
             on_conflict=on_conflict,
@@ -124,9 +134,11 @@ async def submit_upload(
             default_data_stream_key=data_stream_key,
         )
         if claim is not None:
-            await tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
-    row["data_stream_key"] = None
-    return row, False
+            tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
+        row["data_stream_key"] = None
+        return row, False
+
+    return await store.write(work, urgent=True)
 
 
 async def cancel(store: Store, environment_id: int, request_id: int) -> tuple[JSON, str] | None:
@@ -135,8 +147,9 @@ async def cancel(store: Store, environment_id: int, request_id: int) -> tuple[JS
     outcome: "cancelled" (stopped now), "requested" (the worker stops at its next
     heartbeat), "unchanged" (already cancelled). Raises Conflict for completed/failed.
     """
-    async with store.transaction() as tx:
-        row = await tx.get_bulk_request(environment_id, request_id)
+
+    def work(tx: WriteTx) -> tuple[JSON, str] | None:
+        row = tx.get_bulk_request(environment_id, request_id)
         if row is None:
             return None
         status = row["status"]
@@ -146,15 +159,17 @@ async def cancel(store: Store, environment_id: int, request_id: int) -> tuple[JS
             raise Conflict(f"bulk request {request_id} is {status}; it can no longer be cancelled")
         # A pending request, or a processing one no worker holds right now, has no batch
         # in flight and is cancelled at once; otherwise the holder stops at its heartbeat.
-        stopped_now = status == "pending" and await tx.cancel_pending(environment_id, request_id)
-        if stopped_now or await tx.cancel_unclaimed_processing(environment_id, request_id):
+        stopped_now = status == "pending" and tx.cancel_pending(environment_id, request_id)
+        if stopped_now or tx.cancel_unclaimed_processing(environment_id, request_id):
             outcome = "cancelled"
         else:
-            await tx.request_cancellation(environment_id, request_id)
+            tx.request_cancellation(environment_id, request_id)
             outcome = "requested"
-        updated = await tx.get_bulk_request(environment_id, request_id)
-    assert updated is not None
-    return updated, outcome
+        updated = tx.get_bulk_request(environment_id, request_id)
+        assert updated is not None
+        return updated, outcome
+
+    return await store.write(work, urgent=True)
 
 
 async def retry(
@@ -164,11 +179,12 @@ async def retry(
 
     Returns (child, replayed) or None when the parent does not exist.
     """
-    async with store.transaction() as tx:
-        replayed = await _replay(tx, environment_id, claim)
+
+    def work(tx: WriteTx) -> tuple[JSON, bool] | None:
+        replayed = _replay(tx, environment_id, claim)
         if replayed is not None:
             return replayed, True
-        parent = await tx.get_bulk_request(environment_id, request_id)
+        parent = tx.get_bulk_request(environment_id, request_id)
         if parent is None:
             return None
         if parent["status"] not in ("failed", "cancelled"):
@@ -176,7 +192,7 @@ async def retry(
                 f"bulk request {request_id} is {parent['status']}; "
                 "only failed or cancelled requests can be retried"
             )
-        child = await tx.latest_child(request_id)
+        child = tx.latest_child(request_id)
         if child is not None and (
             child["status"] not in TERMINAL_STATUSES or child["status"] == "completed"
         ):
@@ -193,63 +209,65 @@ async def retry(
             "parent_bulk_request_id": request_id,
         }
         if parent["parsing"]:
-            row = await _retry_unparsed_upload(tx, parent, common)
+            row = _retry_unparsed_upload(tx, parent, common)
         else:
-            row = await _retry_rows(tx, parent, common)
+            row = _retry_rows(tx, parent, common)
         if claim is not None:
-            await tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
-    row["data_stream_key"] = parent["data_stream_key"]
-    return row, False
+            tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
+        row["data_stream_key"] = parent["data_stream_key"]
+        return row, False
+
+    return await store.write(work, urgent=True)
 
 
-async def _retry_unparsed_upload(tx: WriteTx, parent: JSON, common: JSON) -> JSON:
+def _retry_unparsed_upload(tx: WriteTx, parent: JSON, common: JSON) -> JSON:
     # The parent stopped before its file was parsed: the child parses the same file.
     if not parent["upload_path"]:
         raise Conflict(
             f"bulk request {parent['id']} was rejected as a whole file "
             f"({parent['error_message']}); upload a corrected file instead"
         )
-    row = await tx.insert_bulk_request(
+    row = tx.insert_bulk_request(
         **common,
         parsing=1,
         upload_format=parent["upload_format"],
         upload_path=parent["upload_path"],
         default_data_stream_key=parent["default_data_stream_key"],
     )
-    await tx.hand_over_upload(parent["id"])
+    tx.hand_over_upload(parent["id"])
     return row
 
 
-async def _retry_rows(tx: WriteTx, parent: JSON, common: JSON) -> JSON:
-    row = await tx.insert_bulk_request(**common)
+def _retry_rows(tx: WriteTx, parent: JSON, common: JSON) -> JSON:
+    row = tx.insert_bulk_request(**common)
     child_id = row["id"]
     buffer: list[StagedItem] = []
     written = 0
 
-    async def flush() -> None:
+    def flush() -> None:
         nonlocal written
         if buffer:
-            await tx.insert_chunk(child_id, written, buffer)
+            tx.insert_chunk(child_id, written, buffer)
             written += len(buffer)
             buffer.clear()
 
     # Failed rows first (all below the checkpoint), then the never-processed rows, so
     # the child keeps the parent's row order.
     after = -1
-    while page := await tx.list_row_errors(parent["id"], after, PARSE_CHUNK_ROWS):
+    while page := tx.list_row_errors(parent["id"], after, PARSE_CHUNK_ROWS):
         for error in page:
             buffer.append(orjson.loads(error["source"]))
         after = page[-1]["row"]
-        await flush()
+        flush()
     position = parent["next_row"]
-    while chunk := await tx.next_chunk_from(parent["id"], position):
+    while chunk := tx.next_chunk_from(parent["id"], position):
         items = orjson.loads(chunk["body"])
         buffer.extend(items[max(0, position - chunk["first_row"]) :])
         position = chunk["first_row"] + chunk["row_count"]
-        await flush()
-    await flush()
+        flush()
+    flush()
     if written == 0:
         raise Conflict(f"bulk request {parent['id']} has no failed or unprocessed rows to retry")
-    await tx.set_total_items(child_id, written)
+    tx.set_total_items(child_id, written)
     row["total_items"] = written
     return row

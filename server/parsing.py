@@ -13,13 +13,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from server.batches import FencedOut
 from server.constants import FILE_READ_BYTES, PARSE_CHUNK_ROWS
-from server.db.tx import StagedItem
+from server.db.tx import StagedItem, WriteTx
+from server.events import log_transition
 from server.ingest.csv_reader import iter_csv_rows
 from server.ingest.nacha import iter_nacha_rows
 from server.types import JSON, FileRejected, ParseReport, SourceRow
@@ -79,11 +81,9 @@ async def parse_upload(pool: WorkerPool, job: JSON, worker: str) -> JSON | None:
             position += len(block)
             if not fresh:
                 continue
-            async with store.transaction() as tx:
-                await tx.insert_chunk(job["id"], position - len(fresh), [_staged(r) for r in fresh])
-                progress = await tx.record_parse_progress(job, worker, position)
-                if progress is None:
-                    raise FencedOut(f"claim on bulk request {job['id']} is stale")
+            progress = await store.write(
+                partial(_stage_block, job, worker, position - len(fresh), fresh, position)
+            )
             job = {**job, "total_items": position, **progress}
             pool.hub.publish(job)
             if pool.cancel_requested(job):
@@ -91,8 +91,7 @@ async def parse_upload(pool: WorkerPool, job: JSON, worker: str) -> JSON | None:
                 await pool.finish(job, worker, "cancelled")
                 return None
             if pool.stopping:
-                async with store.transaction() as tx:
-                    await tx.release_request(job, worker)
+                await store.write(partial(WriteTx.release_request, job=job, worker=worker))
                 return None
     except FileRejected as exc:
         await _discard_staged(pool, job)
@@ -123,28 +122,39 @@ async def parse_upload(pool: WorkerPool, job: JSON, worker: str) -> JSON | None:
     if len(keys) == 1:
         found = await store.find_data_streams(job["environment_id"], keys)
         stream_id = found[0]["id"] if found else None
-    async with store.transaction() as tx:
-        done = await tx.finish_parsing(
+    details = {k: v for k, v in (("warnings", report.warnings), ("notes", report.notes)) if v}
+
+    def finish(tx: WriteTx) -> JSON:
+        done = tx.finish_parsing(
             job,
             worker,
             total_items=position,
             data_stream_id=stream_id,
-            error_details={
-                k: v for k, v in (("warnings", report.warnings), ("notes", report.notes)) if v
-            }
-            or None,
+            error_details=details or None,
         )
         if done is None:
             raise FencedOut(f"claim on bulk request {job['id']} is stale")
+        return done
+
+    done = await store.write(finish)
     _remove(path)
-    log.info("bulk request %s parsed: %d rows", job["id"], position)
+    log_transition(log, "parsed", done, rows=position)
     pool.hub.publish(done)
     return done
 
 
+def _stage_block(
+    job: JSON, worker: str, first_row: int, rows: list[SourceRow], total: int, tx: WriteTx
+) -> JSON:
+    tx.insert_chunk(job["id"], first_row, [_staged(r) for r in rows])
+    progress = tx.record_parse_progress(job, worker, total)
+    if progress is None:
+        raise FencedOut(f"claim on bulk request {job['id']} is stale")
+    return progress
+
+
 async def _discard_staged(pool: WorkerPool, job: JSON) -> None:
-    async with pool.store.transaction() as tx:
-        await tx.delete_chunks(job["id"])
+    await pool.store.write(lambda tx: tx.delete_chunks(job["id"]))
 
 
 def _remove(path: Path) -> None:

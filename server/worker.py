@@ -17,6 +17,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Sequence
+from functools import partial
 
 import orjson
 
@@ -24,8 +25,8 @@ from server.batches import FencedOut, commit_batch, stream_keys_of, validate_bat
 from server.config import Settings
 from server.constants import SHUTDOWN_GRACE_SECONDS, WORKER_IDLE_POLL_SECONDS
 from server.db.store import Store
-from server.db.tx import StagedItem
-from server.events import ProgressHub
+from server.db.tx import StagedItem, WriteTx
+from server.events import ProgressHub, log_transition
 from server.ingest.validation import StreamRef
 from server.parsing import parse_upload, remove_unreferenced_uploads
 from server.types import JSON
@@ -47,6 +48,8 @@ class WorkerPool:
         self._busy: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._cancel_requested: set[int] = set()
+        # Given back after a time slice: their next claim is routine, logged at DEBUG.
+        self._sliced: set[int] = set()
         self.recovered_total = 0
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -94,11 +97,17 @@ class WorkerPool:
         return len(self._busy)
 
     async def requeue_orphans(self, reason: str) -> list[int]:
-        async with self.store.transaction() as tx:
-            ids = await tx.requeue_orphans(self._live, reason)
+        live = set(self._live)
+        ids = await self.store.write(lambda tx: tx.requeue_orphans(live, reason))
         self.recovered_total += len(ids)
         if ids:
             self.wake()
+        for request_id in ids:
+            # Rare (a restart or a dead task): one read each to log and publish the row.
+            row = await self.store.get_bulk_request_any_environment(request_id)
+            if row is not None:
+                log_transition(log, "requeued", row, level=logging.WARNING, reason=reason)
+                self.hub.publish(row)
         return ids
 
     # --- loops ---------------------------------------------------------------------------
@@ -113,8 +122,7 @@ class WorkerPool:
                 ids = await self.requeue_orphans("worker gone")
                 if ids:
                     log.warning("requeued orphaned bulk request(s) %s", ids)
-                async with self.store.transaction() as tx:
-                    await tx.delete_expired_idempotency_keys()
+                await self.store.write(lambda tx: tx.delete_expired_idempotency_keys())
             except Exception:
                 log.exception("sweeper pass failed; trying again next interval")
 
@@ -123,8 +131,7 @@ class WorkerPool:
         try:
             while not self._stopping:
                 try:
-                    async with self.store.transaction() as tx:
-                        job = await tx.claim_next_request(worker)
+                    job = await self.store.write(partial(WriteTx.claim_next_request, worker=worker))
                 except Exception:
                     log.exception("claiming failed; retrying")
                     await asyncio.sleep(1)
@@ -159,11 +166,15 @@ class WorkerPool:
     # --- one claim -------------------------------------------------------------------------
 
     async def _run(self, job: JSON, worker: str) -> None:
-        log.info(
-            "claimed bulk request %s (attempt %s, next row %s)",
-            job["id"],
-            job["attempt"],
-            job["next_row"],
+        sliced = job["id"] in self._sliced
+        self._sliced.discard(job["id"])
+        log_transition(
+            log,
+            "resumed" if job["attempt"] > 1 else "claimed",
+            job,
+            level=logging.DEBUG if sliced else logging.INFO,
+            worker=worker,
+            next_row=job["next_row"],
         )
         self.hub.publish(job)
         loop = asyncio.get_running_loop()
@@ -195,7 +206,7 @@ class WorkerPool:
             job = await commit_batch(self.store, job, worker, batch)
             self.hub.publish(job)
         self._cancel_requested.discard(job["id"])
-        log.info("bulk request %s %s", job["id"], job["status"])
+        log_transition(log, job["status"], job)
 
     def _should_cancel(self, job: JSON) -> bool:
         return job["id"] in self._cancel_requested or job["cancellation_requested_at"] is not None
@@ -217,8 +228,10 @@ class WorkerPool:
                 streams[row["key"]] = StreamRef(row["id"], row["currency"])
 
     async def _release(self, job: JSON, worker: str) -> None:
-        async with self.store.transaction() as tx:
-            await tx.release_request(job, worker)
+        await self.store.write(lambda tx: tx.release_request(job, worker))
+        if len(self._sliced) > 10_000:  # ids cancelled while released are never claimed
+            self._sliced.clear()
+        self._sliced.add(job["id"])
         self.wake()
 
     async def finish(
@@ -231,8 +244,8 @@ class WorkerPool:
         error_details: JSON | None = None,
         keep_upload: bool = True,
     ) -> JSON:
-        async with self.store.transaction() as tx:
-            row = await tx.finish_request(
+        def work(tx: WriteTx) -> JSON:
+            row = tx.finish_request(
                 job,
                 worker,
                 status,
@@ -242,10 +255,11 @@ class WorkerPool:
             )
             if row is None:
                 raise FencedOut(f"claim on bulk request {job['id']} is stale")
+            return row
+
+        row = await self.store.write(work)
         self._cancel_requested.discard(job["id"])
-        log.info(
-            "bulk request %s %s%s", job["id"], status, f": {error_message}" if error_message else ""
-        )
+        log_transition(log, status, row, **({"error": error_message} if error_message else {}))
         self.hub.publish(row)
         return row
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,23 @@ def json_response(
     )
 
 
+# Finds JSON numbers a double might not hold exactly: a run of 16+ number characters, or
+# a digit followed by an exponent. It matches inside strings too (long ids, "2eggs");
+# those bodies merely take the slower exact path. bytes.translate + `in` run in C: a
+# regex over a 150 kB body cost more than the whole parse it was meant to save.
+_NUMBER_CHARS = bytes(
+    ord("0") if chr(b) in "0123456789.+-" else ord("e") if chr(b) in "eE" else ord(" ")
+    for b in range(256)
+)
+_LONG_NUMBER = b"0" * 16
+_EXPONENT = b"0e"
+
+
+def _needs_exact_parse(raw: bytes) -> bool:
+    shape = raw.translate(_NUMBER_CHARS)
+    return _LONG_NUMBER in shape or _EXPONENT in shape
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -54,6 +72,13 @@ async def read_json_body(request: web.Request) -> Any:
     raw = await request.read()  # bounded by the app's client_max_size → 413
     if not raw:
         raise Problem(400, "invalid-json", "the request body is empty")
+    if not _needs_exact_parse(raw):
+        # orjson is ~3× faster than json+Decimal (most of a bulk POST's accept time) and
+        # exact here: with no exponent and at most 15 significant digits, a decimal
+        # literal survives float → repr() unchanged (DBL_DIG is 15). Anything it rejects
+        # goes on to the exact parser below, which also words the 400.
+        with contextlib.suppress(orjson.JSONDecodeError):
+            return orjson.loads(raw)
     try:
         return json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:

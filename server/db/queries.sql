@@ -55,6 +55,7 @@ SELECT key, id, currency FROM data_streams
 WHERE environment_id = :environment_id AND key IN (SELECT value FROM json_each(:keys));
 
 -- name: insert_record
+-- The batch inserts below run as ONE multi-row statement (queries.multi_row says why).
 INSERT INTO records (data_stream_id, date, amount_minor, currency, description, external_id,
                      metadata, bulk_request_id, row_index, created_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?);
@@ -200,9 +201,10 @@ WHERE id = :id AND attempt = :attempt AND claimed_by = :worker AND status = 'pro
 RETURNING *;
 
 -- name: record_parse_progress
+-- Returns the whole row: it is published to live event streams as the parse heartbeat.
 UPDATE bulk_requests SET total_items = :total_items, last_progress_at = :now
 WHERE id = :id AND attempt = :attempt AND claimed_by = :worker AND status = 'processing'
-RETURNING cancellation_requested_at;
+RETURNING *;
 
 -- name: finish_parsing
 UPDATE bulk_requests
@@ -263,6 +265,7 @@ WHERE claimed_by IS NOT NULL AND claimed_by NOT IN (SELECT value FROM json_each(
 RETURNING id;
 
 -- name: insert_row_error
+-- Run as one multi-row statement per batch (see insert_record).
 INSERT INTO row_errors (bulk_request_id, row, line, external_id, code, message, pointer, source)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?);
 
@@ -293,3 +296,22 @@ SELECT 1;
 
 -- name: list_upload_paths
 SELECT upload_path FROM bulk_requests WHERE upload_path IS NOT NULL;
+
+-- name: get_data_stream_key
+SELECT key FROM data_streams WHERE id = :id;
+
+-- name: metrics_bulk_requests
+-- Scrape-time aggregates for /metrics. One pass over bulk_requests (a row per request,
+-- not per record), so a scrape stays cheap however many records are stored.
+SELECT status, source, count(*) AS requests,
+       coalesce(sum(successful_items), 0) AS successful,
+       coalesce(sum(failed_items), 0) AS failed,
+       coalesce(sum(skipped_items), 0) AS skipped
+FROM bulk_requests GROUP BY status, source;
+
+-- name: metrics_heartbeats
+-- Timestamps are fixed-width RFC 3339 text, so min() is the oldest heartbeat and a
+-- text comparison with :stuck_before counts the stuck requests (as `stuck` defines it).
+SELECT min(last_progress_at) AS oldest,
+       coalesce(sum(last_progress_at < :stuck_before), 0) AS stuck
+FROM bulk_requests WHERE status = 'processing';

@@ -1,9 +1,10 @@
 """The store: the one layer that runs SQL (the statements live in `queries.sql`).
 
-Writes go through a single writer connection, serialized by an asyncio.Lock and run as
-`BEGIN IMMEDIATE` transactions (a deferred transaction that reads then writes can fail
-with "database is locked" whatever the busy timeout). Reads use a small pool of
-separate read-only connections, so API reads never queue behind a long write (WAL).
+Writes go through a single writer connection on its own thread (server/db/writer.py),
+each transaction a plain function run there in one hop as `BEGIN IMMEDIATE` (a deferred
+transaction that reads then writes can fail with "database is locked" whatever the busy
+timeout). Reads use a small pool of separate read-only aiosqlite connections, so API
+reads never queue behind a long write (WAL).
 """
 
 from __future__ import annotations
@@ -11,28 +12,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
 
 from server.clock import now_rfc3339
 from server.constants import READER_CONNECTIONS
-from server.db.connection import open_connection, prepare_database
+from server.db.connection import open_connection, open_sync_connection, prepare_database
 from server.db.queries import Q
 from server.db.tx import WriteTx, row_dict
+from server.db.writer import Writer
 from server.types import JSON
+
+T = TypeVar("T")
+
+
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 class Store:
     def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
         self.path = path
         self.synchronous = synchronous
-        self._writer: aiosqlite.Connection | None = None
-        self._write_lock = asyncio.Lock()
+        self._writer: Writer | None = None
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
 
@@ -40,7 +48,9 @@ class Store:
 
     async def open(self) -> None:
         await asyncio.to_thread(prepare_database, self.path)
-        self._writer = await open_connection(self.path, self.synchronous)
+        writer = Writer(lambda: open_sync_connection(self.path, self.synchronous))
+        await writer.start()
+        self._writer = writer
         for _ in range(READER_CONNECTIONS):
             reader = await open_connection(self.path, self.synchronous, read_only=True)
             self._all_readers.append(reader)
@@ -52,27 +62,19 @@ class Store:
         self._all_readers.clear()
         if self._writer is not None:
             # Fold the WAL back into the main file so a copied .db is complete.
-            with contextlib.suppress(sqlite3.Error):
-                await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            await self._writer.close()
+            await self._writer.close(last=_checkpoint)
             self._writer = None
 
     # --- transactions ------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[WriteTx]:
-        """One write transaction; commits on success, rolls back on any exception."""
+    async def write(self, work: Callable[[WriteTx], T], *, urgent: bool = False) -> T:
+        """Run `work` as one write transaction on the writer thread, in one hop.
+
+        Commits when it returns, rolls back when it raises (the exception propagates).
+        `urgent`: a client is waiting for this (see server/db/writer.py).
+        """
         assert self._writer is not None, "store is not open"
-        async with self._write_lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
-            try:
-                yield WriteTx(self._writer)
-            except BaseException:
-                # Shielded: a cancelled task must still leave the connection clean.
-                await asyncio.shield(self._writer.execute("ROLLBACK"))
-                raise
-            else:
-                await self._writer.execute("COMMIT")
+        return await self._writer.transaction(work, urgent=urgent)
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -98,34 +100,39 @@ class Store:
     # --- environments and API keys -----------------------------------------------------
 
     async def create_api_key(self, environment: str, key_hash: str, prefix: str) -> int:
-        async with self.transaction() as tx:
-            env_id = await tx.ensure_environment(environment)
-            return await tx.insert_api_key(env_id, key_hash, prefix)
+        def work(tx: WriteTx) -> int:
+            return tx.insert_api_key(tx.ensure_environment(environment), key_hash, prefix)
+
+        return await self.write(work)
 
     async def ensure_api_key(self, environment: str, key_hash: str, prefix: str) -> bool:
         """Make sure this exact key exists (and is not revoked); True if it was created."""
-        async with self.transaction() as tx:
-            if await tx.one(Q.find_api_key, {"key_hash": key_hash}) is not None:
+
+        def work(tx: WriteTx) -> bool:
+            if tx.one(Q.find_api_key, {"key_hash": key_hash}) is not None:
                 return False
-            env_id = await tx.ensure_environment(environment)
+            env_id = tx.ensure_environment(environment)
             # A revoked row with the same hash would violate UNIQUE: revive it instead.
-            if not await tx.run(Q.unrevoke_api_key, {"key_hash": key_hash}):
-                await tx.insert_api_key(env_id, key_hash, prefix)
+            if not tx.run(Q.unrevoke_api_key, {"key_hash": key_hash}):
+                tx.insert_api_key(env_id, key_hash, prefix)
             return True
+
+        return await self.write(work)
 
     async def find_api_key(self, key_hash: str) -> JSON | None:
         return await self.read_one(Q.find_api_key, {"key_hash": key_hash})
 
     async def touch_api_key(self, key_id: int) -> None:
-        async with self.transaction() as tx:
-            await tx.run(Q.touch_api_key, {"id": key_id, "now": now_rfc3339()})
+        now = now_rfc3339()
+        await self.write(lambda tx: tx.run(Q.touch_api_key, {"id": key_id, "now": now}))
 
     async def list_api_keys(self) -> list[JSON]:
         return await self.read_all(Q.list_api_keys)
 
     async def revoke_api_key(self, key_id: int) -> bool:
-        async with self.transaction() as tx:
-            return await tx.run(Q.revoke_api_key, {"id": key_id, "now": now_rfc3339()}) == 1
+        now = now_rfc3339()
+        changed = await self.write(lambda tx: tx.run(Q.revoke_api_key, {"id": key_id, "now": now}))
+        return changed == 1
 
     async def count_api_keys(self) -> int:
         return int(await self.read_value(Q.count_api_keys))
@@ -136,17 +143,14 @@ class Store:
         self, environment_id: int, key: str, name: str | None, currency: str
     ) -> JSON | None:
         """The new stream, or None when the key is taken in this environment."""
-        async with self.transaction() as tx:
-            return await tx.one(
-                Q.insert_data_stream,
-                {
-                    "environment_id": environment_id,
-                    "key": key,
-                    "name": name,
-                    "currency": currency,
-                    "now": now_rfc3339(),
-                },
-            )
+        params = {
+            "environment_id": environment_id,
+            "key": key,
+            "name": name,
+            "currency": currency,
+            "now": now_rfc3339(),
+        }
+        return await self.write(lambda tx: tx.one(Q.insert_data_stream, params), urgent=True)
 
     async def get_data_stream(self, environment_id: int, key: str) -> JSON | None:
         return await self.read_one(
@@ -247,3 +251,18 @@ class Store:
 
     async def ping(self) -> None:
         await self.read_value(Q.ping)
+
+    # --- live events and metrics -------------------------------------------------------
+
+    async def get_data_stream_key(self, stream_id: int) -> str | None:
+        return await self.read_value(Q.get_data_stream_key, {"id": stream_id})
+
+    async def metrics_bulk_requests(self) -> list[JSON]:
+        """Per (status, source): request count and row counters, for /metrics."""
+        return await self.read_all(Q.metrics_bulk_requests)
+
+    async def metrics_heartbeats(self, stuck_before: str) -> JSON:
+        """Oldest heartbeat of a processing request, and how many are older than given."""
+        row = await self.read_one(Q.metrics_heartbeats, {"stuck_before": stuck_before})
+        assert row is not None  # an aggregate always returns one row
+        return row

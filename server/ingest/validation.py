@@ -107,6 +107,8 @@ def validate_row(fields: Any, streams: Mapping[str, StreamRef]) -> ValidRecord |
                 f"description is longer than {MAX_DESCRIPTION_CHARS} characters",
                 "/description",
             )
+        if "\x00" in description:
+            return _nul_problem("description")
 
     external_id = fields.get("external_id")
     if external_id is not None:
@@ -118,6 +120,8 @@ def validate_row(fields: Any, streams: Mapping[str, StreamRef]) -> ValidRecord |
                 f"external_id must be 1 to {MAX_EXTERNAL_ID_CHARS} characters",
                 "/external_id",
             )
+        if "\x00" in external_id:
+            return _nul_problem("external_id")
 
     metadata = fields.get("metadata")
     metadata_json: str | None = None
@@ -148,6 +152,12 @@ def _date_problem(text: str) -> RowProblem | None:
     except ValueError:
         return RowProblem("invalid_date", f"{text} is not a calendar date", "/date")
     return None
+
+
+def _nul_problem(name: str) -> RowProblem:
+    # U+0000 ends a string in C: SQLite's JSON functions (the batch insert), CSV tools and
+    # most databases downstream would silently cut the text there, so it is refused.
+    return RowProblem("invalid_characters", f"{name} must not contain U+0000 (NUL)", f"/{name}")
 
 
 def _escape(name: str) -> str:
