@@ -10,8 +10,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from server.api import bulk_requests, data_streams, health, uploads
+from server.api import bulk_requests, dashboard, data_streams, health, uploads
+from server.api import events as event_streams
 from server.api.common import HUB, POOL, SETTINGS, STORE
+from server.api.openapi import openapi_document
 from server.auth import generate_api_key, hash_api_key, key_prefix, make_auth_middleware
 from server.config import Settings
 from server.constants import MAX_JSON_BODY_BYTES
@@ -19,6 +21,7 @@ from server.db.store import Store
 from server.errors import add_request_id_header, problem_middleware
 from server.events import ProgressHub
 from server.logs import access_log_middleware
+from server.metrics import METRICS, Metrics, metrics_endpoint, metrics_middleware
 from server.worker import WorkerPool
 
 log = logging.getLogger("server.app")
@@ -71,7 +74,12 @@ def _announce_key(key: str) -> None:
 
 def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> web.Application:
     app = web.Application(
-        middlewares=[access_log_middleware, problem_middleware, make_auth_middleware(STORE)],
+        middlewares=[
+            metrics_middleware,  # outermost: times everything, sees the final status
+            access_log_middleware,
+            problem_middleware,
+            make_auth_middleware(STORE),
+        ],
         client_max_size=MAX_JSON_BODY_BYTES,
     )
     store = Store(settings.db_path, synchronous=settings.synchronous)
@@ -80,6 +88,7 @@ def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> w
     app[STORE] = store
     app[HUB] = hub
     app[POOL] = WorkerPool(store, settings, hub)
+    app[METRICS] = Metrics(store, app[POOL], hub, settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         lock_fd = _lock_database(settings.db_path)
@@ -98,6 +107,8 @@ def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> w
             os.close(lock_fd)
 
     app.cleanup_ctx.append(lifecycle)
+    # Before the handlers are awaited: open event streams would otherwise hold shutdown.
+    app.on_shutdown.append(event_streams.close_event_streams)
     app.on_response_prepare.append(add_request_id_header)
     _add_routes(app)
     return app
@@ -106,6 +117,10 @@ def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> w
 def _add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/healthz", health.healthz)
+    r.add_get("/metrics", metrics_endpoint)
+    r.add_get("/v1/openapi.json", openapi_document)
+    r.add_get("/", dashboard.index)
+    r.add_get("/static/{name}", dashboard.static_file)
     r.add_post("/v1/data_streams", data_streams.create_data_stream)
     r.add_get("/v1/data_streams", data_streams.list_data_streams)
     r.add_get("/v1/data_streams/{key}", data_streams.get_data_stream)
@@ -116,4 +131,6 @@ def _add_routes(app: web.Application) -> None:
     r.add_get("/v1/bulk_requests/{id}/errors", bulk_requests.list_row_errors)
     r.add_post("/v1/bulk_requests/{id}/cancel", bulk_requests.cancel_bulk_request)
     r.add_post("/v1/bulk_requests/{id}/retry", bulk_requests.retry_bulk_request)
+    r.add_get("/v1/bulk_requests/{id}/events", event_streams.bulk_request_events)
+    r.add_get("/v1/events", event_streams.environment_events)
     r.add_post("/v1/uploads", uploads.create_upload)

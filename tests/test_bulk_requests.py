@@ -80,6 +80,39 @@ async def test_amounts_are_stored_exactly(
     assert f'"amount":{expected},' in raw
 
 
+@pytest.mark.parametrize(
+    ("literal", "outcome"),
+    [
+        # More significant digits than a double holds: must not be rounded into validity.
+        ("0.10000000000000001", "too_many_decimals"),
+        ("12.340000000000000000", "12.34"),
+        ("1.5e1", "15"),
+        ("1E-2", "0.01"),
+        ("123456789012.34", "123456789012.34"),
+        ("9007199254740.99", "9007199254740.99"),
+    ],
+)
+async def test_number_literals_are_read_exactly(api: Api, literal: str, outcome: str) -> None:
+    await api.create_stream()
+    raw = '{"records": [{"date": "2024-01-01", "data_stream_key": "bank", "amount": %s}]}'
+    _, summary = await api.call(
+        "POST",
+        "/v1/records/bulk",
+        data=raw % literal,
+        headers={"Content-Type": "application/json"},
+        expect=202,
+    )
+    done = await api.wait_terminal(summary["id"])
+    if outcome == "too_many_decimals":
+        assert done["failed_items"] == 1
+        errors = (await api.get(f"/v1/bulk_requests/{summary['id']}/errors"))["data"]
+        assert errors[0]["code"] == outcome
+    else:
+        assert done["successful_items"] == 1
+        [stored] = (await api.get(f"/v1/records?bulk_request_id={summary['id']}"))["data"]
+        assert Decimal(str(stored["amount"])) == Decimal(outcome)
+
+
 async def test_sums_are_exact_where_floats_are_not(api: Api) -> None:
     await api.create_stream()
     summary = await api.submit([record(1, amount=0.1), record(2, amount=0.2)])
@@ -163,6 +196,30 @@ async def test_unicode_everywhere_round_trips(api: Api) -> None:
     assert stored["description"] == text
     assert stored["external_id"] == f"ü-{text}"
     assert stored["metadata"] == {"note": text, "ключ": [1, 2.5]}
+
+
+async def test_text_that_json_escapes_round_trips_and_nul_is_refused(api: Api) -> None:
+    # Batches reach SQLite as one JSON array: every escape must come back unchanged.
+    await api.create_stream()
+    tricky = 'quote " backslash \\ tab \t newline \n LS \u2028 ctrl \x01 end'
+    summary = await api.submit(
+        [
+            record(1, description=tricky, external_id=tricky, metadata={"k": "a\x00b"}),
+            record(2, description="cut\x00here"),
+            record(3, external_id="id\x00x"),
+        ]
+    )
+    done = await api.wait_terminal(summary["id"])
+    assert (done["successful_items"], done["failed_items"]) == (1, 2)
+    [stored] = (await api.get("/v1/records"))["data"]
+    assert stored["description"] == tricky
+    assert stored["external_id"] == tricky
+    assert stored["metadata"] == {"k": "a\x00b"}  # inside JSON the NUL stays escaped
+    errors = (await api.get(f"/v1/bulk_requests/{summary['id']}/errors"))["data"]
+    assert [(e["row"], e["code"], e["pointer"]) for e in errors] == [
+        (1, "invalid_characters", "/records/1/description"),
+        (2, "invalid_characters", "/records/2/external_id"),
+    ]
 
 
 async def test_on_conflict_skip_and_error(api: Api) -> None:
@@ -310,6 +367,28 @@ async def test_idempotent_replay_mismatch_and_race(api: Api) -> None:
     assert len({body["id"] for _, body in results}) == 1
     listed = await api.all_pages("/v1/bulk_requests")
     assert len(listed) == 2
+
+
+@pytest.mark.parametrize(
+    "long_id",
+    # The long external_id sends the body down the exact (Decimal) parse path instead of
+    # the fast one: the outcome must not depend on which path read it.
+    ["short", "a-1234567890123456789"],
+)
+async def test_idempotency_compares_amounts_by_value(api: Api, long_id: str) -> None:
+    await api.create_stream()
+    key = {"Idempotency-Key": f"spelling-{long_id}", "Content-Type": "application/json"}
+    row = '{"date": "2024-01-01", "data_stream_key": "bank", "external_id": "%s", "amount": %s}'
+    first = None
+    for spelling in ("12.30", "12.3", '"12.30"', '"12.3000"'):
+        body = '{"records": [%s]}' % (row % (long_id, spelling))
+        status, summary = await api.call("POST", "/v1/records/bulk", data=body, headers=key)
+        assert status == (202 if first is None else 200), (spelling, summary)
+        first = first or summary["id"]
+        assert summary["id"] == first
+    body = '{"records": [%s]}' % (row % (long_id, "12.31"))
+    status, _ = await api.call("POST", "/v1/records/bulk", data=body, headers=key)
+    assert status == 409
 
 
 async def test_idempotency_keys_are_scoped_to_the_environment(api: Api) -> None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
+import orjson
 from aiohttp import web
 
 from server import bulk_requests as domain
@@ -28,12 +33,20 @@ from server.api.render import render_bulk_request, render_row_error, render_summ
 from server.auth import caller_of
 from server.constants import MAX_RECORDS_PER_REQUEST
 from server.errors import Problem, field_error, not_found
+from server.events import log_transition
+from server.money import canonical_amount_text
 from server.types import JSON
 
 STATUSES = frozenset({"pending", "processing", "completed", "failed", "cancelled"})
 SOURCES = frozenset({"bulk_api", "csv", "nacha", "retry"})
 ON_CONFLICT = frozenset({"skip", "error"})
 REPLAYED = {"Idempotent-Replayed": "true"}
+# Rows are staged with orjson and read back with it by the worker: it holds integers
+# within 64 bits and numbers a double can hold. Anything larger cannot be stored as sent.
+STORABLE_INTS = range(-(2**63), 2**64)
+MAX_DOUBLE = Decimal(sys.float_info.max)
+
+log = logging.getLogger("server.api.bulk_requests")
 
 
 def _claim(request: web.Request, operation: str, payload: object) -> domain.IdempotencyClaim | None:
@@ -68,7 +81,8 @@ def _validate_submission(body: JSON) -> tuple[list[JSON], str]:
             for i in bad[:50]
         )
     on_conflict = body.get("on_conflict", "skip")
-    if on_conflict not in ON_CONFLICT:
+    # isinstance first: an unhashable value (`{}`) would raise in the set lookup (500).
+    if not isinstance(on_conflict, str) or on_conflict not in ON_CONFLICT:
         errors.append(
             field_error("/on_conflict", "invalid_choice", 'on_conflict must be "skip" or "error"')
         )
@@ -78,21 +92,85 @@ def _validate_submission(body: JSON) -> tuple[list[JSON], str]:
     return records, on_conflict
 
 
+def _unstorable_numbers(value: Any, pointer: str) -> Iterator[str]:
+    """JSON Pointers of the numbers in `value` that the row staging cannot hold."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _unstorable_numbers(item, f"{pointer}/{_escape(str(key))}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _unstorable_numbers(item, f"{pointer}/{index}")
+    elif isinstance(value, int):
+        if value not in STORABLE_INTS:
+            yield pointer
+    elif isinstance(value, Decimal) and (not value.is_finite() or abs(value) > MAX_DOUBLE):
+        yield pointer
+
+
+def _escape(token: str) -> str:
+    """JSON Pointer escaping of one reference token (RFC 6901)."""
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def _unstorable_problem(records: list[JSON]) -> Problem | None:
+    """The 422 for numbers too large to store (outside `amount`), or None if there are none.
+
+    Only computed after staging failed, so well-formed bodies never pay for the walk.
+    """
+    pointers = [
+        pointer
+        for row, record in enumerate(records)
+        for key, value in record.items()
+        if key != "amount"
+        for pointer in _unstorable_numbers(value, f"/records/{row}/{_escape(key)}")
+    ]
+    if not pointers:
+        return None
+    return Problem(
+        422,
+        "validation-error",
+        "the bulk request has numbers too large to store",
+        errors=[
+            field_error(p, "out_of_range", "a number must fit a 64-bit integer or a double")
+            for p in pointers[:50]
+        ],
+    )
+
+
 async def submit_records(request: web.Request) -> web.Response:
     caller = caller_of(request)
     body = require_object(await read_json_body(request), {"records", "on_conflict"})
     records, on_conflict = _validate_submission(body)
-    claim = _claim(request, "records.bulk", body)
     for record in records:
-        # Staged as the exact decimal text; the worker converts it to minor units.
-        if isinstance(record.get("amount"), Decimal):
-            record["amount"] = str(record["amount"])
-    with translate_domain_errors():
-        row, replayed = await domain.submit_records(
-            request.app[STORE], caller.environment_id, records, on_conflict, claim
-        )
+        # Staged as the exact decimal text; the worker converts it to minor units. A
+        # float comes only from a literal read_json_body proved exact (see there).
+        amount = record.get("amount")
+        if isinstance(amount, Decimal):
+            record["amount"] = canonical_amount_text(str(amount))
+        elif isinstance(amount, float):
+            record["amount"] = canonical_amount_text(repr(amount))
+        elif isinstance(amount, str):
+            record["amount"] = canonical_amount_text(amount)
+        elif isinstance(amount, int) and amount not in STORABLE_INTS:
+            # Out of range for every currency (a row error), and for orjson.
+            record["amount"] = str(amount)
+    try:
+        # The fingerprint covers the amounts as staged (text), like the rows themselves.
+        claim = _claim(request, "records.bulk", body)
+        with translate_domain_errors():
+            row, replayed = await domain.submit_records(
+                request.app[STORE], caller.environment_id, records, on_conflict, claim
+            )
+    except orjson.JSONEncodeError:
+        # A number elsewhere in a record (metadata, say) that the staging cannot hold: the
+        # transaction rolled back; name each one instead of answering 500.
+        problem = _unstorable_problem(records)
+        if problem is None:
+            raise
+        raise problem from None
     if replayed:
         return json_response(render_summary(row), status=200, headers=REPLAYED)
+    request.app[HUB].publish(row)  # right after the commit: streams see commit order
     request.app[POOL].wake()
     return json_response(
         render_summary(row), status=202, headers={"Location": f"/v1/bulk_requests/{row['id']}"}
@@ -158,11 +236,13 @@ async def cancel_bulk_request(request: web.Request) -> web.Response:
     if result is None:
         raise not_found(f"bulk request {request_id}")
     row, outcome = result
+    if outcome != "unchanged":
+        request.app[HUB].publish(row)
     if outcome == "requested":
         request.app[POOL].notify_cancel_requested(request_id)
         return json_response(_payload(request, row), status=202)
     if outcome == "cancelled":
-        request.app[HUB].publish(row)
+        log_transition(log, "cancelled", row, by="api")
     return json_response(_payload(request, row), status=200)
 
 
@@ -177,6 +257,7 @@ async def retry_bulk_request(request: web.Request) -> web.Response:
     row, replayed = result
     if replayed:
         return json_response(_payload(request, row), status=200, headers=REPLAYED)
+    request.app[HUB].publish(row)
     request.app[POOL].wake()
     return json_response(
         _payload(request, row), status=201, headers={"Location": f"/v1/bulk_requests/{row['id']}"}

@@ -14,9 +14,11 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from server import bulk_requests as domain
 from server.api.common import (
+    HUB,
     POOL,
     SETTINGS,
     STORE,
@@ -123,6 +125,12 @@ async def create_upload(request: web.Request) -> web.Response:
                     await part.release()  # unknown parts are ignored, not buffered
         except ValueError as exc:  # malformed multipart framing
             raise Problem(400, "validation-error", f"malformed multipart body: {exc}") from None
+        except HttpProcessingError:
+            # A part's headers that do not parse (aiohttp raises InvalidHeader, which is
+            # not a ValueError): the client's framing is wrong, not the server.
+            raise Problem(
+                400, "validation-error", "malformed multipart body: a part's headers are invalid"
+            ) from None
         upload_format, on_conflict, stream_key = await _validate(request, received, fields)
         assert received is not None
         final = received.path.with_suffix(f".{upload_format}")
@@ -164,6 +172,7 @@ async def create_upload(request: web.Request) -> web.Response:
     if replayed:
         received.path.unlink(missing_ok=True)
         return json_response(body, status=200, headers={"Idempotent-Replayed": "true"})
+    request.app[HUB].publish(row)
     request.app[POOL].wake()
     return json_response(body, status=202, headers={"Location": body["url"]})
 
