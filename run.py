@@ -72,7 +72,7 @@ async def _serve(settings: Settings) -> int:
     from server.logs import configure_logging
 
     configure_logging(settings.log_level)
-    sys.setswitchinterval(float(os.environ.get("SWI", GIL_SWITCH_INTERVAL_SECONDS)))
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     app = create_app(settings, bootstrap_api_key=os.environ.get("BULK_API_KEY") or None)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=3.0, handle_signals=False)
     try:
