@@ -17,7 +17,7 @@ import orjson
 
 from server.constants import PARSE_CHUNK_ROWS
 from server.db.store import Store
-from server.db.tx import StagedItem, WriteTx
+from server.db.tx import StagedItem, WriteTx, decode_items, encode_items
 from server.types import JSON, TERMINAL_STATUSES
 
 
@@ -74,6 +74,7 @@ async def submit_records(
 ) -> tuple[JSON, bool]:
     """Stage the rows durably and enqueue them; returns (request, replayed)."""
     items: list[StagedItem] = [[None, record, None] for record in records]
+    staged = encode_items(items)  # before the transaction: the writer only copies bytes
     # Only text can name a stream; other values (maybe unhashable: {}) count as None.
     keys = {
         key if isinstance(key := r.get("data_stream_key"), str) else None
@@ -93,7 +94,7 @@ async def submit_records(
             total_items=len(items),
             data_stream_id=stream["id"] if stream else None,
         )
-        tx.insert_chunk(row["id"], 0, items)
+        tx.insert_chunk(row["id"], 0, len(items), staged)
         if claim is not None:
             tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
         row["data_stream_key"] = stream["key"] if stream else None
@@ -247,7 +248,7 @@ def _retry_rows(tx: WriteTx, parent: JSON, common: JSON) -> JSON:
     def flush() -> None:
         nonlocal written
         if buffer:
-            tx.insert_chunk(child_id, written, buffer)
+            tx.insert_chunk(child_id, written, len(buffer), encode_items(buffer))
             written += len(buffer)
             buffer.clear()
 
@@ -261,7 +262,7 @@ def _retry_rows(tx: WriteTx, parent: JSON, common: JSON) -> JSON:
         flush()
     position = parent["next_row"]
     while chunk := tx.next_chunk_from(parent["id"], position):
-        items = orjson.loads(chunk["body"])
+        items = decode_items(chunk["body"])
         buffer.extend(items[max(0, position - chunk["first_row"]) :])
         position = chunk["first_row"] + chunk["row_count"]
         flush()

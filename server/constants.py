@@ -60,6 +60,13 @@ SHUTDOWN_GRACE_SECONDS = 8.0
 # Writers are serialized in-process, so the busy timeout only covers other processes
 # (the `keys` CLI) touching the file; 5 s is long enough for any of our transactions.
 SQLITE_BUSY_TIMEOUT_MS = 5000
+# Checkpoints (copying the WAL into the database file, with an fsync) run on their own
+# connection every this often, off the writer's path: inline autocheckpoints made every
+# ~15th write transaction pay for a 4 MB copy and an fsync, the accept latency spikes.
+CHECKPOINT_INTERVAL_SECONDS = 0.5
+# The writer still checkpoints by itself past this many WAL pages (~80 MB), in case the
+# background checkpointer cannot keep up or fails: the WAL never grows without bound.
+WRITER_AUTOCHECKPOINT_PAGES = 20_000
 # Readers are separate connections so API reads never wait behind a long write (WAL).
 READER_CONNECTIONS = 3
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from server.batches import FencedOut
 from server.constants import FILE_READ_BYTES, PARSE_CHUNK_ROWS
-from server.db.tx import StagedItem, WriteTx
+from server.db.tx import StagedItem, WriteTx, encode_items
 from server.events import log_transition
 from server.ingest.csv_reader import iter_csv_rows
 from server.ingest.nacha import iter_nacha_rows
@@ -81,8 +81,10 @@ async def parse_upload(pool: WorkerPool, job: JSON, worker: str) -> JSON | None:
             position += len(block)
             if not fresh:
                 continue
+            body = encode_items([_staged(r) for r in fresh])
+            first = position - len(fresh)
             progress = await store.write(
-                partial(_stage_block, job, worker, position - len(fresh), fresh, position)
+                partial(_stage_block, job, worker, first, len(fresh), body, position)
             )
             job = {**job, "total_items": position, **progress}
             pool.hub.publish(job)
@@ -144,9 +146,9 @@ async def parse_upload(pool: WorkerPool, job: JSON, worker: str) -> JSON | None:
 
 
 def _stage_block(
-    job: JSON, worker: str, first_row: int, rows: list[SourceRow], total: int, tx: WriteTx
+    job: JSON, worker: str, first_row: int, row_count: int, body: bytes, total: int, tx: WriteTx
 ) -> JSON:
-    tx.insert_chunk(job["id"], first_row, [_staged(r) for r in rows])
+    tx.insert_chunk(job["id"], first_row, row_count, body)
     progress = tx.record_parse_progress(job, worker, total)
     if progress is None:
         raise FencedOut(f"claim on bulk request {job['id']} is stale")

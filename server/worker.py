@@ -19,13 +19,11 @@ import secrets
 from collections.abc import Sequence
 from functools import partial
 
-import orjson
-
 from server.batches import FencedOut, commit_batch, stream_keys_of, validate_batch
 from server.config import Settings
 from server.constants import SHUTDOWN_GRACE_SECONDS, WORKER_IDLE_POLL_SECONDS
 from server.db.store import Store
-from server.db.tx import StagedItem, WriteTx
+from server.db.tx import StagedItem, WriteTx, decode_items
 from server.events import ProgressHub, log_transition
 from server.ingest.validation import StreamRef
 from server.parsing import parse_upload, remove_unreferenced_uploads
@@ -215,7 +213,7 @@ class WorkerPool:
         found = await self.store.get_chunk_at(request_id, row)
         if found is None or row >= found["first_row"] + found["row_count"]:
             raise RuntimeError(f"staged rows of bulk request {request_id} are missing at row {row}")
-        return found["first_row"], orjson.loads(found["body"])
+        return found["first_row"], decode_items(found["body"])
 
     async def _resolve_streams(
         self, environment_id: int, items: Sequence[StagedItem], streams: dict[str, StreamRef]

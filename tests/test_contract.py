@@ -17,16 +17,10 @@ Run only these with `python -m pytest -m contract`.
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,8 +37,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from server.api.openapi import OPENAPI_FILE
+from tests.server_process import ServerProcess
 
-ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "bk_contract_test_key_0123456789abcdef"
 STREAM_KEYS = ["checking", "savings", "yen"]
 # The seed creates the first few bulk requests; fuzzed ids are drawn from a slightly
@@ -58,7 +52,6 @@ FRESH_ID = 10**15
 FRESH_ROWS = 1000
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 TERMINAL_TIMEOUT = 20.0
-SERVER_START_TIMEOUT = 30.0
 # Ordinary calls answer in milliseconds; this only bounds a hung server.
 REQUEST_TIMEOUT = 10.0
 # Fuzzed examples per operation (the examples and coverage phases add their own,
@@ -125,7 +118,6 @@ def before_generate_path_parameters(context: Any, strategy: st.SearchStrategy[An
 @dataclass
 class LiveServer:
     url: str
-    process: subprocess.Popen[bytes]
     session: requests.Session = field(default_factory=requests.Session)
 
     def __post_init__(self) -> None:
@@ -209,41 +201,21 @@ class LiveServer:
             self.post(f"/v1/bulk_requests/{ids[-1]}/retry")  # a child with a parent
 
 
-def _wait_for_url(process: subprocess.Popen[bytes], stdout: Path, log: Path) -> str:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        match = re.search(r"Serving on (http://\S+)", stdout.read_text(errors="replace"))
-        if match:
-            return match.group(1)
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    output = stdout.read_text(errors="replace") + log.read_text(errors="replace")
-    raise RuntimeError(f"the server did not start:\n{output}")
-
-
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     workdir = tmp_path_factory.mktemp("contract")
-    stdout = workdir / "stdout.txt"
-    log = workdir / "server.log"
-    argv = [sys.executable, "run.py", "--port", "0", "--db", str(workdir / "bulk.db")]
-    # WARNING: the log (in server.log) then holds the tracebacks of any 500, nothing else.
-    argv += ["--log-level", "WARNING"]
-    env = {**os.environ, "BULK_API_KEY": API_KEY}
-    with stdout.open("wb") as out, log.open("wb") as err:
-        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err)
+    # WARNING: the log (server1.err) then holds the tracebacks of any 500, nothing else.
+    process = ServerProcess(
+        workdir / "bulk.db", api_key=API_KEY, args=["--log-level", "WARNING"], log_dir=workdir
+    )
     try:
-        server = LiveServer(url=_wait_for_url(process, stdout, log), process=process)
+        server = LiveServer(url=process.start().url.rstrip("/"))
         server.seed()
         yield server
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process.proc is not None and process.proc.poll() is None:
+            process.stop()
+        process.close()
 
 
 @pytest.fixture(scope="module", autouse=True)

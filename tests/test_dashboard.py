@@ -11,12 +11,7 @@ The test never skips: CI installs Chromium (.ci/run), and a missing browser must
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -29,8 +24,8 @@ from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 
 from server.api.dashboard import IMMUTABLE, REVALIDATE, STATIC_DIR
 from tests.conftest import Api
+from tests.server_process import ServerProcess
 
-ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -42,7 +37,6 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 API_KEY = "bk_dashboard_test_key_0123456789abcdef"
-SERVER_START_SECONDS = 30.0
 # Polling fallback refreshes every 1–2 s, so 15 s leaves room on a slow CI machine.
 UI_TIMEOUT_MS = 15_000
 # Rows of the file that is cancelled: at one row per batch it takes a minute or more to
@@ -98,53 +92,23 @@ UNLABELLED_CONTROLS = """
 """
 
 
-def _start_server(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
-    log_path = tmp_path / "server.log"
-    # Only the flags below configure this server, whatever BULK_* the caller exported.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BULK_")}
-    env["BULK_API_KEY"] = API_KEY
-    command = [
-        sys.executable,
-        "run.py",
-        "--host", "127.0.0.1",
-        "--port", "0",
-        "--db", str(tmp_path / "bulk.db"),
-        "--workers", "1",
-        "--batch-size", "1",
-        "--log-level", "WARNING",
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + SERVER_START_SECONDS
-    while time.monotonic() < deadline:
-        match = re.search(r"Serving on (http://\S+)", log_path.read_text(errors="replace"))
-        if match:
-            return proc, match[1].rstrip("/"), log_path
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    _stop_server(proc)
-    pytest.fail(f"the server did not start:\n{log_path.read_text(errors='replace')}")
-
-
-def _stop_server(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture
 def base_url(tmp_path: Path) -> Iterator[str]:
-    proc, url, log_path = _start_server(tmp_path)
+    # One worker taking one row per batch: requests stay processing long enough to be
+    # cancelled from the page, with no sleeps in the product.
+    server = ServerProcess(
+        tmp_path / "bulk.db",
+        api_key=API_KEY,
+        args=["--workers", "1", "--batch-size", "1", "--log-level", "WARNING"],
+        log_dir=tmp_path,
+    )
     try:
-        yield url
+        yield server.start().url.rstrip("/")
     finally:
-        _stop_server(proc)
-        print(f"server log ({log_path}):\n{log_path.read_text(errors='replace')[-4000:]}")
+        if server.proc is not None and server.proc.poll() is None:
+            server.stop()
+        server.close()
+        print(f"server log:\n{server.tail()}")
 
 
 @pytest.fixture

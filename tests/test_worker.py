@@ -141,7 +141,7 @@ async def test_an_internal_error_fails_the_request_and_the_worker_goes_on(
     broken = await api.submit([record(1), record(2)])
     await db_write(
         settings,
-        "UPDATE request_chunks SET body = x'7b7b' WHERE bulk_request_id = ?",
+        "UPDATE request_chunks SET body = x'5b7b' WHERE bulk_request_id = ?",  # "[{"
         (broken["id"],),
     )
     after = await api.submit([record(3)])

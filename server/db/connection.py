@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from server.constants import SQLITE_BUSY_TIMEOUT_MS
+from server.constants import SQLITE_BUSY_TIMEOUT_MS, WRITER_AUTOCHECKPOINT_PAGES
 from server.db.migrations import migrate
 
 
@@ -57,4 +57,11 @@ def open_sync_connection(path: Path, synchronous: str = "NORMAL") -> sqlite3.Con
     conn.row_factory = sqlite3.Row
     for pragma in _pragmas(synchronous, read_only=False):
         conn.execute(pragma)
+    return conn
+
+
+def open_writer_connection(path: Path, synchronous: str) -> sqlite3.Connection:
+    """The server's one writer; checkpoints are left to Store's checkpointer (see there)."""
+    conn = open_sync_connection(path, synchronous)
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")
     return conn

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -21,14 +22,15 @@ import aiosqlite
 import orjson
 
 from server.clock import now_rfc3339
-from server.constants import READER_CONNECTIONS
-from server.db.connection import open_connection, open_sync_connection, prepare_database
+from server.constants import CHECKPOINT_INTERVAL_SECONDS, READER_CONNECTIONS
+from server.db.connection import open_connection, open_writer_connection, prepare_database
 from server.db.queries import Q
 from server.db.tx import WriteTx, row_dict
 from server.db.writer import Writer
 from server.types import JSON
 
 T = TypeVar("T")
+log = logging.getLogger("server.db")
 
 
 def _checkpoint(conn: sqlite3.Connection) -> None:
@@ -41,6 +43,7 @@ class Store:
         self.path = path
         self.synchronous = synchronous
         self._writer: Writer | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
 
@@ -48,15 +51,38 @@ class Store:
 
     async def open(self) -> None:
         await asyncio.to_thread(prepare_database, self.path)
-        writer = Writer(lambda: open_sync_connection(self.path, self.synchronous))
+        writer = Writer(lambda: open_writer_connection(self.path, self.synchronous))
         await writer.start()
         self._writer = writer
         for _ in range(READER_CONNECTIONS):
             reader = await open_connection(self.path, self.synchronous, read_only=True)
             self._all_readers.append(reader)
             self._readers.put_nowait(reader)
+        checkpoint_conn = await open_connection(self.path, self.synchronous)
+        self._checkpointer = asyncio.create_task(self._checkpoint_loop(checkpoint_conn))
+
+    async def _checkpoint_loop(self, conn: aiosqlite.Connection) -> None:
+        """Fold the WAL into the database file in the background (see constants).
+
+        PASSIVE never waits for the writer or readers: it copies what it can now, and
+        the writer reuses the WAL from its start once everything has been copied.
+        """
+        try:
+            while True:
+                await asyncio.sleep(CHECKPOINT_INTERVAL_SECONDS)
+                try:
+                    await conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    log.warning("background checkpoint failed; retrying", exc_info=True)
+        finally:
+            await asyncio.shield(conn.close())
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+            self._checkpointer = None
         for reader in self._all_readers:
             await reader.close()
         self._all_readers.clear()
