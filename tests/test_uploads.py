@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from server.config import Settings
-from tests.conftest import SHARED, Api, wait_until
+from tests.conftest import SHARED, Api, record, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "data" / "samples"
@@ -104,6 +104,19 @@ async def test_format_csv_query_parameter(api: Api) -> None:
     ) as resp:
         assert resp.content_type == "text/csv"
         assert (await resp.text()).count("\r\n") == 3
+
+
+async def test_error_export_of_a_clean_request_is_a_header_only_csv(api: Api) -> None:
+    await api.create_stream("checking")
+    summary = await api.submit([record(1, "checking")])
+    assert (await api.wait_terminal(summary["id"]))["failed_items"] == 0
+    async with api.client.get(
+        f"/v1/bulk_requests/{summary['id']}/errors?format=csv", headers=api.headers()
+    ) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    assert text.startswith("row,line,error_code,error_message,error_pointer,date,amount")
+    assert text.count("\r\n") == 1
 
 
 async def test_sample_nacha_end_to_end(api: Api) -> None:

@@ -58,6 +58,10 @@ async def stream_errors_csv(request: web.Request, bulk_request: JSON) -> web.Str
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(ERROR_COLUMNS + RECORD_COLUMNS + [f"metadata.{k}" for k in meta_columns])
+    # The header goes out even when there are no errors: an empty body is not a CSV file.
+    await response.write(buffer.getvalue().encode())
+    buffer.seek(0)
+    buffer.truncate()
     async for page in _pages(request, request_id):
         for error in page:
             fields = orjson.loads(error["source"])[1]
