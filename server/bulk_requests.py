@@ -8,6 +8,7 @@ with one key cannot both create a request.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,7 +75,9 @@ async def submit_records(
 ) -> tuple[JSON, bool]:
     """Stage the rows durably and enqueue them; returns (request, replayed)."""
     items: list[StagedItem] = [[None, record, None] for record in records]
-    staged = encode_items(items)  # before the transaction: the writer only copies bytes
+    # Before the transaction, so the writer only copies bytes; in a thread, because zlib
+    # releases the GIL: the compression runs on the other core, not on the event loop.
+    staged = await asyncio.to_thread(encode_items, items)
     # Only text can name a stream; other values (maybe unhashable: {}) count as None.
     keys = {
         key if isinstance(key := r.get("data_stream_key"), str) else None

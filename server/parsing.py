@@ -81,7 +81,7 @@ async def parse_upload(pool: WorkerPool, job: JSON, worker: str) -> JSON | None:
             position += len(block)
             if not fresh:
                 continue
-            body = encode_items([_staged(r) for r in fresh])
+            body = await asyncio.to_thread(encode_items, [_staged(r) for r in fresh])
             first = position - len(fresh)
             progress = await store.write(
                 partial(_stage_block, job, worker, first, len(fresh), body, position)
