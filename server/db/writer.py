@@ -16,6 +16,7 @@ submissions cannot stall processing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections import deque
@@ -126,7 +127,10 @@ class Writer:
                         result = fn(self._conn)
                     except BaseException as exc:
                         failure = exc
-                loop.call_soon_threadsafe(_settle, future, result, failure)
+                # The caller's loop may be closed by now (an abandoned call at interpreter
+                # exit): the work is done either way, and the thread must go on serving.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_settle, future, result, failure)
         finally:
             if self._conn is not None:
                 self._conn.close()
