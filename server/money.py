@@ -36,6 +36,10 @@ _POWERS_OF_TEN = tuple(10**n for n in range(20))
 
 def to_minor_units(value: object, exponent: int) -> int:
     """Convert a major-unit amount to integer minor units, exactly, or raise AmountError."""
+    if value.__class__ is float:
+        # Only floats that hold their JSON literal exactly reach here (see read_json_body):
+        # the shortest repr that round-trips is that literal's value.
+        value = repr(value)
     if value.__class__ is str and value.isascii():  # type: ignore[attr-defined]
         # The common case, "-1234.56", with str methods and integer arithmetic alone: this
         # is the single most expensive step of validating a row. ASCII only, because
@@ -62,10 +66,6 @@ def to_minor_units(value: object, exponent: int) -> int:
         if minor is None or abs(minor) > MAX_ABS_MINOR_UNITS:
             raise AmountError("amount_out_of_range", "amount is too large")
         return minor
-    if isinstance(value, float):
-        # Not produced by our own parsing; accepted as the shortest decimal that
-        # round-trips, which is what the sender wrote for any sane amount.
-        value = repr(value)
     if isinstance(value, str):
         if not _DECIMAL_TEXT.fullmatch(value):
             raise AmountError("invalid_amount", "amount must be a decimal number such as 12.34")

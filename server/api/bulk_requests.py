@@ -24,7 +24,7 @@ from server.api.common import (
     page_limit,
     path_id,
     query_choice,
-    read_json_body,
+    read_json_document,
     require_object,
     translate_domain_errors,
 )
@@ -139,11 +139,15 @@ def _unstorable_problem(records: list[JSON]) -> Problem | None:
 
 async def submit_records(request: web.Request) -> web.Response:
     caller = caller_of(request)
-    body = require_object(await read_json_body(request), {"records", "on_conflict"})
+    document, may_hold_decimals = await read_json_document(request)
+    body = require_object(document, {"records", "on_conflict"})
     records, on_conflict = _validate_submission(body)
-    for record in records:
-        # Staged as the exact decimal text; the worker converts it to minor units. A
-        # float comes only from a literal read_json_body proved exact (see there).
+    wants_idempotency = idempotency_key(request) is not None
+    # Amounts are staged as exact decimal text when that matters: Decimals and big ints
+    # cannot be staged as JSON numbers, and the idempotency fingerprint compares amounts
+    # by value. Otherwise every number is a float or int that stages (and validates)
+    # exactly as it is, and this loop (~0.5 ms per 1000 rows) is skipped.
+    for record in records if may_hold_decimals or wants_idempotency else ():
         amount = record.get("amount")
         if isinstance(amount, Decimal):
             record["amount"] = canonical_amount_text(str(amount))

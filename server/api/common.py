@@ -60,7 +60,17 @@ def _reject_constant(name: str) -> Any:
 
 
 async def read_json_body(request: web.Request) -> Any:
-    """The parsed body, with every non-integer number as an exact Decimal."""
+    """The parsed body; every number in it is exact (see read_json_document)."""
+    body, _ = await read_json_document(request)
+    return body
+
+
+async def read_json_document(request: web.Request) -> tuple[Any, bool]:
+    """(the parsed body, whether it may hold Decimals and integers beyond 64 bits).
+
+    Numbers a double holds exactly come back as float/int; any other number comes
+    back as an exact Decimal (or a big int), and then the flag is True.
+    """
     if request.content_type not in JSON_CONTENT_TYPES and not request.content_type.endswith(
         "+json"
     ):
@@ -78,9 +88,9 @@ async def read_json_body(request: web.Request) -> Any:
         # literal survives float → repr() unchanged (DBL_DIG is 15). Anything it rejects
         # goes on to the exact parser below, which also words the 400.
         with contextlib.suppress(orjson.JSONDecodeError):
-            return orjson.loads(raw)
+            return orjson.loads(raw), False
     try:
-        return json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+        return json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant), True
     except json.JSONDecodeError as exc:
         raise Problem(
             400, "invalid-json", f"{exc.msg} at line {exc.lineno} column {exc.colno}"
