@@ -57,6 +57,8 @@ SWEEPER_INTERVAL_SECONDS = 5.0
 SHUTDOWN_GRACE_SECONDS = 8.0
 
 # --- SQLite ---------------------------------------------------------------------------
+# The `->>` JSON operator (the duplicate lookup of on_conflict=error) needs SQLite 3.38.
+MIN_SQLITE_VERSION = (3, 38, 0)
 # Writers are serialized in-process, so the busy timeout only covers other processes
 # (the `keys` CLI) touching the file; 5 s is long enough for any of our transactions.
 SQLITE_BUSY_TIMEOUT_MS = 5000

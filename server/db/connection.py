@@ -7,7 +7,11 @@ from pathlib import Path
 
 import aiosqlite
 
-from server.constants import SQLITE_BUSY_TIMEOUT_MS, WRITER_AUTOCHECKPOINT_PAGES
+from server.constants import (
+    MIN_SQLITE_VERSION,
+    SQLITE_BUSY_TIMEOUT_MS,
+    WRITER_AUTOCHECKPOINT_PAGES,
+)
 from server.db.migrations import migrate
 
 
@@ -28,6 +32,12 @@ def _pragmas(synchronous: str, *, read_only: bool) -> list[str]:
 
 def prepare_database(path: Path) -> int:
     """Create the file if needed, switch it to WAL and apply migrations (synchronously)."""
+    if sqlite3.sqlite_version_info < MIN_SQLITE_VERSION:
+        wanted = ".".join(map(str, MIN_SQLITE_VERSION))
+        raise RuntimeError(
+            f"SQLite {sqlite3.sqlite_version} is too old: this service needs {wanted} or "
+            "newer (Python 3.11+ from python.org or a current Linux distribution has it)"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
