@@ -104,3 +104,20 @@ async def test_closed_writer_refuses_work_and_a_bad_connection_is_reported(
     with pytest.raises(sqlite3.OperationalError, match="unable to open"):
         await failing.start()
     await failing.close()
+
+
+async def test_a_writer_closed_before_it_started_refuses_work(tmp_path: Path) -> None:
+    never_started = Writer(lambda: open_writer_connection(tmp_path / "n.db", "NORMAL"))
+    await never_started.close()
+    with pytest.raises(WriterClosed):
+        await asyncio.wait_for(never_started.call(count), 1)  # refused, not left hanging
+
+
+async def test_an_error_that_ended_the_transaction_itself_is_not_masked(writer: Writer) -> None:
+    def end_it_then_fail(tx: WriteTx) -> None:
+        tx.conn.execute("ROLLBACK")  # as SQLite does by itself on some errors
+        raise LookupError("the original error")
+
+    with pytest.raises(LookupError, match="the original error"):
+        await writer.transaction(end_it_then_fail)
+    assert await writer.transaction(lambda tx: tx.run("INSERT INTO t VALUES (1)")) == 1

@@ -61,6 +61,7 @@ class Writer:
     async def close(self, last: Callable[[sqlite3.Connection], Any] | None = None) -> None:
         """Run `last` (if given) after everything queued, then close the connection."""
         if not self._thread.is_alive():
+            self._closing = True  # never started, or already closed: refuse work from now on
             return
         if last is not None:
             await self.call(last)
@@ -88,7 +89,10 @@ class Writer:
             try:
                 result = fn(WriteTx(conn))
             except BaseException:
-                conn.execute("ROLLBACK")
+                # Some errors (a full disk, say) end the transaction themselves; a second
+                # ROLLBACK would then raise and hide the original error.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
             return result
