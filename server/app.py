@@ -20,8 +20,7 @@ from server.constants import MAX_JSON_BODY_BYTES
 from server.db.store import Store
 from server.errors import add_request_id_header, problem_middleware
 from server.events import ProgressHub
-from server.logs import access_log_middleware
-from server.metrics import METRICS, Metrics, metrics_endpoint, metrics_middleware
+from server.metrics import METRICS, Metrics, metrics_endpoint, observe_requests_middleware
 from server.worker import WorkerPool
 
 log = logging.getLogger("server.app")
@@ -75,8 +74,7 @@ def _announce_key(key: str) -> None:
 def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> web.Application:
     app = web.Application(
         middlewares=[
-            metrics_middleware,  # outermost: times everything, sees the final status
-            access_log_middleware,
+            observe_requests_middleware,  # outermost: access log + latency, final status
             problem_middleware,
             make_auth_middleware(STORE),
         ],

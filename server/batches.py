@@ -60,7 +60,8 @@ def stream_keys_of(items: Sequence[StagedItem]) -> set[str]:
 
 def _external_id(fields: Any) -> str | None:
     value = fields.get("external_id") if isinstance(fields, dict) else None
-    # A NUL would be cut off by the JSON batch insert; the row's source keeps it whole.
+    # Like records (validation refuses a NUL in external_id), row errors hold no NUL in
+    # this column; the row's `source` keeps the original id whole.
     return value if isinstance(value, str) and "\x00" not in value else None
 
 

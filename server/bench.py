@@ -31,6 +31,7 @@ import orjson
 
 from server.bench_scenarios import measure_cancel, measure_ceiling, measure_ingest, measure_upload
 from server.bench_support import Api, BenchError, ServerProcess, write_csv
+from server.config import positive_float, positive_int
 from server.types import JSON
 
 CEILING_TX_ROWS = 500
@@ -38,23 +39,9 @@ CANCEL_REQUEST_ROWS = 1000  # the most one POST may carry
 
 
 def _count(text: str) -> int:
-    value = int(text.replace("_", ""))
+    value = int(text)  # int() takes 1_000_000 as well
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = _count(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 
 
@@ -74,7 +61,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--request-rows",
         metavar="N",
         dest="bench_request_rows",
-        type=_positive,
+        type=positive_int,
         default=1000,
         help="rows per bulk POST, at most 1000 (default 1000)",
     )
@@ -82,7 +69,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--concurrency",
         metavar="N",
         dest="bench_concurrency",
-        type=_positive,
+        type=positive_int,
         default=8,
         help="concurrent clients posting (default 8)",
     )
@@ -90,7 +77,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--workers",
         metavar="N",
         dest="bench_workers",
-        type=_positive,
+        type=positive_int,
         default=2,
         help="server worker tasks (default 2)",
     )
@@ -98,7 +85,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size",
         metavar="N",
         dest="bench_batch_size",
-        type=_positive,
+        type=positive_int,
         default=500,
         help="server batch size for ingest and upload (default 500)",
     )
@@ -114,7 +101,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--cancel-batch-size",
         metavar="N",
         dest="bench_cancel_batch_size",
-        type=_positive,
+        type=positive_int,
         default=20,
         help="batch size of the cancel phase's server: a 1000-row request must take "
         "many batches to be caught mid-processing (default 20)",
@@ -131,7 +118,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         "--probe-interval",
         metavar="SECONDS",
         dest="bench_probe_interval",
-        type=_seconds,
+        type=positive_float,
         default=1.0,
         help="seconds between 10-row probe requests during the upload (default 1.0)",
     )

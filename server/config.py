@@ -42,7 +42,7 @@ class Settings:
         return self.max_upload_mb * 1024 * 1024
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
@@ -56,7 +56,7 @@ def _port(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
@@ -82,15 +82,15 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--host", "host", str, "interface to listen on"),
     ("--port", "port", _port, "TCP port (0 picks a free one)"),
     ("--db", "db_path", Path, "SQLite database file; uploads are kept beside it"),
-    ("--workers", "workers", _positive_int, "asyncio worker tasks processing bulk requests"),
-    ("--batch-size", "batch_size", _positive_int, "rows per batch (one transaction each)"),
+    ("--workers", "workers", positive_int, "asyncio worker tasks processing bulk requests"),
+    ("--batch-size", "batch_size", positive_int, "rows per batch (one transaction each)"),
     (
         "--stuck-after",
         "stuck_after",
-        _positive_float,
+        positive_float,
         "seconds without a heartbeat before a processing request is reported stuck",
     ),
-    ("--max-upload-mb", "max_upload_mb", _positive_int, "largest accepted upload, in MiB"),
+    ("--max-upload-mb", "max_upload_mb", positive_int, "largest accepted upload, in MiB"),
     ("--log-level", "log_level", _log_level, "DEBUG, INFO, WARNING or ERROR"),
     (
         "--synchronous",
@@ -101,13 +101,13 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     (
         "--sweep-interval",
         "sweep_interval",
-        _positive_float,
+        positive_float,
         "seconds between sweeps for orphaned requests",
     ),
     (
         "--time-slice",
         "time_slice",
-        _positive_float,
+        positive_float,
         "seconds a worker keeps one request before yielding to waiting ones",
     ),
 ]

@@ -31,6 +31,7 @@ from server.clock import parse_rfc3339, to_rfc3339, utc_now
 from server.config import Settings
 from server.db.store import Store
 from server.events import ProgressHub
+from server.logs import log_access
 from server.types import JSON, Source, Status
 from server.worker import WorkerPool
 
@@ -204,8 +205,9 @@ METRICS = web.AppKey("metrics", Metrics)
 
 
 @web.middleware
-async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Outermost middleware: sees the final status, problems included."""
+async def observe_requests_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Outermost middleware: times each request once, with its final status (problems
+    included), for both the access-log line and the latency histogram."""
     started = time.perf_counter()
     status = 500
     try:
@@ -219,8 +221,10 @@ async def metrics_middleware(request: web.Request, handler: Any) -> web.StreamRe
         status = CLIENT_CLOSED_STATUS
         raise
     finally:
+        seconds = time.perf_counter() - started
+        log_access(request, status, seconds)
         if not request.get(LONG_LIVED):
-            request.app[METRICS].observe(request, status, time.perf_counter() - started)
+            request.app[METRICS].observe(request, status, seconds)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -32,8 +31,10 @@ from server.api.error_export import stream_errors_csv
 from server.api.render import render_bulk_request, render_row_error, render_summary
 from server.auth import caller_of
 from server.constants import MAX_RECORDS_PER_REQUEST
+from server.db.tx import fits_staging
 from server.errors import Problem, field_error, not_found
 from server.events import log_transition
+from server.ingest.validation import pointer_token
 from server.money import canonical_amount_text
 from server.types import JSON
 
@@ -41,16 +42,11 @@ STATUSES = frozenset({"pending", "processing", "completed", "failed", "cancelled
 SOURCES = frozenset({"bulk_api", "csv", "nacha", "retry"})
 ON_CONFLICT = frozenset({"skip", "error"})
 REPLAYED = {"Idempotent-Replayed": "true"}
-# Rows are staged with orjson and read back with it by the worker: it holds integers
-# within 64 bits and numbers a double can hold. Anything larger cannot be stored as sent.
-STORABLE_INTS = range(-(2**63), 2**64)
-MAX_DOUBLE = Decimal(sys.float_info.max)
 
 log = logging.getLogger("server.api.bulk_requests")
 
 
-def _claim(request: web.Request, operation: str, payload: object) -> domain.IdempotencyClaim | None:
-    key = idempotency_key(request)
+def _claim(key: str | None, operation: str, payload: object) -> domain.IdempotencyClaim | None:
     if key is None:
         return None
     return domain.IdempotencyClaim(key, domain.fingerprint(operation, payload))
@@ -96,20 +92,12 @@ def _unstorable_numbers(value: Any, pointer: str) -> Iterator[str]:
     """JSON Pointers of the numbers in `value` that the row staging cannot hold."""
     if isinstance(value, dict):
         for key, item in value.items():
-            yield from _unstorable_numbers(item, f"{pointer}/{_escape(str(key))}")
+            yield from _unstorable_numbers(item, f"{pointer}/{pointer_token(str(key))}")
     elif isinstance(value, list):
         for index, item in enumerate(value):
             yield from _unstorable_numbers(item, f"{pointer}/{index}")
-    elif isinstance(value, int):
-        if value not in STORABLE_INTS:
-            yield pointer
-    elif isinstance(value, Decimal) and (not value.is_finite() or abs(value) > MAX_DOUBLE):
+    elif isinstance(value, int | Decimal) and not fits_staging(value):
         yield pointer
-
-
-def _escape(token: str) -> str:
-    """JSON Pointer escaping of one reference token (RFC 6901)."""
-    return token.replace("~", "~0").replace("/", "~1")
 
 
 def _unstorable_problem(records: list[JSON]) -> Problem | None:
@@ -122,7 +110,7 @@ def _unstorable_problem(records: list[JSON]) -> Problem | None:
         for row, record in enumerate(records)
         for key, value in record.items()
         if key != "amount"
-        for pointer in _unstorable_numbers(value, f"/records/{row}/{_escape(key)}")
+        for pointer in _unstorable_numbers(value, f"/records/{row}/{pointer_token(key)}")
     ]
     if not pointers:
         return None
@@ -142,12 +130,12 @@ async def submit_records(request: web.Request) -> web.Response:
     document, may_hold_decimals = await read_json_document(request)
     body = require_object(document, {"records", "on_conflict"})
     records, on_conflict = _validate_submission(body)
-    wants_idempotency = idempotency_key(request) is not None
+    key = idempotency_key(request)
     # Amounts are staged as exact decimal text when that matters: Decimals and big ints
     # cannot be staged as JSON numbers, and the idempotency fingerprint compares amounts
     # by value. Otherwise every number is a float or int that stages (and validates)
     # exactly as it is, and this loop (~0.5 ms per 1000 rows) is skipped.
-    for record in records if may_hold_decimals or wants_idempotency else ():
+    for record in records if may_hold_decimals or key is not None else ():
         amount = record.get("amount")
         if isinstance(amount, Decimal):
             record["amount"] = canonical_amount_text(str(amount))
@@ -155,12 +143,12 @@ async def submit_records(request: web.Request) -> web.Response:
             record["amount"] = canonical_amount_text(repr(amount))
         elif isinstance(amount, str):
             record["amount"] = canonical_amount_text(amount)
-        elif isinstance(amount, int) and amount not in STORABLE_INTS:
+        elif isinstance(amount, int) and not fits_staging(amount):
             # Out of range for every currency (a row error), and for orjson.
             record["amount"] = str(amount)
     try:
         # The fingerprint covers the amounts as staged (text), like the rows themselves.
-        claim = _claim(request, "records.bulk", body)
+        claim = _claim(key, "records.bulk", body)
         with translate_domain_errors():
             row, replayed = await domain.submit_records(
                 request.app[STORE], caller.environment_id, records, on_conflict, claim
@@ -253,7 +241,7 @@ async def cancel_bulk_request(request: web.Request) -> web.Response:
 async def retry_bulk_request(request: web.Request) -> web.Response:
     caller = caller_of(request)
     request_id = path_id(request)
-    claim = _claim(request, "bulk_requests.retry", {"parent": request_id})
+    claim = _claim(idempotency_key(request), "bulk_requests.retry", {"parent": request_id})
     with translate_domain_errors():
         result = await domain.retry(request.app[STORE], caller.environment_id, request_id, claim)
     if result is None:

@@ -32,15 +32,24 @@ def row_dict(row: sqlite3.Row | None) -> JSON | None:
 
 
 _MAX_DOUBLE = Decimal(sys.float_info.max)
+# Staged rows are written and read back with orjson: integers within 64 bits.
+_STAGEABLE_INTS = range(-(2**63), 2**64)
+
+
+def fits_staging(value: int | Decimal) -> bool:
+    """Whether encode_items can stage this number as sent (the worker reads rows back
+    with orjson, which holds integers within 64 bits and numbers within a double)."""
+    if isinstance(value, Decimal):
+        return value.is_finite() and abs(value) <= _MAX_DOUBLE
+    return value in _STAGEABLE_INTS
 
 
 def _json_default(value: object) -> object:
     # Numbers parsed as Decimal (to keep amounts exact) are written back as the same
     # JSON number text, so metadata round-trips unchanged.
     if isinstance(value, Decimal):
-        # The worker reads staged rows back with orjson, which refuses a number beyond a
-        # double's range: refuse it here, before anything is committed.
-        if not value.is_finite() or abs(value) > _MAX_DOUBLE:
+        # Refused here, before anything is committed, not by the worker reading it back.
+        if not fits_staging(value):
             raise TypeError(f"number {value} is beyond a double's range")
         return orjson.Fragment(str(value))
     raise TypeError(f"cannot serialize {type(value).__name__}")

@@ -57,7 +57,7 @@ def validate_row(fields: Any, streams: Mapping[str, StreamRef]) -> ValidRecord |
         return RowProblem("invalid_type", "a record must be a JSON object", "")
     if not KNOWN_FIELDS.issuperset(fields):
         name = sorted(fields.keys() - KNOWN_FIELDS)[0]
-        return RowProblem("unknown_field", f"unknown field {name!r}", f"/{_escape(name)}")
+        return RowProblem("unknown_field", f"unknown field {name!r}", f"/{pointer_token(name)}")
 
     key = fields.get("data_stream_key")
     if key is None:
@@ -155,11 +155,11 @@ def _date_problem(text: str) -> RowProblem | None:
 
 
 def _nul_problem(name: str) -> RowProblem:
-    # U+0000 ends a string in C: SQLite's JSON functions (the batch insert), CSV tools and
-    # most databases downstream would silently cut the text there, so it is refused.
+    # U+0000 ends a string in C: CSV tools, C libraries and many databases downstream
+    # would silently cut the text there, so a record never carries one.
     return RowProblem("invalid_characters", f"{name} must not contain U+0000 (NUL)", f"/{name}")
 
 
-def _escape(name: str) -> str:
+def pointer_token(name: str) -> str:
     """JSON Pointer escaping of one reference token (RFC 6901)."""
     return name.replace("~", "~0").replace("/", "~1")
