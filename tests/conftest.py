@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -10,10 +11,31 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from server.app import create_app
 from server.config import Settings
 from server.types import TERMINAL_STATUSES
+
+# Property tests: the normal suite runs a bounded, reproducible profile (fixed seed, so a
+# red CI is the same red on a laptop); `BULK_FUZZ=long python -m pytest -m "not browser"`
+# runs the opt-in long profile, random seed (hypothesis prints it on failure).
+hypothesis_settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+hypothesis_settings.register_profile(
+    "long",
+    max_examples=2000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+hypothesis_settings.load_profile("long" if os.environ.get("BULK_FUZZ") == "long" else "ci")
 
 API_KEY = "bk_test_key_for_the_default_environment_0123456789"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
