@@ -31,9 +31,9 @@ page = dashboard.page
 
 # At one row per batch a worker processes ~1,500 rows a second here, so this file keeps
 # its request processing for over a minute; every FAIL_EVERY-th row fails, so row errors
-# keep arriving for several seconds before the first page of 50 is full.
+# keep arriving (about one a second) long before the first page of 50 is full.
 LIVE_ROWS = 150_000
-FAIL_EVERY = 250
+FAIL_EVERY = 1000
 # Parsed in ~3 s here (150 chunks): the page sees it parsing and cancels it long before.
 PARSE_ROWS = 300_000
 # Budget for one live update to reach the page (events, or the 1–2 s polling fallback).
