@@ -480,6 +480,46 @@ def test_graceful_shutdown_leaves_the_request_resumable(
     assert_exactly_once(db, [upload])
 
 
+def test_an_upload_killed_mid_parse_and_cancelled_after_restart_is_not_parsing(
+    tmp_path: Path, launch: Launch
+) -> None:
+    """Crash recovery hands the parse back; cancelled then, it ends before its file was
+    parsed, and the payload must stop saying `parsing` (issue 15.7)."""
+    db = tmp_path / "parse.db"
+    rows = 100_000  # 50 staged chunks: the cancel lands long before the parse ends
+    server = launch(db)
+    server.post("/v1/data_streams", {"key": STREAM, "currency": "USD"}, expect=201)
+    upload = submit_csv(server, "up", rows, "upload")
+    path = f"/v1/bulk_requests/{upload.id}"
+    poll(
+        lambda: server.get(path),
+        lambda r: r["parsing"] and 0 < r["total_items"] <= 20_000,
+        WATCH_SECONDS,
+        "part-way through parsing",
+    )
+    server.kill()
+    assert snapshot(db)[upload.id]["claimed_by"]
+
+    server = launch(db)
+    resumed = server.get(path)
+    assert (resumed["status"], resumed["parsing"], resumed["recoveries"]) == ("processing", True, 1)
+    status, answer = server.call("POST", f"{path}/cancel")
+    assert status in (200, 202), answer  # 200 if no worker had claimed it again yet
+    final = poll(
+        lambda: server.get(path),
+        lambda r: r["status"] in TERMINAL_STATUSES,
+        SETTLE_SECONDS,
+        "cancelled",
+    )
+    assert (final["status"], final["parsing"], final["processed_items"]) == ("cancelled", False, 0)
+    stored = snapshot(db)[upload.id]
+    # Genuinely cancelled before its file was parsed: the database still says so, which is
+    # what lets a retry parse the same file again.
+    assert stored["parsing"] == 1, stored
+    assert stored["total_items"] < rows, stored
+    assert server.stop()[0] == 0
+
+
 # --- 3. one server per database ------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ import orjson
 
 from server.clock import parse_rfc3339, utc_now
 from server.money import currency_exponent, format_major_units
-from server.types import JSON
+from server.types import JSON, TERMINAL_STATUSES
 
 SUMMARY_FIELDS = (
     "id",
@@ -29,6 +29,16 @@ def is_stuck(row: JSON, stuck_after: float) -> bool:
     if row["status"] != "processing" or beat is None:
         return False
     return (utc_now() - parse_rfc3339(beat)).total_seconds() > stuck_after
+
+
+def is_parsing(row: JSON) -> bool:
+    """The payload's `parsing`: a worker is parsing the file, or will.
+
+    The stored flag means "the file's rows are not staged yet" and stays set when an
+    upload ends before its file was parsed (cancelled, rejected, file gone): retrying it
+    parses the same file again. A terminal request parses nothing, so it says false.
+    """
+    return bool(row["parsing"]) and row["status"] not in TERMINAL_STATUSES
 
 
 def render_bulk_request(row: JSON, stuck_after: float) -> JSON:
@@ -55,7 +65,7 @@ def render_bulk_request(row: JSON, stuck_after: float) -> JSON:
         "completed_at": row["completed_at"],
         "last_progress_at": row["last_progress_at"],
         "cancellation_requested_at": row["cancellation_requested_at"],
-        "parsing": bool(row["parsing"]),
+        "parsing": is_parsing(row),
         "stuck": is_stuck(row, stuck_after),
         "error_message": row["error_message"],
         "error_details": orjson.loads(row["error_details"]) if row["error_details"] else {},

@@ -26,7 +26,7 @@ from server.api.common import (
     json_response,
     translate_domain_errors,
 )
-from server.api.render import render_summary
+from server.api.render import is_parsing, render_summary
 from server.auth import caller_of
 from server.constants import FILE_READ_BYTES, MAX_FILENAME_CHARS
 from server.errors import Problem, field_error
@@ -167,7 +167,7 @@ async def create_upload(request: web.Request) -> web.Response:
         **render_summary(row),
         "source": row["source"],
         "filename": row["filename"],
-        "parsing": bool(row["parsing"]),
+        "parsing": is_parsing(row),
     }
     if replayed:
         received.path.unlink(missing_ok=True)

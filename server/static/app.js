@@ -73,14 +73,56 @@ function fmtBytes(n) {
   return `${(n / 1024 ** 3).toFixed(2)} GiB`;
 }
 
+function fmtTime(iso) {
+  const date = new Date(iso);
+  return Number.isNaN(date.getTime()) ? iso : date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" });
+}
+
 function timeEl(iso) {
   if (!iso) return h("span", { class: "muted", text: "—" });
-  const date = new Date(iso);
-  const text = Number.isNaN(date.getTime())
-    ? iso
-    : date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" });
-  return h("time", { datetime: iso, title: iso, text });
+  return h("time", { datetime: iso, title: iso, text: fmtTime(iso) });
 }
+
+// --- Patching, not rebuilding ---------------------------------------------------------
+// Live updates arrive many times a second. They change text and attributes of elements
+// that stay in place: a rebuilt element would drop keyboard focus (a focused element that
+// is removed, moved or disabled leaves focus on the page body), a screen reader's place
+// and any text selection.
+
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
+
+// A timestamp shown in a `.time-slot` span: its <time> element is updated in place.
+function timeSlot(iso) {
+  const slot = h("span", { class: "time-slot" });
+  setTime(slot, iso);
+  return slot;
+}
+
+function setTime(slot, iso) {
+  const value = iso ?? "";
+  if (slot.dataset.iso === value) return;
+  slot.dataset.iso = value;
+  const time = slot.firstElementChild;
+  if (value && time?.tagName === "TIME") {
+    time.dateTime = value;
+    time.title = value;
+    time.textContent = fmtTime(value);
+  } else {
+    slot.replaceChildren(timeEl(value));
+  }
+}
+
+// Buttons a live update can switch off are marked aria-disabled rather than disabled: a
+// focused button that becomes disabled loses focus to the page body. aria-disabled keeps
+// it focusable and announced as unavailable; what it does checks `isUsable` first.
+function setUsable(button, usable) {
+  if (usable) button.removeAttribute("aria-disabled");
+  else button.setAttribute("aria-disabled", "true");
+}
+
+const isUsable = (button) => button.getAttribute("aria-disabled") !== "true";
 
 function ago(iso) {
   const seconds = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
@@ -522,23 +564,27 @@ function sourceText(req) {
   return parts.join(" · ");
 }
 
+// A terminal request parses nothing, whatever its payload says (a server before 15.7
+// answered `parsing: true` for an upload cancelled before its file was parsed).
+const isParsing = (req) => Boolean(req.parsing) && !TERMINAL.has(req.status);
+
 function percentText(req) {
-  if (req.parsing) return "Parsing…";
-  return `${req.progress} %`;
+  return isParsing(req) ? "Parsing…" : `${req.progress} %`;
 }
 
 function setBadge(el, req) {
-  el.className = `badge badge-${req.status}`;
-  el.textContent = req.status;
+  const className = `badge badge-${req.status}`;
+  if (el.className !== className) el.className = className;
+  setText(el, req.status);
 }
 
 function setProgress(el, req) {
   // Unknown size (a file not parsed yet): an indeterminate bar, not a false 0 %.
-  if (req.parsing || (req.total_items === 0 && !TERMINAL.has(req.status))) {
+  if (isParsing(req) || (req.total_items === 0 && !TERMINAL.has(req.status))) {
     el.removeAttribute("value");
     el.setAttribute("aria-valuetext", "Parsing the file");
   } else {
-    el.value = req.progress;
+    if (!el.hasAttribute("value") || el.value !== req.progress) el.value = req.progress;
     el.setAttribute("aria-valuetext", `${req.progress} %`);
   }
 }
@@ -552,7 +598,8 @@ function buildListItem(id) {
     progress: h("progress", { max: "100", "aria-label": `Progress of request #${id}` }),
     percent: h("span", { class: "progress-text" }),
     counts: h("p", { class: "req-counts" }),
-    created: h("p", { class: "req-meta" }),
+    createdAt: timeSlot(null),
+    cancelling: h("span"),
   };
   const li = h(
     "li",
@@ -561,7 +608,7 @@ function buildListItem(id) {
     refs.what,
     h("div", { class: "progress-line" }, refs.progress, refs.percent),
     refs.counts,
-    refs.created,
+    h("p", { class: "req-meta" }, "Created ", refs.createdAt, refs.cancelling),
   );
   return { li, refs };
 }
@@ -585,14 +632,16 @@ function renderListItem(req) {
   const { refs } = item;
   setBadge(refs.badge, req);
   refs.stuck.hidden = !req.stuck;
-  refs.what.textContent = sourceText(req);
+  setText(refs.what, sourceText(req));
   setProgress(refs.progress, req);
-  refs.percent.textContent = percentText(req);
-  refs.counts.textContent =
+  setText(refs.percent, percentText(req));
+  setText(
+    refs.counts,
     `${fmtInt(req.processed_items)} of ${fmtInt(req.total_items)} processed · ` +
-    `${fmtInt(req.failed_items)} failed · ${fmtInt(req.skipped_items)} skipped`;
-  refs.created.replaceChildren("Created ", timeEl(req.created_at));
-  if (req.cancellation_requested_at && !TERMINAL.has(req.status)) refs.created.append(" · cancelling…");
+      `${fmtInt(req.failed_items)} failed · ${fmtInt(req.skipped_items)} skipped`,
+  );
+  setTime(refs.createdAt, req.created_at);
+  setText(refs.cancelling, req.cancellation_requested_at && !TERMINAL.has(req.status) ? " · cancelling…" : "");
   markCurrent(item, req.id === state.openId);
 }
 
@@ -609,8 +658,8 @@ function updateListChrome() {
 
 async function loadMore() {
   const button = $("load-more");
-  if (!state.nextCursor || button.disabled) return;
-  button.disabled = true;
+  if (!state.nextCursor || !isUsable(button)) return;
+  setUsable(button, false);
   const before = listItems.size;
   try {
     const page = await fetchListPage(state.nextCursor);
@@ -620,7 +669,7 @@ async function loadMore() {
   } catch (err) {
     showProblem(err, "Could not load more requests");
   } finally {
-    button.disabled = false;
+    setUsable(button, true);
     updateListChrome();
     // The button disappears after the last page: keep focus somewhere sensible.
     if (button.hidden && document.activeElement === document.body) {
@@ -722,7 +771,7 @@ async function openDetail(id, { focus }) {
   $("detail").hidden = false;
   $("content").classList.add("has-detail");
   $("detail-title").textContent = `Bulk request #${id}`;
-  $("detail-family").dataset.signature = "";
+  resetFamily(id);
   $("row-errors-body").replaceChildren();
   $("row-errors-scroll").hidden = true;
   $("row-errors-empty").hidden = false;
@@ -795,9 +844,9 @@ function summaryText(req) {
   // on every heartbeat.
   switch (req.status) {
     case "pending":
-      return req.parsing ? "Waiting for a worker to parse the file." : "Waiting for a worker.";
+      return isParsing(req) ? "Waiting for a worker to parse the file." : "Waiting for a worker.";
     case "processing":
-      if (req.parsing) return "Parsing the file.";
+      if (isParsing(req)) return "Parsing the file.";
       if (req.cancellation_requested_at) return "Cancelling after the current batch.";
       if (req.progress < 10) return "Processing: under 10 % done.";
       return `Processing: at least ${Math.floor(req.progress / 10) * 10} % done.`;
@@ -806,49 +855,97 @@ function summaryText(req) {
   }
 }
 
-function fillList(dl, entries) {
-  dl.replaceChildren(
-    ...entries.map(([term, ...value]) => h("div", { class: "dl-item" }, h("dt", { text: term }), h("dd", {}, ...value))),
-  );
+const listEntries = new WeakMap(); // <dl> → Map(term → {item, dd})
+
+// Entries are [term, value]: value is text, or {time, age} for a timestamp (with its
+// age while the request runs). Patched by term; an entry appears or goes away alone.
+function patchList(dl, entries) {
+  let byTerm = listEntries.get(dl);
+  if (!byTerm) listEntries.set(dl, (byTerm = new Map()));
+  const wanted = new Set(entries.map(([term]) => term));
+  for (const [term, entry] of byTerm) {
+    if (wanted.has(term)) continue;
+    entry.item.remove();
+    byTerm.delete(term);
+  }
+  let previous = null;
+  for (const [term, value] of entries) {
+    let entry = byTerm.get(term);
+    if (!entry) {
+      const dd = h("dd");
+      entry = { item: h("div", { class: "dl-item" }, h("dt", { text: term }), dd), dd };
+      dl.insertBefore(entry.item, previous ? previous.nextSibling : dl.firstChild);
+      byTerm.set(term, entry);
+    }
+    setValue(entry.dd, value);
+    previous = entry.item;
+  }
+}
+
+function setValue(dd, value) {
+  if (typeof value === "string") {
+    setText(dd, value);
+    return;
+  }
+  let slot = dd.querySelector(":scope > .time-slot");
+  if (!slot) dd.replaceChildren((slot = timeSlot(null)));
+  setTime(slot, value.time);
+  let age = dd.querySelector(":scope > .age");
+  if (!value.age || !value.time) {
+    age?.remove();
+    return;
+  }
+  if (!age) dd.append((age = h("span", { class: "age" }, " (", h("span", { class: "heartbeat-age" }), ")")));
+  const since = age.querySelector(".heartbeat-age");
+  if (since.dataset.since !== value.time) {
+    since.dataset.since = value.time;
+    since.textContent = ago(value.time);
+  }
 }
 
 function renderDetail(req) {
   $("detail-loading").hidden = true;
   $("detail-body").hidden = false;
   setBadge($("detail-badge"), req);
-  const summary = summaryText(req);
-  if ($("detail-summary").textContent !== summary) $("detail-summary").textContent = summary;
+  setText($("detail-summary"), summaryText(req));
   const bar = $("detail-progress");
   setProgress(bar, req);
   bar.setAttribute("aria-label", `Progress of request #${req.id}`);
-  $("detail-percent").textContent = req.parsing
-    ? "Parsing…"
-    : `${req.progress} % (${fmtInt(req.processed_items)} of ${fmtInt(req.total_items)} rows)`;
+  setText(
+    $("detail-percent"),
+    isParsing(req) ? "Parsing…" : `${req.progress} % (${fmtInt(req.processed_items)} of ${fmtInt(req.total_items)} rows)`,
+  );
 
   const stuck = $("detail-stuck");
   stuck.hidden = !req.stuck;
   if (req.stuck) {
-    stuck.replaceChildren(
-      h("strong", { text: "Stuck: " }),
-      "no heartbeat since ",
-      timeEl(req.last_progress_at),
-      ". The server requeues a request whose worker has gone and resumes it from its checkpoint.",
-    );
+    if (!stuck.firstChild) {
+      stuck.append(
+        h("strong", { text: "Stuck: " }),
+        "no heartbeat since ",
+        timeSlot(null),
+        ". The server requeues a request whose worker has gone and resumes it from its checkpoint.",
+      );
+    }
+    setTime(stuck.querySelector(".time-slot"), req.last_progress_at);
   }
 
   const cancel = $("cancel-button");
   const cancelling = Boolean(req.cancellation_requested_at) && !TERMINAL.has(req.status);
-  cancel.disabled = !CANCELLABLE.has(req.status) || cancelling || state.busy.has(`cancel:${req.id}`);
-  cancel.textContent = cancelling ? "Cancelling…" : "Cancel request";
+  setUsable(cancel, CANCELLABLE.has(req.status) && !cancelling && !state.busy.has(`cancel:${req.id}`));
+  setText(cancel, cancelling ? "Cancelling…" : "Cancel request");
   // The API refuses a second retry while the latest child runs or once it completed.
   const latest = childrenOf(req.id).at(-1);
   const retriedAs = latest && (!TERMINAL.has(latest.status) || latest.status === "completed") ? latest : null;
-  $("retry-button").disabled = !RETRYABLE.has(req.status) || Boolean(retriedAs) || state.busy.has(`retry:${req.id}`);
-  $("action-help").textContent = retriedAs
-    ? `Already retried as request #${retriedAs.id} (${retriedAs.status}); retry that one if it fails.`
-    : "Cancel works while pending or processing; retry once failed or cancelled.";
+  setUsable($("retry-button"), RETRYABLE.has(req.status) && !retriedAs && !state.busy.has(`retry:${req.id}`));
+  setText(
+    $("action-help"),
+    retriedAs
+      ? `Already retried as request #${retriedAs.id} (${retriedAs.status}); retry that one if it fails.`
+      : "Cancel works while pending or processing; retry once failed or cancelled.",
+  );
 
-  fillList($("detail-counters"), [
+  patchList($("detail-counters"), [
     ["Total", fmtInt(req.total_items)],
     ["Processed", fmtInt(req.processed_items)],
     ["Successful", fmtInt(req.successful_items)],
@@ -856,21 +953,17 @@ function renderDetail(req) {
     ["Skipped", fmtInt(req.skipped_items)],
   ]);
 
-  const heartbeat = [timeEl(req.last_progress_at)];
-  if (req.last_progress_at && !TERMINAL.has(req.status)) {
-    heartbeat.push(" (", h("span", { class: "heartbeat-age", "data-since": req.last_progress_at, text: ago(req.last_progress_at) }), ")");
-  }
   const info = [
     ["Source", sourceText(req)],
     ["On conflict", req.on_conflict ?? "—"],
-    ["Created", timeEl(req.created_at)],
-    ["Started", timeEl(req.started_at)],
-    ["Completed", timeEl(req.completed_at)],
-    ["Last heartbeat", ...heartbeat],
+    ["Created", { time: req.created_at }],
+    ["Started", { time: req.started_at }],
+    ["Completed", { time: req.completed_at }],
+    ["Last heartbeat", { time: req.last_progress_at, age: !TERMINAL.has(req.status) }],
   ];
-  if (req.cancellation_requested_at) info.push(["Cancellation requested", timeEl(req.cancellation_requested_at)]);
+  if (req.cancellation_requested_at) info.push(["Cancellation requested", { time: req.cancellation_requested_at }]);
   if (req.recoveries) info.push(["Recovered after a crash", recoveryText(req)]);
-  fillList($("detail-info"), info);
+  patchList($("detail-info"), info);
 
   renderFamily(req);
 
@@ -879,11 +972,11 @@ function renderDetail(req) {
   // The recovery log alone is not an error: a resumed request is healthy (shown above).
   const onlyRecoveries = Object.keys(details).every((k) => k === "recoveries");
   $("detail-error").hidden = !req.error_message && onlyRecoveries;
-  $("detail-error-message").textContent = req.error_message ?? "";
+  setText($("detail-error-message"), req.error_message ?? "");
   $("detail-error-details-box").hidden = !hasDetails;
-  $("detail-error-details").textContent = hasDetails ? JSON.stringify(details, null, 2) : "";
+  setText($("detail-error-details"), hasDetails ? JSON.stringify(details, null, 2) : "");
 
-  $("download-errors").disabled = req.failed_items === 0 && state.errors?.count === 0;
+  setUsable($("download-errors"), req.failed_items > 0 || state.errors?.count !== 0);
   scheduleErrorsReload(req);
 }
 
@@ -900,26 +993,52 @@ function recoveryText(req) {
   return `${times}; last resumed from row ${fmtInt(last.resumed_from_row)}${last.reason ? ` (${last.reason})` : ""}`;
 }
 
-function renderFamily(req) {
+// "Retry of request #4. Retried as request #6 (processing), request #7 (pending)." The
+// links stay in place while the children change status (a keyboard user may be on one):
+// only the text around them changes, and a new child is inserted without moving the rest.
+const family = { id: null, parent: null, retried: null, end: null, children: new Map() };
+
+function resetFamily(id) {
   const p = $("detail-family");
-  const children = childrenOf(req.id);
-  // Rebuilt only when something changed, so a focused link is not destroyed.
-  const signature = JSON.stringify([req.parent_bulk_request_id, children.map((c) => [c.id, c.status])]);
-  if (p.dataset.signature === signature) return;
-  p.dataset.signature = signature;
-  const parts = [];
-  const link = (id) => h("a", { href: `#/requests/${id}`, text: `request #${id}` });
-  if (req.parent_bulk_request_id) parts.push("Retry of ", link(req.parent_bulk_request_id), ". ");
-  if (children.length) {
-    parts.push("Retried as ");
-    children.forEach((child, i) => {
-      if (i) parts.push(", ");
-      parts.push(link(child.id), ` (${child.status})`);
-    });
-    parts.push(".");
+  family.id = id;
+  family.parent = h("span");
+  family.retried = document.createTextNode("");
+  family.end = document.createTextNode("");
+  family.children.clear();
+  p.replaceChildren(family.parent, family.retried, family.end);
+  p.hidden = true;
+}
+
+const familyLink = (id) => h("a", { href: `#/requests/${id}`, text: `request #${id}` });
+
+function renderFamily(req) {
+  if (family.id !== req.id) resetFamily(req.id);
+  const parentId = req.parent_bulk_request_id;
+  if (parentId && !family.parent.firstChild) family.parent.append("Retry of ", familyLink(parentId), ". ");
+  const children = childrenOf(req.id); // oldest first
+  for (const child of children) {
+    let entry = family.children.get(child.id);
+    if (!entry) {
+      entry = { separator: document.createTextNode(""), status: document.createTextNode("") };
+      entry.el = h("span", { class: "family-child" }, entry.separator, familyLink(child.id), entry.status);
+      const later = [...family.children.keys()].filter((id) => id > child.id);
+      const next = later.length ? family.children.get(Math.min(...later)).el : family.end;
+      family.end.parentNode.insertBefore(entry.el, next);
+      family.children.set(child.id, entry);
+    }
+    const status = ` (${child.status})`;
+    if (entry.status.data !== status) entry.status.data = status;
   }
-  p.replaceChildren(...parts);
-  p.hidden = parts.length === 0;
+  children.forEach((child, i) => {
+    const separator = i === 0 ? "" : ", ";
+    const entry = family.children.get(child.id);
+    if (entry.separator.data !== separator) entry.separator.data = separator;
+  });
+  const retried = children.length ? "Retried as " : "";
+  if (family.retried.data !== retried) family.retried.data = retried;
+  const end = children.length ? "." : "";
+  if (family.end.data !== end) family.end.data = end;
+  $("detail-family").hidden = !parentId && children.length === 0;
 }
 
 // --- Row errors ---------------------------------------------------------------------
@@ -959,36 +1078,52 @@ async function loadErrors(index) {
   errors.count = page.data.length;
   errors.cursors.length = index + 1;
   errors.cursors.push(page.next_cursor);
-  $("row-errors-body").replaceChildren(
-    ...page.data.map((e) =>
-      h(
-        "tr",
-        {},
-        h("td", { class: "num", text: String(e.row ?? "") }),
-        h("td", { class: "num", text: e.line == null ? "" : String(e.line) }),
-        h("td", { text: e.external_id ?? "" }),
-        h("td", {}, h("code", { text: e.code ?? "" })),
-        h("td", { text: e.message ?? "" }),
-        h("td", {}, e.pointer ? h("code", { text: e.pointer }) : ""),
-      ),
-    ),
-  );
+  patchErrorRows($("row-errors-body"), page.data);
   const any = page.data.length > 0;
   $("row-errors-scroll").hidden = !any;
   $("row-errors-empty").hidden = any || index > 0;
   $("errors-prev").hidden = index === 0;
   $("errors-next").hidden = !page.next_cursor;
   const first = index * ERRORS_PAGE_SIZE + 1;
-  $("errors-page").textContent = any ? `Errors ${fmtInt(first)}–${fmtInt(first + page.data.length - 1)}` : "";
+  setText($("errors-page"), any ? `Errors ${fmtInt(first)}–${fmtInt(first + page.data.length - 1)}` : "");
   const req = state.requests.get(errors.id);
-  $("download-errors").disabled = !any && index === 0 && (req?.failed_items ?? 0) === 0;
+  setUsable($("download-errors"), any || index > 0 || (req?.failed_items ?? 0) > 0);
+}
+
+function errorRow(e) {
+  return h(
+    "tr",
+    { "data-row": e.row },
+    h("td", { class: "num", text: String(e.row ?? "") }),
+    h("td", { class: "num", text: e.line == null ? "" : String(e.line) }),
+    h("td", { text: e.external_id ?? "" }),
+    h("td", {}, h("code", { text: e.code ?? "" })),
+    h("td", { text: e.message ?? "" }),
+    h("td", {}, e.pointer ? h("code", { text: e.pointer }) : ""),
+  );
+}
+
+// A row error never changes once recorded, so a reloaded page keeps the rows it already
+// shows (both lists are in row order) and only inserts the new ones, or drops the ones
+// no longer on the page.
+function patchErrorRows(tbody, errors) {
+  const shown = new Map([...tbody.children].map((tr) => [tr.dataset.row, tr]));
+  const wanted = new Set(errors.map((e) => String(e.row)));
+  for (const [row, tr] of shown) if (!wanted.has(row)) tr.remove();
+  let next = tbody.firstElementChild;
+  for (const e of errors) {
+    const tr = shown.get(String(e.row));
+    if (tr && tr === next) next = tr.nextElementSibling;
+    else if (!tr) tbody.insertBefore(errorRow(e), next);
+  }
 }
 
 async function downloadErrors() {
   const id = state.openId;
   if (id === null) return;
   const button = $("download-errors");
-  button.disabled = true;
+  if (!isUsable(button)) return;
+  setUsable(button, false);
   try {
     // The endpoint needs the X-API-KEY header, so a plain link cannot download it (and
     // the key must never go into a URL): fetch it, then save the blob under its name.
@@ -1006,7 +1141,7 @@ async function downloadErrors() {
   } catch (err) {
     showProblem(err, "Could not download the row errors");
   } finally {
-    button.disabled = false;
+    setUsable(button, true);
   }
 }
 
@@ -1014,7 +1149,7 @@ async function downloadErrors() {
 
 async function runAction(kind) {
   const id = state.openId;
-  if (id === null) return;
+  if (id === null || !isUsable($(`${kind}-button`))) return;
   const busyKey = `${kind}:${id}`;
   if (state.busy.has(busyKey)) return;
   state.busy.add(busyKey);
