@@ -170,6 +170,8 @@ def _enter_key(page: Page) -> None:
     page.keyboard.press("Enter")
     expect(page.locator("#app")).to_be_visible()
     expect(page.locator("#key-section")).to_be_hidden()
+    # API_KEY is a chosen key (not bk_<public id>_<secret>): none of it is shown.
+    expect(page.locator("#key-prefix")).to_have_text("(chosen key)")
 
 
 def _create_stream_and_upload(page: Page, csv_path: Path) -> int:
