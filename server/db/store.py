@@ -285,7 +285,8 @@ class Store:
     # --- live events and metrics -------------------------------------------------------
 
     async def get_data_stream_key(self, stream_id: int) -> str | None:
-        return await self.read_value(Q.get_data_stream_key, {"id": stream_id})
+        key: str | None = await self.read_value(Q.get_data_stream_key, {"id": stream_id})
+        return key
 
     async def metrics_bulk_requests(self) -> list[JSON]:
         """Per (status, source): request count and row counters, for /metrics."""
