@@ -37,14 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     create = key_commands.add_parser(
         "create",
         help="create a key and print it once",
-        description="Create an API key; it is printed once, alone.",
+        description="Create an API key (bk_<public id>_<secret>); it is printed once, alone.",
     )
     create.add_argument("--environment", required=True, help="environment the key belongs to")
     create.add_argument("--db", dest="db_path", type=Path, help=db_help)
     listing = key_commands.add_parser(
         "list",
         help="list keys (never the keys themselves)",
-        description="List API keys: id, environment, dates.",
+        description="List API keys: id, public id, environment, dates. Keys chosen with "
+        "BULK_API_KEY, and keys made before public ids existed, show no public id.",
     )
     listing.add_argument("--db", dest="db_path", type=Path, help=db_help)
     revoke = key_commands.add_parser(
@@ -102,7 +103,7 @@ async def _serve(settings: Settings) -> int:
 
 
 async def _keys(args: argparse.Namespace) -> int:
-    from server.auth import generate_api_key, hash_api_key, key_prefix
+    from server.auth import generate_api_key
     from server.db.store import Store
 
     db_path = args.db_path or Path(os.environ.get(env_name("db_path"), DEFAULT_DB_PATH))
@@ -110,18 +111,19 @@ async def _keys(args: argparse.Namespace) -> int:
     await store.open()
     try:
         if args.keys_command == "create":
-            key = generate_api_key()
-            await store.create_api_key(args.environment, hash_api_key(key), key_prefix(key))
-            print(key)
+            new = generate_api_key()
+            await store.create_api_key(args.environment, new.key_hash, new.public_id)
+            print(new.key)
         elif args.keys_command == "list":
             rows = await store.list_api_keys()
             print(
-                f"{'id':>4}  {'environment':<16} {'prefix':<12} {'created':<28} "
+                f"{'id':>4}  {'public id':<14} {'environment':<16} {'created':<28} "
                 f"{'last used':<28} revoked"
             )
             for r in rows:
+                # Chosen (BULK_API_KEY) and pre-scheme keys have no public id: "-".
                 print(
-                    f"{r['id']:>4}  {r['environment']:<16} {r['prefix'] + '…':<12} "
+                    f"{r['id']:>4}  {r['public_id'] or '-':<14} {r['environment']:<16} "
                     f"{r['created_at']:<28} {r['last_used_at'] or '-':<28} "
                     f"{r['revoked_at'] or '-'}"
                 )

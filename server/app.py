@@ -14,7 +14,7 @@ from server.api import bulk_requests, dashboard, data_streams, health, uploads
 from server.api import events as event_streams
 from server.api.common import HUB, POOL, SETTINGS, STORE
 from server.api.openapi import openapi_document
-from server.auth import generate_api_key, hash_api_key, key_prefix, make_auth_middleware
+from server.auth import generate_api_key, hash_api_key, make_auth_middleware
 from server.config import Settings
 from server.constants import MAX_JSON_BODY_BYTES
 from server.db.store import Store
@@ -50,14 +50,12 @@ async def ensure_bootstrap_key(store: Store, configured_key: str | None) -> str 
     Returns a newly generated key (to print once), else None.
     """
     if configured_key:
-        await store.ensure_api_key(
-            BOOTSTRAP_ENVIRONMENT, hash_api_key(configured_key), key_prefix(configured_key)
-        )
+        await store.ensure_api_key(BOOTSTRAP_ENVIRONMENT, hash_api_key(configured_key))
         return None
     if await store.count_api_keys() == 0:
-        key = generate_api_key()
-        await store.create_api_key(BOOTSTRAP_ENVIRONMENT, hash_api_key(key), key_prefix(key))
-        return key
+        new = generate_api_key()
+        await store.create_api_key(BOOTSTRAP_ENVIRONMENT, new.key_hash, new.public_id)
+        return new.key
     return None
 
 

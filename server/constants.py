@@ -76,6 +76,15 @@ READER_CONNECTIONS = 3
 DEFAULT_MAX_UPLOAD_MB = 256
 MAX_FILENAME_CHARS = 255
 
+# --- API keys (SPEC §3, §11) -----------------------------------------------------------
+# A generated key is `bk_<public id>_<secret>`. The public id only tells keys apart in
+# `keys list` and the dashboard: 12 characters of [a-z0-9] (62 bits) never collide in
+# practice, and the database's unique index catches it if they ever do.
+API_KEY_PUBLIC_ID_CHARS = 12
+# The secret is 256 random bits, so a fast hash (SHA-256) of the key is safe to store:
+# there is nothing to brute-force.
+API_KEY_SECRET_BYTES = 32
+
 # --- HTTP ------------------------------------------------------------------------------
 # A client-supplied X-Request-ID is echoed only if it is this short and printable.
 MAX_REQUEST_ID_CHARS = 128

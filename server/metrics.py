@@ -21,9 +21,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, get_args
+from typing import get_args
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -205,7 +206,7 @@ METRICS = web.AppKey("metrics", Metrics)
 
 
 @web.middleware
-async def observe_requests_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def observe_requests_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost middleware: times each request once, with its final status (problems
     included), for both the access-log line and the latency histogram."""
     started = time.perf_counter()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from decimal import Decimal, InvalidOperation
+from typing import cast
 
 from server.constants import MAX_ABS_MINOR_UNITS
 from server.currencies import CURRENCY_EXPONENTS
@@ -60,10 +61,10 @@ def to_minor_units(value: object, exponent: int) -> int:
     if isinstance(value, bool):
         raise AmountError("invalid_amount", "amount must be a number or a decimal string")
     if isinstance(value, int):
-        minor = value * 10**exponent if abs(value) <= MAX_ABS_MINOR_UNITS else None
-        if minor is None or abs(minor) > MAX_ABS_MINOR_UNITS:
+        scaled: int | None = value * 10**exponent if abs(value) <= MAX_ABS_MINOR_UNITS else None
+        if scaled is None or abs(scaled) > MAX_ABS_MINOR_UNITS:
             raise AmountError("amount_out_of_range", "amount is too large")
-        return minor
+        return scaled
     if isinstance(value, str):
         if not _DECIMAL_TEXT.fullmatch(value):
             raise AmountError("invalid_amount", "amount must be a decimal number such as 12.34")
@@ -81,14 +82,14 @@ def to_minor_units(value: object, exponent: int) -> int:
     # arithmetic so that 1e400 or 1e-999999999 cost nothing.
     if value.adjusted() > 16:
         raise AmountError("amount_out_of_range", "amount is too large")
-    sign, digits, exp = value.as_tuple()
+    sign, digit_tuple, exp = value.as_tuple()
     assert isinstance(exp, int)
-    text = "".join(map(str, digits)).rstrip("0")
-    exp += len(digits) - len(text)
+    text = "".join(map(str, digit_tuple)).rstrip("0")
+    exp += len(digit_tuple) - len(text)
     shift = exp + exponent
     if shift < 0:
         raise _too_many_decimals(exponent)
-    minor = int(text) * 10**shift
+    minor = int(text) * cast(int, 10**shift)  # shift >= 0: an int, never a float
     if minor > MAX_ABS_MINOR_UNITS:
         raise AmountError("amount_out_of_range", "amount is too large")
     return -minor if sign else minor

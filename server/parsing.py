@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -34,7 +34,7 @@ log = logging.getLogger("server.parsing")
 
 def _file_rows(
     path: Path, upload_format: str, data_stream_key: str | None, report: ParseReport
-) -> Iterator[SourceRow]:
+) -> Generator[SourceRow, None, None]:
     with path.open("rb") as handle:
         chunks = iter(lambda: handle.read(FILE_READ_BYTES), b"")
         if upload_format == "nacha":

@@ -18,6 +18,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 from functools import partial
+from typing import Any
 
 from server.batches import FencedOut, commit_batch, stream_keys_of, validate_batch
 from server.config import Settings
@@ -257,7 +258,8 @@ class WorkerPool:
 
         row = await self.store.write(work)
         self._cancel_requested.discard(job["id"])
-        log_transition(log, status, row, **({"error": error_message} if error_message else {}))
+        extra: dict[str, Any] = {"error": error_message} if error_message else {}
+        log_transition(log, status, row, **extra)
         self.hub.publish(row)
         return row
 

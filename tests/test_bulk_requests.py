@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from server.api.common import STORE
-from server.auth import hash_api_key, key_prefix
+from server.auth import generate_api_key
 from tests.conftest import Api, record
 
 
@@ -402,9 +402,9 @@ async def test_idempotency_keys_are_scoped_to_the_environment(api: Api) -> None:
 
 
 async def _other_environment(api: Api) -> Api:
-    key = "bk_other_environment_key_000000000000000000000"
-    await api.app[STORE].create_api_key("other", hash_api_key(key), key_prefix(key))
-    return Api(api.client, key)
+    new = generate_api_key()
+    await api.app[STORE].create_api_key("other", new.key_hash, new.public_id)
+    return Api(api.client, new.key)
 
 
 async def test_environments_are_isolated_on_every_route(api: Api) -> None:

@@ -558,6 +558,7 @@ def test_first_start_prints_one_key_once(tmp_path: Path, launch: Launch) -> None
     keys = re.findall(r"X-API-KEY: (\S+)", shown)
     assert len(keys) == 1, shown
     key = keys[0]
+    assert re.fullmatch(r"bk_[a-z0-9]{12}_[A-Za-z0-9_-]{43}", key), key  # SPEC §11 scheme
     assert shown.count(key) == 1
     assert "once" in shown
     assert key not in first.stderr(), "the key must not reach the logs"

@@ -6,7 +6,8 @@ subprocess is exactly what a user runs. One worker and one row per batch keep a 
 upload `processing` long enough to cancel it from the page, without any sleep in the
 product code.
 
-The test never skips: CI installs Chromium (.ci/run), and a missing browser must fail.
+The test never skips: scripts/install-test-deps.sh installs Chromium (the README's test
+command and .ci/run start with it), and a missing browser must fail.
 """
 
 from __future__ import annotations
@@ -114,8 +115,8 @@ def base_url(tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def page(base_url: str) -> Iterator[tuple[Page, list[str]]]:
     assert CHROMIUM.exists(), (
-        f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium), "
-        "as .ci/run does; this test never downloads a browser"
+        f"{CHROMIUM} is missing: run `sh scripts/install-test-deps.sh` (Debian's chromium), "
+        "as the README's test command and .ci/run do; this test never downloads a browser"
     )
     problems: list[str] = []
 
@@ -170,6 +171,8 @@ def _enter_key(page: Page) -> None:
     page.keyboard.press("Enter")
     expect(page.locator("#app")).to_be_visible()
     expect(page.locator("#key-section")).to_be_hidden()
+    # API_KEY is a chosen key (not bk_<public id>_<secret>): none of it is shown.
+    expect(page.locator("#key-prefix")).to_have_text("(chosen key)")
 
 
 def _create_stream_and_upload(page: Page, csv_path: Path) -> int:

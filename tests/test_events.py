@@ -18,7 +18,7 @@ from aiohttp import web
 
 from server.api.common import HUB, POOL, STORE
 from server.app import create_app
-from server.auth import generate_api_key, hash_api_key, key_prefix
+from server.auth import generate_api_key
 from server.config import Settings
 from server.events import parse_event_id
 from tests.conftest import API_KEY, Api, record, wait_until
@@ -98,9 +98,9 @@ async def stream(api: Api, path: str, headers: dict[str, str] | None = None) -> 
 
 
 async def add_environment(api: Api, name: str = "other") -> Api:
-    key = generate_api_key()
-    await api.app[STORE].create_api_key(name, hash_api_key(key), key_prefix(key))
-    return Api(api.client, key=key)
+    new = generate_api_key()
+    await api.app[STORE].create_api_key(name, new.key_hash, new.public_id)
+    return Api(api.client, key=new.key)
 
 
 def idle(settings: Settings) -> Settings:

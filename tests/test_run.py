@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from server.auth import hash_api_key
+from server.db.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,13 +65,37 @@ def test_keys_create_list_revoke(tmp_path: Path) -> None:
     created = run("keys", "create", "--environment", "sandbox", "--db", db).stdout
     key = created.strip()
     assert created == key + "\n"
-    assert key.startswith("bk_")
+    match = re.fullmatch(r"bk_([a-z0-9]{12})_([A-Za-z0-9_-]{43})", key)
+    assert match is not None, key
+    public_id, secret = match.groups()
+    asyncio.run(_ensure_chosen_key(tmp_path / "k.db", "my-demo-key"))
     listing = run("keys", "list", "--db", db).stdout
-    assert "sandbox" in listing
-    assert key not in listing
-    assert key[:9] in listing  # the prefix, to recognise it
+    header, *lines = listing.splitlines()
+    assert header.split()[:3] == ["id", "public", "id"]
+    # id, public id, environment, created, last used, revoked: the public id only for a
+    # generated key; nothing at all of a chosen one.
+    assert [line.split()[:3] for line in lines] == [
+        ["1", public_id, "sandbox"],
+        ["2", "-", "default"],
+    ]
+    assert not [part for part in _runs(secret, 6) if part in listing]
+    assert not [part for part in _runs("my-demo-key", 3) if part in listing]
     assert "revoked key 1" in run("keys", "revoke", "1", "--db", db).stdout
     again = run("keys", "revoke", "1", "--db", db, check=False)
     assert again.returncode == 1
     assert "no active key" in again.stderr
-    assert run("keys", "list", "--db", db).stdout.count("Z") >= 2  # created + revoked dates
+    assert run("keys", "list", "--db", db).stdout.count("Z") >= 3  # 2 created + 1 revoked
+
+
+def _runs(secret: str, length: int) -> list[str]:
+    return [secret[i : i + length] for i in range(len(secret) - length + 1)]
+
+
+async def _ensure_chosen_key(db: Path, key: str) -> None:
+    """What `BULK_API_KEY=key python run.py` does at start-up, without serving."""
+    store = Store(db)
+    await store.open()
+    try:
+        assert await store.ensure_api_key("default", hash_api_key(key))
+    finally:
+        await store.close()

@@ -66,7 +66,8 @@ async def stream_errors_csv(request: web.Request, bulk_request: JSON) -> web.Str
         for error in page:
             fields = orjson.loads(error["source"])[1]
             fields = fields if isinstance(fields, dict) else {}
-            metadata = fields.get("metadata") if isinstance(fields.get("metadata"), dict) else {}
+            metadata = fields.get("metadata")
+            metadata = metadata if isinstance(metadata, dict) else {}
             writer.writerow(
                 [
                     error["row"],

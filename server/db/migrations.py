@@ -128,19 +128,34 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (environment_id, key)
     ) WITHOUT ROWID;
     """,
+    # API keys become `bk_<public id>_<secret>` (SPEC §11): the public id tells keys apart,
+    # and the stored `prefix` (the key's first 9 characters, most of a chosen key) goes.
+    # Existing keys keep working: their hash is unchanged and they get no public id, as
+    # nothing but the secret could be derived from them. secure_delete (this migration's
+    # connection only) zeroes the freed bytes, so the prefixes do not linger in the file.
+    """
+    PRAGMA secure_delete = ON;
+    ALTER TABLE api_keys ADD COLUMN public_id TEXT;
+    ALTER TABLE api_keys DROP COLUMN prefix;
+    CREATE UNIQUE INDEX api_keys_public_id ON api_keys (public_id) WHERE public_id IS NOT NULL;
+    """,
 ]
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply pending migrations on a plain sqlite3 connection; return the schema version."""
+def migrate(conn: sqlite3.Connection, up_to: int | None = None) -> int:
+    """Apply pending migrations on a plain sqlite3 connection; return the schema version.
+
+    `up_to` stops at an older version: tests build a database as an older server left it.
+    """
+    target = len(MIGRATIONS) if up_to is None else up_to
     version: int = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
         raise RuntimeError(
             f"database schema version {version} is newer than this server "
             f"({len(MIGRATIONS)}); upgrade the server"
         )
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+    for number, script in enumerate(MIGRATIONS[version:target], start=version + 1):
         # executescript() commits first and runs outside our transaction control, so
         # wrap the script and the version bump in one explicit transaction.
         conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
-    return len(MIGRATIONS)
+    return max(version, target)

@@ -9,8 +9,8 @@ ON CONFLICT (name) DO NOTHING;
 SELECT id, name FROM environments WHERE name = :name;
 
 -- name: insert_api_key
-INSERT INTO api_keys (environment_id, key_hash, prefix, created_at)
-VALUES (:environment_id, :key_hash, :prefix, :now)
+INSERT INTO api_keys (environment_id, key_hash, public_id, created_at)
+VALUES (:environment_id, :key_hash, :public_id, :now)
 RETURNING id;
 
 -- name: find_api_key
@@ -25,7 +25,7 @@ UPDATE api_keys SET revoked_at = NULL WHERE key_hash = :key_hash;
 UPDATE api_keys SET last_used_at = :now WHERE id = :id;
 
 -- name: list_api_keys
-SELECT k.id, e.name AS environment, k.prefix, k.created_at, k.last_used_at, k.revoked_at
+SELECT k.id, k.public_id, e.name AS environment, k.created_at, k.last_used_at, k.revoked_at
 FROM api_keys k JOIN environments e ON e.id = k.environment_id
 ORDER BY k.id;
 

@@ -125,14 +125,18 @@ class Store:
 
     # --- environments and API keys -----------------------------------------------------
 
-    async def create_api_key(self, environment: str, key_hash: str, prefix: str) -> int:
+    async def create_api_key(self, environment: str, key_hash: str, public_id: str) -> int:
         def work(tx: WriteTx) -> int:
-            return tx.insert_api_key(tx.ensure_environment(environment), key_hash, prefix)
+            return tx.insert_api_key(tx.ensure_environment(environment), key_hash, public_id)
 
         return await self.write(work)
 
-    async def ensure_api_key(self, environment: str, key_hash: str, prefix: str) -> bool:
-        """Make sure this exact key exists (and is not revoked); True if it was created."""
+    async def ensure_api_key(self, environment: str, key_hash: str) -> bool:
+        """Make sure this exact key exists (and is not revoked); True if it was created.
+
+        The key was chosen by the operator (BULK_API_KEY): only its hash is stored, with no
+        public id, since nothing else can be derived from it without revealing some of it.
+        """
 
         def work(tx: WriteTx) -> bool:
             if tx.one(Q.find_api_key, {"key_hash": key_hash}) is not None:
@@ -140,7 +144,7 @@ class Store:
             env_id = tx.ensure_environment(environment)
             # A revoked row with the same hash would violate UNIQUE: revive it instead.
             if not tx.run(Q.unrevoke_api_key, {"key_hash": key_hash}):
-                tx.insert_api_key(env_id, key_hash, prefix)
+                tx.insert_api_key(env_id, key_hash, None)
             return True
 
         return await self.write(work)
@@ -281,7 +285,8 @@ class Store:
     # --- live events and metrics -------------------------------------------------------
 
     async def get_data_stream_key(self, stream_id: int) -> str | None:
-        return await self.read_value(Q.get_data_stream_key, {"id": stream_id})
+        key: str | None = await self.read_value(Q.get_data_stream_key, {"id": stream_id})
+        return key
 
     async def metrics_bulk_requests(self) -> list[JSON]:
         """Per (status, source): request count and row counters, for /metrics."""

@@ -98,13 +98,13 @@ class WriteTx:
         assert env is not None
         return int(env["id"])
 
-    def insert_api_key(self, environment_id: int, key_hash: str, prefix: str) -> int:
+    def insert_api_key(self, environment_id: int, key_hash: str, public_id: str | None) -> int:
         row = self.one(
             Q.insert_api_key,
             {
                 "environment_id": environment_id,
                 "key_hash": key_hash,
-                "prefix": prefix,
+                "public_id": public_id,
                 "now": now_rfc3339(),
             },
         )

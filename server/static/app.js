@@ -475,11 +475,21 @@ function showKeyForm() {
   $("session").hidden = true;
 }
 
+// Only the public id of a generated `bk_<public id>_<secret>` key is shown, never any of
+// the secret; a key of another shape (chosen with BULK_API_KEY, or made before public ids
+// existed) may be secret throughout, so none of it is shown.
+const GENERATED_KEY = /^(bk_[a-z0-9]{12}_)[A-Za-z0-9_-]{43}$/;
+
+function keyLabel(key) {
+  const generated = GENERATED_KEY.exec(key);
+  return generated ? `${generated[1]}…` : "(chosen key)";
+}
+
 function showApp() {
   $("key-section").hidden = true;
   $("app").hidden = false;
   $("session").hidden = false;
-  $("key-prefix").textContent = `${state.key.slice(0, 9)}…`;
+  $("key-prefix").textContent = keyLabel(state.key);
 }
 
 function setLive(mode, ms) {

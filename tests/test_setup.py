@@ -1,0 +1,189 @@
+"""A newcomer's set-up: the README's commands and CI take one path, with or without sudo.
+
+`scripts/install-test-deps.sh` is run for real, with stand-ins for `id`, `sudo` and
+`apt-get` on an otherwise empty PATH, so each case (root, a user with sudo, a user
+without, no apt-get) is tried without touching this machine's packages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "install-test-deps.sh"
+INSTALL = "sh scripts/install-test-deps.sh"
+
+# apt-get stand-in: logs its call (and DEBIAN_FRONTEND for installs), "installs" Chromium.
+APT_GET = """#!/bin/sh
+echo "apt-get $* ${DEBIAN_FRONTEND:-}" >> "$LOG"
+[ "${APT_FAILS:-}" = "$1" ] && exit 100
+[ "$1" = install ] && [ -z "${APT_INSTALLS_NOTHING:-}" ] && : > "$CHROMIUM" \
+    && /bin/chmod +x "$CHROMIUM"
+exit 0
+"""
+SUDO = """#!/bin/sh
+echo "sudo $*" >> "$LOG"
+exec "$@"
+"""
+ID = """#!/bin/sh
+echo "$FAKE_UID"
+"""
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+    calls: list[str]
+    installed: bool
+
+
+def run_script(
+    tmp_path: Path,
+    *,
+    uid: int,
+    sudo: bool = False,
+    apt_get: bool = True,
+    chromium_present: bool = False,
+    env: dict[str, str] | None = None,
+) -> Outcome:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stubs = (
+        {"id": ID} | ({"apt-get": APT_GET} if apt_get else {}) | ({"sudo": SUDO} if sudo else {})
+    )
+    for name, text in stubs.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (bin_dir / "env").symlink_to("/usr/bin/env")
+    chromium = tmp_path / "chromium"
+    if chromium_present:
+        chromium.write_text("#!/bin/sh\n")
+        chromium.chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.touch()
+    result = subprocess.run(
+        ["/bin/sh", str(SCRIPT)],
+        cwd=ROOT,
+        env={
+            "PATH": str(bin_dir),
+            "FAKE_UID": str(uid),
+            "LOG": str(log),
+            "CHROMIUM": str(chromium),
+            "INSTALL_TEST_DEPS_CHROMIUM": str(chromium),
+            **(env or {}),
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    calls = [line.strip() for line in log.read_text().splitlines()]
+    return Outcome(
+        result.returncode, result.stdout, result.stderr, calls, os.access(chromium, os.X_OK)
+    )
+
+
+def test_as_root_without_sudo_apt_get_runs_directly(tmp_path: Path) -> None:
+    outcome = run_script(tmp_path, uid=0, sudo=False)
+    assert outcome.returncode == 0, outcome.stderr
+    assert outcome.calls == ["apt-get update", "apt-get install -y chromium noninteractive"]
+    assert outcome.installed
+
+
+def test_as_root_with_sudo_installed_sudo_is_not_used(tmp_path: Path) -> None:
+    outcome = run_script(tmp_path, uid=0, sudo=True)
+    assert outcome.returncode == 0, outcome.stderr
+    assert not [call for call in outcome.calls if call.startswith("sudo")]
+
+
+def test_as_a_user_with_sudo_apt_get_runs_through_sudo(tmp_path: Path) -> None:
+    outcome = run_script(tmp_path, uid=1000, sudo=True)
+    assert outcome.returncode == 0, outcome.stderr
+    assert outcome.calls == [
+        "sudo apt-get update",
+        "apt-get update",
+        "sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium",
+        "apt-get install -y chromium noninteractive",
+    ]
+    assert outcome.installed
+
+
+def test_as_a_user_without_sudo_it_fails_clearly_and_runs_nothing(tmp_path: Path) -> None:
+    outcome = run_script(tmp_path, uid=1000, sudo=False)
+    assert outcome.returncode == 1
+    assert "needs root" in outcome.stderr
+    assert "sudo is not installed" in outcome.stderr
+    assert outcome.calls == []
+
+
+@pytest.mark.parametrize(("uid", "sudo", "apt_get"), [(0, False, True), (1000, False, False)])
+def test_nothing_happens_when_chromium_is_there(
+    tmp_path: Path, uid: int, sudo: bool, apt_get: bool
+) -> None:
+    outcome = run_script(tmp_path, uid=uid, sudo=sudo, apt_get=apt_get, chromium_present=True)
+    assert outcome.returncode == 0, outcome.stderr
+    assert "nothing to do" in outcome.stdout
+    assert outcome.calls == []
+
+
+def test_without_apt_get_it_fails_clearly(tmp_path: Path) -> None:
+    outcome = run_script(tmp_path, uid=0, apt_get=False)
+    assert outcome.returncode == 1
+    assert "no apt-get" in outcome.stderr
+    assert "install Chromium" in outcome.stderr
+
+
+def test_a_failed_update_stops_before_installing(tmp_path: Path) -> None:
+    outcome = run_script(tmp_path, uid=0, env={"APT_FAILS": "update"})
+    assert outcome.returncode == 100
+    assert outcome.calls == ["apt-get update"]
+
+
+def test_an_install_that_leaves_no_chromium_fails(tmp_path: Path) -> None:
+    outcome = run_script(tmp_path, uid=0, env={"APT_INSTALLS_NOTHING": "1"})
+    assert outcome.returncode == 1
+    assert "still missing" in outcome.stderr
+
+
+def readme_commands() -> list[str]:
+    """The README's first two code blocks: the serve command and the test command."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    return [block.strip() for block in blocks[:2]]
+
+
+def ci_commands() -> list[str]:
+    lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_readme_commands_need_no_sudo_and_ci_takes_the_same_path() -> None:
+    serve, test = readme_commands()
+    assert serve.endswith("python run.py")
+    assert "sudo" not in serve + test
+    steps = test.split(" && ")
+    assert steps[0] == INSTALL
+    assert steps[-1] == "python -m pytest"
+    assert os.access(SCRIPT, os.X_OK)
+    ci = ci_commands()
+    assert INSTALL in ci
+    assert "sudo" not in " ".join(ci)
+    # Lint, format and types before the tests; the tests exactly as the README runs them.
+    checks = ["ruff check .", "ruff format --check .", "mypy --strict server"]
+    assert [command for command in ci if command in checks] == checks
+    assert ci.index(INSTALL) < ci.index(checks[0])
+    assert ci[-1] == "python -m pytest"
+
+
+def test_mypy_is_installed_with_the_test_extras() -> None:
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert any(re.match(r"mypy\b", requirement) for requirement in extras["test"])
