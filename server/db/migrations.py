@@ -128,6 +128,19 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (environment_id, key)
     ) WITHOUT ROWID;
     """,
+    # 2: chains of retries (SPEC §7). A retry's rows are runs of the rows of its chain's
+    # origin (the first member that staged rows), so a retry of any member can tell which
+    # original rows the chain already stored or skipped. Retries made before this table
+    # have no runs: their rows are re-derived from their parent (server/chains.py).
+    """
+    CREATE TABLE retry_row_runs (
+        bulk_request_id  INTEGER NOT NULL REFERENCES bulk_requests(id),
+        first_row        INTEGER NOT NULL,  -- the retry's own row index where the run starts
+        row_count        INTEGER NOT NULL,
+        origin_row       INTEGER NOT NULL,  -- the chain origin's index of first_row
+        PRIMARY KEY (bulk_request_id, first_row)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 
