@@ -226,3 +226,20 @@ async def test_retry_of_pending_processing_or_unknown(api: Api) -> None:
     status, problem = await api.call("POST", f"/v1/bulk_requests/{summary['id']}/retry")
     assert status == 409
     assert "only failed or cancelled" in problem["detail"]
+
+
+async def test_batch_pause_lets_a_cancel_land_at_a_chosen_row(
+    make_api: ApiFactory, settings: Settings
+) -> None:
+    """--batch-pause holds the worker between heartbeats, so a cancel sent meanwhile
+    stops the request exactly at the row it had reached."""
+    api = await make_api(slow(settings, batch_size=10, batch_pause=0.5))
+    await api.create_stream()
+    summary = await api.submit([record(i) for i in range(100)])
+    paused = await wait_until(
+        lambda: api.get(f"/v1/bulk_requests/{summary['id']}"), lambda r: r["processed_items"] > 0
+    )
+    assert paused["processed_items"] == 10  # one batch, then the pause
+    await api.post(f"/v1/bulk_requests/{summary['id']}/cancel", expect=202)
+    done = await api.wait_terminal(summary["id"])
+    assert (done["status"], done["processed_items"]) == ("cancelled", 10)
