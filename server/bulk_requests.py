@@ -311,17 +311,18 @@ def _retry_rows(tx: WriteTx, chain: Sequence[JSON], common: JSON) -> JSON:
 
     # The child holds the rows in the origin's order, copied from the origin's chunks
     # (kept until a request completes, and no member of a retried chain has).
-    chunk: tuple[int, list[StagedItem]] = (0, [])
+    # One origin chunk is decoded at a time, once, however many gaps fall into it.
+    first_row = 0
+    items: list[StagedItem] = []
     for start, end in coverage.gaps():
         runs.add(start, end)
         position = start
         while position < end:
-            first_row, items = chunk
             if not first_row <= position < first_row + len(items):
                 found = tx.next_chunk_from(origin_id, position)
                 if found is None or found["first_row"] > position:
                     raise RuntimeError(f"staged rows of bulk request {origin_id} are missing")
-                chunk = first_row, items = found["first_row"], decode_items(found["body"])
+                first_row, items = found["first_row"], decode_items(found["body"])
             stop = min(end, first_row + len(items))
             buffer.extend(items[position - first_row : stop - first_row])
             position = stop
