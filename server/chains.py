@@ -74,7 +74,7 @@ def handled_rows(next_row: int, error_rows: Iterable[int]) -> Iterator[RowRange]
 def remainder_runs(
     parent: RowMap, next_row: int, total_items: int, error_rows: Sequence[int]
 ) -> list[RowRun]:
-    """The runs of a retry made before chains were recorded (migration 2).
+    """The runs of a retry made before retry_row_runs existed (its migration).
 
     Such a retry held its parent's failed rows then its never-processed rows, in the
     parent's order; the parent was terminal, so these are still exactly known.

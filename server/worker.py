@@ -265,7 +265,10 @@ class WorkerPool:
 
         row = await self.store.write(work)
         self._cancel_requested.discard(job["id"])
-        log_transition(log, status, row, **({"error": error_message} if error_message else {}))
+        if error_message:
+            log_transition(log, status, row, error=error_message)
+        else:
+            log_transition(log, status, row)
         self.hub.publish(row)
         return row
 
