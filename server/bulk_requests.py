@@ -16,10 +16,14 @@ from typing import Any
 
 import orjson
 
+from server.chains import Coverage, RowMap, RunBuilder, handled_rows, identity_runs, remainder_runs
 from server.constants import PARSE_CHUNK_ROWS
 from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx, decode_items, encode_items
 from server.types import JSON, TERMINAL_STATUSES
+
+# SPEC §7: only a request that ended without completing can be retried.
+RETRYABLE_STATUSES = frozenset({"failed", "cancelled"})
 
 
 class IdempotencyMismatch(Exception):
@@ -179,72 +183,122 @@ async def cancel(store: Store, environment_id: int, request_id: int) -> tuple[JS
 async def retry(
     store: Store, environment_id: int, request_id: int, claim: IdempotencyClaim | None
 ) -> tuple[JSON, bool] | None:
-    """Create a child with exactly the parent's failed and never-processed rows.
+    """Retry per SPEC §7 "Chains": the new request holds exactly the rows no member of
+    the request's chain stored or skipped, and becomes the child of its latest member.
 
-    Returns (child, replayed) or None when the parent does not exist.
+    Decided and created in one write transaction, so concurrent retries (of any
+    members) and cancels are serialized: no chain ever gets two live children.
+    Returns (child, replayed) or None when the request does not exist.
     """
 
     def work(tx: WriteTx) -> tuple[JSON, bool] | None:
         replayed = _replay(tx, environment_id, claim)
         if replayed is not None:
             return replayed, True
-        parent = tx.get_bulk_request(environment_id, request_id)
-        if parent is None:
+        chain = tx.list_chain(environment_id, request_id)
+        if not chain:
             return None
-        if parent["status"] not in ("failed", "cancelled"):
-            raise Conflict(
-                f"bulk request {request_id} is {parent['status']}; "
-                "only failed or cancelled requests can be retried"
-            )
-        child = tx.latest_child(request_id)
-        if child is not None and (
-            child["status"] not in TERMINAL_STATUSES or child["status"] == "completed"
-        ):
-            raise Conflict(
-                f"bulk request {request_id} already has retry {child['id']} "
-                f"({child['status']}); retry that one instead"
-            )
+        _check_retryable(request_id, chain)
+        latest = chain[-1]
         common = {
             "environment_id": environment_id,
             "source": "retry",
-            "on_conflict": parent["on_conflict"],
-            "filename": parent["filename"],
-            "data_stream_id": parent["data_stream_id"],
-            "parent_bulk_request_id": request_id,
+            "on_conflict": latest["on_conflict"],
+            "filename": latest["filename"],
+            "data_stream_id": latest["data_stream_id"],
+            "parent_bulk_request_id": latest["id"],
         }
-        if parent["parsing"]:
-            row = _retry_unparsed_upload(tx, parent, common)
+        if latest["parsing"]:
+            row = _retry_unparsed_upload(tx, latest, common)
         else:
-            row = _retry_rows(tx, parent, common)
+            row = _retry_rows(tx, chain, common)
         if claim is not None:
             tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
-        row["data_stream_key"] = parent["data_stream_key"]
+        row["data_stream_key"] = latest["data_stream_key"]
         return row, False
 
     return await store.write(work, urgent=True)
 
 
-def _retry_unparsed_upload(tx: WriteTx, parent: JSON, common: JSON) -> JSON:
-    # The parent stopped before its file was parsed: the child parses the same file.
-    if not parent["upload_path"]:
+def _check_retryable(request_id: int, chain: Sequence[JSON]) -> None:
+    requested = next(member for member in chain if member["id"] == request_id)
+    if requested["status"] not in RETRYABLE_STATUSES:
         raise Conflict(
-            f"bulk request {parent['id']} was rejected as a whole file "
-            f"({parent['error_message']}); upload a corrected file instead"
+            f"bulk request {request_id} is {requested['status']}; "
+            "only failed or cancelled requests can be retried"
+        )
+    for member in chain:
+        if member["status"] not in TERMINAL_STATUSES:
+            raise Conflict(
+                f"bulk request {member['id']} of this chain of retries is {member['status']}; "
+                "wait for it to end (or cancel it), then retry"
+            )
+        if member["status"] == "completed":
+            raise Conflict(
+                f"bulk request {member['id']} of this chain of retries completed, so every "
+                f"row has been processed; its failed rows are at "
+                f"/v1/bulk_requests/{member['id']}/errors: fix them and submit them again"
+            )
+
+
+def _retry_unparsed_upload(tx: WriteTx, latest: JSON, common: JSON) -> JSON:
+    # The chain stopped before its file was parsed (so it stored nothing): the child
+    # parses the same file.
+    if not latest["upload_path"]:
+        raise Conflict(
+            f"bulk request {latest['id']} was rejected as a whole file "
+            f"({latest['error_message']}); upload a corrected file instead"
         )
     row = tx.insert_bulk_request(
         **common,
         parsing=1,
-        upload_format=parent["upload_format"],
-        upload_path=parent["upload_path"],
-        default_data_stream_key=parent["default_data_stream_key"],
+        upload_format=latest["upload_format"],
+        upload_path=latest["upload_path"],
+        default_data_stream_key=latest["default_data_stream_key"],
     )
-    tx.hand_over_upload(parent["id"])
+    tx.hand_over_upload(latest["id"])
     return row
 
 
-def _retry_rows(tx: WriteTx, parent: JSON, common: JSON) -> JSON:
+def _chain_coverage(tx: WriteTx, staged: Sequence[JSON]) -> Coverage:
+    """Which origin rows the chain stored or skipped, from what each member processed.
+
+    `staged` are the members that staged rows, oldest first: the origin, then retries.
+    """
+    origin = staged[0]
+    coverage = Coverage(origin["total_items"])
+    maps: dict[int, RowMap] = {}
+    errors: dict[int, list[int]] = {}
+    for member in staged:
+        errors[member["id"]] = tx.row_error_rows(member["id"])
+        if member is origin:
+            runs = identity_runs(origin["total_items"])
+        else:
+            runs = tx.retry_row_runs(member["id"])
+            if not runs:  # a retry made before runs were recorded
+                parent = next(m for m in staged if m["id"] == member["parent_bulk_request_id"])
+                runs = remainder_runs(
+                    maps[parent["id"]],
+                    parent["next_row"],
+                    parent["total_items"],
+                    errors[parent["id"]],
+                )
+        row_map = maps[member["id"]] = RowMap(runs)
+        for start, end in handled_rows(member["next_row"], errors[member["id"]]):
+            for origin_start, origin_end in row_map.to_origin(start, end):
+                coverage.mark(origin_start, origin_end)
+    return coverage
+
+
+def _retry_rows(tx: WriteTx, chain: Sequence[JSON], common: JSON) -> JSON:
+    # Members still parsing their file when they ended staged no rows; the first member
+    # that staged rows is the origin, the later ones are retries of its rows.
+    staged = [member for member in chain if not member["parsing"]]
+    origin_id = staged[0]["id"]
+    coverage = _chain_coverage(tx, staged)
     row = tx.insert_bulk_request(**common)
     child_id = row["id"]
+    runs = RunBuilder()
     buffer: list[StagedItem] = []
     written = 0
 
@@ -255,23 +309,29 @@ def _retry_rows(tx: WriteTx, parent: JSON, common: JSON) -> JSON:
             written += len(buffer)
             buffer.clear()
 
-    # Failed rows first (all below the checkpoint), then the never-processed rows, so
-    # the child keeps the parent's row order.
-    after = -1
-    while page := tx.list_row_errors(parent["id"], after, PARSE_CHUNK_ROWS):
-        for error in page:
-            buffer.append(orjson.loads(error["source"]))
-        after = page[-1]["row"]
-        flush()
-    position = parent["next_row"]
-    while chunk := tx.next_chunk_from(parent["id"], position):
-        items = decode_items(chunk["body"])
-        buffer.extend(items[max(0, position - chunk["first_row"]) :])
-        position = chunk["first_row"] + chunk["row_count"]
-        flush()
+    # The child holds the rows in the origin's order, copied from the origin's chunks
+    # (kept until a request completes, and no member of a retried chain has).
+    # One origin chunk is decoded at a time, once, however many gaps fall into it.
+    first_row = 0
+    items: list[StagedItem] = []
+    for start, end in coverage.gaps():
+        runs.add(start, end)
+        position = start
+        while position < end:
+            if not first_row <= position < first_row + len(items):
+                found = tx.next_chunk_from(origin_id, position)
+                if found is None or found["first_row"] > position:
+                    raise RuntimeError(f"staged rows of bulk request {origin_id} are missing")
+                first_row, items = found["first_row"], decode_items(found["body"])
+            stop = min(end, first_row + len(items))
+            buffer.extend(items[position - first_row : stop - first_row])
+            position = stop
+            if len(buffer) >= PARSE_CHUNK_ROWS:
+                flush()
     flush()
     if written == 0:
-        raise Conflict(f"bulk request {parent['id']} has no failed or unprocessed rows to retry")
+        raise Conflict(f"the chain of bulk request {origin_id} has no failed or unprocessed rows")
+    tx.insert_retry_row_runs(child_id, runs.runs)
     tx.set_total_items(child_id, written)
     row["total_items"] = written
     return row

@@ -27,6 +27,7 @@ class Settings:
     synchronous: str = "NORMAL"
     sweep_interval: float = C.SWEEPER_INTERVAL_SECONDS
     time_slice: float = C.WORKER_TIME_SLICE_SECONDS
+    batch_pause: float = C.DEFAULT_BATCH_PAUSE_SECONDS
 
     @property
     def data_dir(self) -> Path:
@@ -60,6 +61,13 @@ def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text}")
     return value
 
 
@@ -109,6 +117,12 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "time_slice",
         positive_float,
         "seconds a worker keeps one request before yielding to waiting ones",
+    ),
+    (
+        "--batch-pause",
+        "batch_pause",
+        non_negative_float,
+        "seconds a worker waits after each batch, to throttle ingestion (0 = none)",
     ),
 ]
 

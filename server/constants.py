@@ -28,6 +28,10 @@ MAX_PAGE_LIMIT = 200
 # --- Workers (SPEC §9) ----------------------------------------------------------------
 DEFAULT_WORKERS = 2
 DEFAULT_BATCH_SIZE = 500
+# No pause between batches by default: a worker goes as fast as the database lets it.
+# A pause (--batch-pause) throttles ingestion where the disk is shared with other work,
+# and holds a request between heartbeats long enough to cancel it at a chosen row.
+DEFAULT_BATCH_PAUSE_SECONDS = 0.0
 # A worker gives up its request after this long when other work is waiting, so a
 # 10-row request never waits behind a million-row one for more than about this.
 WORKER_TIME_SLICE_SECONDS = 0.25

@@ -204,8 +204,16 @@ class WorkerPool:
             batch = validate_batch(start, items, streams)
             job = await commit_batch(self.store, job, worker, batch)
             self.hub.publish(job)
+            if self.settings.batch_pause and job["status"] == "processing":
+                await self._pause_between_batches()
         self._cancel_requested.discard(job["id"])
         log_transition(log, job["status"], job)
+
+    async def _pause_between_batches(self) -> None:
+        # Between heartbeats, so a cancel or a shutdown meanwhile is seen right after it;
+        # a shutdown cuts it short.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), self.settings.batch_pause)
 
     def _should_cancel(self, job: JSON) -> bool:
         return job["id"] in self._cancel_requested or job["cancellation_requested_at"] is not None

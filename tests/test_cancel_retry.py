@@ -99,21 +99,28 @@ async def test_cancel_of_completed_is_409(api: Api) -> None:
     assert (await api.get(f"/v1/bulk_requests/{summary['id']}"))["status"] == "completed"
 
 
-async def test_cancel_racing_completion_is_consistent(api: Api) -> None:
+async def test_cancel_racing_completion_is_consistent(api: Api, settings: Settings) -> None:
     await api.create_stream()
-    outcomes = set()
+    outcomes = []
     for n in range(15):
         summary = await api.submit([record(i) for i in range(n * 10 + 1)])
         if n % 3:
             await asyncio.sleep(0.001 * n)
         status, _ = await api.call("POST", f"/v1/bulk_requests/{summary['id']}/cancel")
         done = await api.wait_terminal(summary["id"])
-        outcomes.add(done["status"])
-        assert status in (200, 202, 409)
-        assert done["status"] in ("cancelled", "completed")
+        outcomes.append((status, done["status"]))
         if done["status"] == "completed":
             assert done["processed_items"] == done["total_items"]
+        else:  # stopped between batches: whole batches only, and not the last one
+            assert done["processed_items"] < done["total_items"], done
+            assert done["processed_items"] % settings.batch_size == 0, done
         await _assert_consistent(api, done)
+    # What each answer promises: 200 = stopped now; 202 = the worker stops at its next
+    # heartbeat, unless its last batch committed first; 409 = it had completed already.
+    allowed = {(200, "cancelled"), (202, "cancelled"), (202, "completed"), (409, "completed")}
+    assert set(outcomes) <= allowed, outcomes
+    # Both sides of the race were run: some cancels won, some completions did.
+    assert {final for _, final in outcomes} == {"cancelled", "completed"}, outcomes
 
 
 async def test_retry_holds_exactly_the_failed_and_unprocessed_rows(
@@ -171,20 +178,26 @@ async def test_retry_twice_and_retry_of_a_retry(make_api: ApiFactory, settings: 
     await _processing(api, child["id"])
     await api.post(f"/v1/bulk_requests/{child['id']}/cancel", expect=202)
     await api.wait_terminal(child["id"])
-    # The earlier child ended cancelled, so the parent may be retried again...
+    # The chain's latest member ended cancelled, so the parent may be retried again; the
+    # new request continues the chain from its latest member (SPEC §7 "Chains")...
     second = await api.post(f"/v1/bulk_requests/{parent['id']}/retry", expect=201)
-    await api.post(f"/v1/bulk_requests/{second['id']}/cancel")
+    assert second["parent_bulk_request_id"] == child["id"]
+    status, _ = await api.call("POST", f"/v1/bulk_requests/{second['id']}/cancel")
+    assert status in (200, 202)
     second_done = await api.wait_terminal(second["id"])
-    # ...and the cancelled child itself can be retried (a retry of a retry).
+    assert second_done["status"] == "cancelled"
+    # ...and so does a retry of a member in the middle of the chain.
     grandchild = await api.post(f"/v1/bulk_requests/{child['id']}/retry", expect=201)
-    assert grandchild["parent_bulk_request_id"] == child["id"]
-    await api.wait_terminal(grandchild["id"])
-    if second_done["status"] == "cancelled":
-        third = await api.post(f"/v1/bulk_requests/{second['id']}/retry", expect=201)
-        await api.wait_terminal(third["id"])
+    assert grandchild["parent_bulk_request_id"] == second["id"]
+    assert (await api.wait_terminal(grandchild["id"]))["status"] == "completed"
     stored = await api.all_pages("/v1/records")
     ids = [r["external_id"] for r in stored]
     assert len(ids) == len(set(ids)) == 1000
+    # Once a member completed, no member of the chain can be retried.
+    for member in (parent, child, second):
+        status, problem = await api.call("POST", f"/v1/bulk_requests/{member['id']}/retry")
+        assert status == 409, problem
+        assert f"bulk request {grandchild['id']} of this chain" in problem["detail"]
 
 
 async def test_retry_is_idempotent_with_a_key(make_api: ApiFactory, settings: Settings) -> None:
@@ -213,3 +226,20 @@ async def test_retry_of_pending_processing_or_unknown(api: Api) -> None:
     status, problem = await api.call("POST", f"/v1/bulk_requests/{summary['id']}/retry")
     assert status == 409
     assert "only failed or cancelled" in problem["detail"]
+
+
+async def test_batch_pause_lets_a_cancel_land_at_a_chosen_row(
+    make_api: ApiFactory, settings: Settings
+) -> None:
+    """--batch-pause holds the worker between heartbeats, so a cancel sent meanwhile
+    stops the request exactly at the row it had reached."""
+    api = await make_api(slow(settings, batch_size=10, batch_pause=0.5))
+    await api.create_stream()
+    summary = await api.submit([record(i) for i in range(100)])
+    paused = await wait_until(
+        lambda: api.get(f"/v1/bulk_requests/{summary['id']}"), lambda r: r["processed_items"] > 0
+    )
+    assert paused["processed_items"] == 10  # one batch, then the pause
+    await api.post(f"/v1/bulk_requests/{summary['id']}/cancel", expect=202)
+    done = await api.wait_terminal(summary["id"])
+    assert (done["status"], done["processed_items"]) == ("cancelled", 10)

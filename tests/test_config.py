@@ -57,11 +57,24 @@ def test_environment_then_flags_win() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--workers", "0"], ["--port", "70000"], ["--batch-size", "x"], ["--stuck-after", "-1"]],
+    [
+        ["--workers", "0"],
+        ["--port", "70000"],
+        ["--batch-size", "x"],
+        ["--stuck-after", "-1"],
+        ["--batch-pause", "-0.1"],
+        ["--batch-pause", "nan"],
+    ],
 )
 def test_bad_flags_are_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         parse(argv, {})
+
+
+def test_batch_pause_is_off_unless_asked_for() -> None:
+    assert parse([], {}).batch_pause == 0
+    assert parse([], {"BULK_BATCH_PAUSE": "0.05"}).batch_pause == 0.05
+    assert parse(["--batch-pause", "0"], {"BULK_BATCH_PAUSE": "1"}).batch_pause == 0
 
 
 def test_bad_environment_is_refused() -> None:

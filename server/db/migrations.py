@@ -128,7 +128,7 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (environment_id, key)
     ) WITHOUT ROWID;
     """,
-    # API keys become `bk_<public id>_<secret>` (SPEC §11): the public id tells keys apart,
+    # 2: API keys become `bk_<public id>_<secret>` (SPEC §11): the public id tells keys apart,
     # and the stored `prefix` (the key's first 9 characters, most of a chosen key) goes.
     # Existing keys keep working: their hash is unchanged and they get no public id, as
     # nothing but the secret could be derived from them. secure_delete (this migration's
@@ -138,6 +138,19 @@ MIGRATIONS: list[str] = [
     ALTER TABLE api_keys ADD COLUMN public_id TEXT;
     ALTER TABLE api_keys DROP COLUMN prefix;
     CREATE UNIQUE INDEX api_keys_public_id ON api_keys (public_id) WHERE public_id IS NOT NULL;
+    """,
+    # 3: chains of retries (SPEC §7). A retry's rows are runs of the rows of its chain's
+    # origin (the first member that staged rows), so a retry of any member can tell which
+    # original rows the chain already stored or skipped. Retries made before this table
+    # have no runs: their rows are re-derived from their parent (server/chains.py).
+    """
+    CREATE TABLE retry_row_runs (
+        bulk_request_id  INTEGER NOT NULL REFERENCES bulk_requests(id),
+        first_row        INTEGER NOT NULL,  -- the retry's own row index where the run starts
+        row_count        INTEGER NOT NULL,
+        origin_row       INTEGER NOT NULL,  -- the chain origin's index of first_row
+        PRIMARY KEY (bulk_request_id, first_row)
+    ) WITHOUT ROWID;
     """,
 ]
 

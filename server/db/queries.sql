@@ -153,9 +153,39 @@ WHERE b.environment_id = :environment_id AND b.id < :before_id
   AND (:data_stream_key IS NULL OR s.key = :data_stream_key)
 ORDER BY b.id DESC LIMIT :limit;
 
--- name: latest_child
-SELECT id, status FROM bulk_requests
-WHERE parent_bulk_request_id = :parent_id ORDER BY id DESC LIMIT 1;
+-- name: list_chain
+-- Every request of the chain :id belongs to (its root and all retries below it), oldest
+-- first; none when :id is not a request of :environment_id. Chains are short, and each
+-- step is one probe of the primary key or of bulk_requests_parent.
+WITH RECURSIVE
+  ancestors(id, parent_id) AS (
+    SELECT id, parent_bulk_request_id FROM bulk_requests
+    WHERE id = :id AND environment_id = :environment_id
+    UNION ALL
+    SELECT b.id, b.parent_bulk_request_id
+    FROM bulk_requests b JOIN ancestors a ON b.id = a.parent_id
+  ),
+  members(id) AS (
+    SELECT id FROM ancestors WHERE parent_id IS NULL
+    UNION ALL
+    SELECT b.id FROM bulk_requests b JOIN members m ON b.parent_bulk_request_id = m.id
+  )
+SELECT b.*, s.key AS data_stream_key
+FROM members m JOIN bulk_requests b ON b.id = m.id
+LEFT JOIN data_streams s ON s.id = b.data_stream_id
+ORDER BY b.id;
+
+-- name: list_row_error_rows
+SELECT row FROM row_errors WHERE bulk_request_id = :bulk_request_id ORDER BY row;
+
+-- name: list_retry_row_runs
+SELECT first_row, row_count, origin_row FROM retry_row_runs
+WHERE bulk_request_id = :bulk_request_id ORDER BY first_row;
+
+-- name: insert_retry_row_run
+-- Run as one multi-row statement per retry (see insert_record).
+INSERT INTO retry_row_runs (bulk_request_id, first_row, row_count, origin_row)
+VALUES (?, ?, ?, ?);
 
 -- name: claim_next_request
 -- Requests never started come first, oldest first; then the ones a worker gave back

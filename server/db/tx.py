@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from server.chains import RowRun
 from server.clock import now_rfc3339, to_rfc3339, utc_now
 from server.constants import IDEMPOTENCY_KEY_TTL_SECONDS, MAX_ROWS_PER_INSERT
 from server.db.queries import Q, multi_row
@@ -182,14 +183,23 @@ class WriteTx:
     def delete_chunks(self, request_id: int) -> None:
         self.run(Q.delete_chunks, {"bulk_request_id": request_id})
 
-    def list_row_errors(self, request_id: int, after_row: int, limit: int) -> list[JSON]:
-        return self.all(
-            Q.list_row_errors,
-            {"bulk_request_id": request_id, "after_row": after_row, "limit": limit},
-        )
+    def list_chain(self, environment_id: int, request_id: int) -> list[JSON]:
+        """The members of the request's chain of retries, oldest first (SPEC §7)."""
+        return self.all(Q.list_chain, {"id": request_id, "environment_id": environment_id})
 
-    def latest_child(self, parent_id: int) -> JSON | None:
-        return self.one(Q.latest_child, {"parent_id": parent_id})
+    def row_error_rows(self, request_id: int) -> list[int]:
+        rows = self.conn.execute(Q.list_row_error_rows, {"bulk_request_id": request_id})
+        return [r[0] for r in rows]
+
+    def retry_row_runs(self, request_id: int) -> list[RowRun]:
+        rows = self.conn.execute(Q.list_retry_row_runs, {"bulk_request_id": request_id})
+        return [RowRun(*r) for r in rows]
+
+    def insert_retry_row_runs(self, request_id: int, runs: Sequence[RowRun]) -> None:
+        self._insert_rows(
+            "insert_retry_row_run",
+            [(request_id, run.first_row, run.row_count, run.origin_row) for run in runs],
+        )
 
     def hand_over_upload(self, parent_id: int) -> None:
         """The retry child now owns the parent's staged file."""

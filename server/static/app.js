@@ -944,14 +944,15 @@ function renderDetail(req) {
   const cancelling = Boolean(req.cancellation_requested_at) && !TERMINAL.has(req.status);
   setUsable(cancel, CANCELLABLE.has(req.status) && !cancelling && !state.busy.has(`cancel:${req.id}`));
   setText(cancel, cancelling ? "Cancelling…" : "Cancel request");
-  // The API refuses a second retry while the latest child runs or once it completed.
-  const latest = childrenOf(req.id).at(-1);
-  const retriedAs = latest && (!TERMINAL.has(latest.status) || latest.status === "completed") ? latest : null;
+  // The API refuses a retry while any request of the chain runs or once one completed
+  // (SPEC §7 "Chains"); otherwise any member may be retried, the new one continues the chain.
+  const retriedAs = chainOf(req).find((r) => r.id !== req.id && (!TERMINAL.has(r.status) || r.status === "completed"));
   setUsable($("retry-button"), RETRYABLE.has(req.status) && !retriedAs && !state.busy.has(`retry:${req.id}`));
   setText(
     $("action-help"),
     retriedAs
-      ? `Already retried as request #${retriedAs.id} (${retriedAs.status}); retry that one if it fails.`
+      ? `Already retried as request #${retriedAs.id} (${retriedAs.status}); ` +
+          (retriedAs.status === "completed" ? "nothing is left to retry." : "retry again once it ends.")
       : "Cancel works while pending or processing; retry once failed or cancelled.",
   );
 
@@ -993,6 +994,22 @@ function renderDetail(req) {
 // The retries of a request that this page has seen, oldest first.
 function childrenOf(id) {
   return [...state.requests.values()].filter((r) => r.parent_bulk_request_id === id).sort((a, b) => a.id - b.id);
+}
+
+// The known members of req's chain of retries: its root and every retry below it.
+function chainOf(req) {
+  let root = req;
+  while (root.parent_bulk_request_id !== null && state.requests.has(root.parent_bulk_request_id)) {
+    root = state.requests.get(root.parent_bulk_request_id);
+  }
+  const members = [];
+  const pending = [root];
+  while (pending.length) {
+    const member = pending.pop();
+    members.push(member);
+    pending.push(...childrenOf(member.id));
+  }
+  return members;
 }
 
 function recoveryText(req) {
