@@ -116,12 +116,15 @@ async def submit_upload(
     filename: str | None,
     data_stream_key: str | None,
     on_conflict: str,
+    nacha_options: Sequence[str] | None,
     claim: IdempotencyClaim | None,
 ) -> tuple[JSON, bool]:
     """Enqueue a stored upload for parsing; returns (request, replayed).
 
+    `nacha_options`: the relaxation names a NACHA file is parsed with (None for CSV).
     On replay the caller deletes its freshly stored copy of the file.
     """
+    stored_options = None if nacha_options is None else orjson.dumps(list(nacha_options)).decode()
 
     def work(tx: WriteTx) -> tuple[JSON, bool]:
         replayed = _replay(tx, environment_id, claim)
@@ -136,6 +139,7 @@ async def submit_upload(
             upload_path=upload_path,
             filename=filename,
             default_data_stream_key=data_stream_key,
+            nacha_options=stored_options,
         )
         if claim is not None:
             tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
@@ -211,6 +215,8 @@ async def retry(
             "filename": parent["filename"],
             "data_stream_id": parent["data_stream_id"],
             "parent_bulk_request_id": request_id,
+            # A retry parses (or holds rows parsed) under the parent's relaxations.
+            "nacha_options": parent["nacha_options"],
         }
         if parent["parsing"]:
             row = _retry_unparsed_upload(tx, parent, common)

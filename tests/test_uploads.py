@@ -160,6 +160,7 @@ async def test_every_valid_shared_nacha_file(api: Api, name: str) -> None:
     done = await api.wait_terminal(summary["id"], 60)
     assert done["status"] == "completed", done
     assert done["successful_items"] == expected["entry_details"], done
+    assert done["nacha_options"] == []
     # Warnings (short lines padded, blanks past column 94 trimmed) stay on the request.
     assert done["error_details"].get("warnings", []) == expected["warnings"]
     stored = await api.all_pages(f"/v1/records?bulk_request_id={summary['id']}")

@@ -863,6 +863,7 @@ function renderDetail(req) {
   const info = [
     ["Source", sourceText(req)],
     ["On conflict", req.on_conflict ?? "—"],
+    ...(req.nacha_options ? [["NACHA relaxations", req.nacha_options.join(", ") || "none"]] : []),
     ["Created", timeEl(req.created_at)],
     ["Started", timeEl(req.started_at)],
     ["Completed", timeEl(req.completed_at)],
@@ -1115,6 +1116,7 @@ async function submitUpload(event) {
         data_stream_key: $("upload-stream").value.trim(),
         on_conflict: $("upload-conflict").value,
         format: $("upload-format").value,
+        nacha_options: [...document.querySelectorAll('input[name="nacha-option"]:checked')].map((box) => box.value).join(","),
       },
       (loaded, total) => {
         const pct = total ? Math.floor((loaded * 100) / total) : 0;
@@ -1130,6 +1132,8 @@ async function submitUpload(event) {
       summary.status === "pending" ? "; it is queued." : ".",
     );
     input.value = "";
+    // Relaxations are chosen per file: the next file starts strict again.
+    for (const box of document.querySelectorAll('input[name="nacha-option"]')) box.checked = false;
     showChosenFile();
     try {
       applyUpdate(await getJson(`/v1/bulk_requests/${summary.id}`), { toList: true });
