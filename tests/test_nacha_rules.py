@@ -4,9 +4,11 @@ public sample file giving what MANIFEST.json says."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -440,3 +442,18 @@ def test_option_names_are_format_md_s() -> None:
 def test_every_rule_id_is_unique_and_lower_snake() -> None:
     assert len({r.value for r in Rule}) == len(Rule)
     assert all(r.value == r.value.lower() and " " not in r.value for r in Rule)
+
+
+def test_the_readme_documents_every_relaxation_as_implemented() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## NACHA uploads\n", 1)[1].split("\n## ", 1)[0]
+    table: dict[str, set[str]] = {}
+    for line in section.splitlines():
+        if line.startswith("| `") and not line.startswith("| `nacha_options` name"):
+            name, relaxes = line.split("|")[1:3]
+            table[name.strip(" `")] = set(re.findall(r"`([a-z_]+)`", relaxes))
+    relaxes: dict[str, set[str]] = {o.value: set() for o in NachaOption}
+    for rule, options in RELAXED_BY.items():
+        for option in options:
+            relaxes[option.value].add(rule.value)
+    assert table == relaxes
