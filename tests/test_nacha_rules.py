@@ -26,7 +26,7 @@ from tests.nacha_builder import (
     build,
     encode,
 )
-from tests.test_nacha import parse, rejected
+from tests.test_nacha import STRUCTURAL_CASES, parse, rejected
 
 NACHA = SHARED / "nacha"
 PUBLIC = NACHA / "public"
@@ -198,6 +198,11 @@ CASES: dict[str, Case] = {
     # code lists
     "service class": Case(
         lambda: spliced(spliced_records(plain(), 4, 1, "100"), 1, 1, "100"),
+        Rule.SERVICE_CLASS_CODE,
+        2,
+    ),
+    "service class of other digits": Case(  # "²".isdigit() is true; int("²") raises
+        lambda: spliced(spliced_records(plain(), 4, 1, "2²0"), 1, 1, "2²0"),
         Rule.SERVICE_CLASS_CODE,
         2,
     ),
@@ -382,17 +387,14 @@ def test_each_field_rule_alone_rejects_the_file_and_only_its_relaxation_lets_it_
 
 def test_every_rule_and_every_relaxation_has_a_case() -> None:
     covered = {case.rule for case in CASES.values()}
-    structural = {  # covered by test_nacha.py's structural table and tests
-        Rule.RECORD_LENGTH, Rule.BLANK_LINE, Rule.NO_FILE_HEADER, Rule.SECOND_FILE_HEADER,
-        Rule.BATCH_HEADER_INSIDE_BATCH, Rule.ENTRY_OUTSIDE_BATCH, Rule.STRAY_ADDENDA,
-        Rule.CONTROL_OUTSIDE_BATCH, Rule.FILE_CONTROL_INSIDE_BATCH, Rule.AFTER_FILE_CONTROL,
-        Rule.UNKNOWN_RECORD_TYPE, Rule.NO_FILE_CONTROL, Rule.ADV_NOT_SUPPORTED,
-        Rule.BATCH_WITHOUT_ENTRIES, Rule.BATCH_ENTRY_COUNT, Rule.BATCH_ENTRY_HASH,
-        Rule.BATCH_DEBIT_TOTAL, Rule.BATCH_CREDIT_TOTAL, Rule.FILE_BATCH_COUNT,
-        Rule.FILE_ENTRY_COUNT, Rule.FILE_ENTRY_HASH, Rule.FILE_DEBIT_TOTAL,
-        Rule.FILE_CREDIT_TOTAL, Rule.BATCH_CONTROL_NUMERIC, Rule.FILE_CONTROL_NUMERIC,
-        Rule.ENTRY_NUMERIC, Rule.UNKNOWN_TRANSACTION_CODE,
-    }  # fmt: skip
+    # The structural rules: test_nacha.py's table, and its tests of the physical layer.
+    structural = {Rule(case[3]) for case in STRUCTURAL_CASES} | {
+        Rule.RECORD_LENGTH,  # test_a_long_line_and_a_bad_unbroken_length
+        Rule.BLANK_LINE,  # test_missing_file_control_data_after_it_blank_lines_and_empty_...
+        Rule.NO_FILE_CONTROL,
+        Rule.AFTER_FILE_CONTROL,
+        Rule.BATCH_WITHOUT_ENTRIES,
+    }
     assert covered | structural == set(Rule)
     assert {o for case in CASES.values() for o in case.relaxed_by} == set(NachaOption)
 

@@ -101,7 +101,7 @@ class FieldRules:
         self._routing(line, record[3:13], "immediate destination", Rule.IMMEDIATE_DESTINATION)
         origin = record[13:23]
         if not origin.strip():
-            add(line, Rule.MANDATORY_FIELD, "immediate origin is blank", field="immediate_origin")
+            add(line, Rule.MANDATORY_FIELD, "immediate origin is blank")
         else:
             self._routing(line, origin, "immediate origin", Rule.IMMEDIATE_ORIGIN)
         created, time, modifier = record[23:29], record[29:33], record[33]
@@ -110,7 +110,7 @@ class FieldRules:
         if time.strip() and not _is_time(time):
             add(line, Rule.NOT_NUMERIC, f"file creation time {time!r} is not a time HHMM")
         if modifier == " ":
-            add(line, Rule.MANDATORY_FIELD, "file ID modifier is blank", field="file_id_modifier")
+            add(line, Rule.MANDATORY_FIELD, "file ID modifier is blank")
         elif not ("A" <= modifier <= "Z" or "0" <= modifier <= "9"):
             add(line, Rule.FILE_ID_MODIFIER, f"file ID modifier {modifier!r} is not A-Z or 0-9")
         return file_identity(origin, created, time, modifier)
@@ -136,7 +136,9 @@ class FieldRules:
     def batch_header(self, line: int, record: str) -> BatchState:
         add = self.findings.add
         service_text, sec = record[1:4], record[50:53]
-        service_class = int(service_text) if service_text.isdigit() else None
+        service_class = (
+            int(service_text) if service_text.isascii() and service_text.isdigit() else None
+        )
         if service_class not in codes.SERVICE_CLASS_CODES:
             add(
                 line,
