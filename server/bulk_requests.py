@@ -120,12 +120,15 @@ async def submit_upload(
     filename: str | None,
     data_stream_key: str | None,
     on_conflict: str,
+    nacha_options: Sequence[str] | None,
     claim: IdempotencyClaim | None,
 ) -> tuple[JSON, bool]:
     """Enqueue a stored upload for parsing; returns (request, replayed).
 
+    `nacha_options`: the relaxation names a NACHA file is parsed with (None for CSV).
     On replay the caller deletes its freshly stored copy of the file.
     """
+    stored_options = None if nacha_options is None else orjson.dumps(list(nacha_options)).decode()
 
     def work(tx: WriteTx) -> tuple[JSON, bool]:
         replayed = _replay(tx, environment_id, claim)
@@ -140,6 +143,7 @@ async def submit_upload(
             upload_path=upload_path,
             filename=filename,
             default_data_stream_key=data_stream_key,
+            nacha_options=stored_options,
         )
         if claim is not None:
             tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
@@ -207,6 +211,8 @@ async def retry(
             "filename": latest["filename"],
             "data_stream_id": latest["data_stream_id"],
             "parent_bulk_request_id": latest["id"],
+            # A retry parses (or holds rows parsed) under the chain's relaxations.
+            "nacha_options": latest["nacha_options"],
         }
         if latest["parsing"]:
             row = _retry_unparsed_upload(tx, latest, common)

@@ -79,6 +79,13 @@ READER_CONNECTIONS = 3
 # --- Uploads (SPEC §8) ----------------------------------------------------------------
 DEFAULT_MAX_UPLOAD_MB = 256
 MAX_FILENAME_CHARS = 255
+# A rejected NACHA file lists every problem found, like the reference reader, so one
+# correction round fixes them all; past this many the parser stops reading (a file that
+# broken is not worth more CPU, and error_details must stay a readable size).
+NACHA_MAX_REPORTED_ERRORS = 100
+# Warnings that name lines (short lines padded, long lines trimmed) name at most this
+# many and count the rest: a 500,000-line file of short lines keeps bounded memory.
+NACHA_MAX_LISTED_WARNINGS = 100
 
 # --- API keys (SPEC §3, §11) -----------------------------------------------------------
 # A generated key is `bk_<public id>_<secret>`. The public id only tells keys apart in

@@ -18,12 +18,15 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import orjson
+
 from server.batches import FencedOut
 from server.constants import FILE_READ_BYTES, PARSE_CHUNK_ROWS
 from server.db.tx import StagedItem, WriteTx, encode_items
 from server.events import log_transition
 from server.ingest.csv_reader import iter_csv_rows
 from server.ingest.nacha import iter_nacha_rows
+from server.ingest.nacha_codes import NachaOption
 from server.types import JSON, FileRejected, ParseReport, SourceRow
 
 if TYPE_CHECKING:
@@ -32,15 +35,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("server.parsing")
 
 
-def _file_rows(
-    path: Path, upload_format: str, data_stream_key: str | None, report: ParseReport
-) -> Generator[SourceRow, None, None]:
+def _file_rows(job: JSON, report: ParseReport) -> Generator[SourceRow, None, None]:
+    path = Path(job["upload_path"] or "")
+    data_stream_key = job["default_data_stream_key"]
     with path.open("rb") as handle:
         chunks = iter(lambda: handle.read(FILE_READ_BYTES), b"")
-        if upload_format == "nacha":
+        if job["upload_format"] == "nacha":
             if not data_stream_key:
                 raise FileRejected("data_stream_key is required for NACHA files")
-            yield from iter_nacha_rows(chunks, data_stream_key=data_stream_key, report=report)
+            # Names were checked at upload; a name a later version dropped fails loudly.
+            options = [NachaOption(name) for name in orjson.loads(job["nacha_options"] or "[]")]
+            yield from iter_nacha_rows(
+                chunks, data_stream_key=data_stream_key, report=report, options=options
+            )
         else:
             yield from iter_csv_rows(chunks, data_stream_key=data_stream_key)
 
@@ -64,7 +71,7 @@ async def parse_upload(pool: WorkerPool, job: JSON, worker: str) -> JSON | None:
     path = Path(job["upload_path"] or "")
     already_staged = job["total_items"]
     report = ParseReport()
-    rows = _file_rows(path, job["upload_format"], job["default_data_stream_key"], report)
+    rows = _file_rows(job, report)
     keys: set[str] = set()
     position = 0
     try:

@@ -24,7 +24,8 @@ import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
 
 from server.api.dashboard import IMMUTABLE, REVALIDATE, STATIC_DIR
-from tests.conftest import Api
+from server.ingest.nacha_codes import NachaOption
+from tests.conftest import SHARED, Api
 from tests.server_process import ServerProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -47,6 +48,10 @@ GOOD_ROWS = 100
 BAD_ROWS = 60  # more than one page (50) of row errors, so paging is exercised
 # The event-stream endpoints answer 404 on a server without them; the page then polls.
 # Chromium logs every failed fetch as a console error, so only these are tolerated.
+# A NACHA file that only the relaxation allow_invalid_check_digit lets through.
+RELAXED_NACHA = (
+    SHARED / "nacha" / "public" / "relaxed" / "ppd-debit-invalid-entryDetail-checkDigit.ach"
+)
 EVENTS_URL = re.compile(r"/v1/(?:events|bulk_requests/\d+/events)$")
 
 # Recorded before any page script runs: CSP and Trusted Types violations as they happen.
@@ -398,7 +403,35 @@ def test_dashboard_polls_without_event_streams(
     assert problems == [], "\n".join(problems)
 
 
+@pytest.mark.browser
+def test_dashboard_uploads_a_nacha_file_with_a_relaxation(page: tuple[Page, list[str]]) -> None:
+    pg, problems = page
+    pg.goto("/")
+    _enter_key(pg)
+    pg.get_by_label("Key (required)", exact=True).fill("ach")
+    pg.get_by_role("button", name="Create stream").click()
+    expect(pg.get_by_label("Data stream key", exact=True)).to_have_value("ach")
+    pg.get_by_text("NACHA relaxations", exact=True).click()
+    relax = pg.get_by_label(re.compile("RDFI check digit is wrong"))
+    relax.check()
+    pg.set_input_files("#file-input", RELAXED_NACHA)
+    pg.get_by_role("button", name="Upload", exact=True).click()
+    request_id = _request_id(pg)
+    expect(relax).not_to_be_checked()  # the next file starts strict again
+    _list_item(pg, request_id).get_by_role("link").click()
+    expect(pg.locator("#detail-badge")).to_have_text("completed")
+    expect(pg.locator("#detail-info")).to_contain_text("allow_invalid_check_digit")
+    problems.extend(pg.evaluate("window.__cspViolations"))
+    assert problems == [], "\n".join(problems)
+
+
 # --- The routes that serve the page (no browser needed) ---------------------------------
+
+
+def test_dashboard_offers_every_nacha_relaxation() -> None:
+    html = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    offered = set(re.findall(r'name="nacha-option" value="([a-z_]+)"', html))
+    assert offered == {option.value for option in NachaOption}
 
 
 async def test_dashboard_is_public_with_a_strict_policy(api: Api) -> None:

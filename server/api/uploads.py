@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import re
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -31,10 +32,12 @@ from server.auth import caller_of
 from server.constants import FILE_READ_BYTES, MAX_FILENAME_CHARS
 from server.errors import Problem, field_error
 from server.ingest.detect import detect_format
+from server.ingest.nacha_codes import NachaOption, UnknownNachaOptions, parse_nacha_options
+from server.types import JSON
 
 FORMATS = frozenset({"csv", "nacha"})
 ON_CONFLICT = frozenset({"skip", "error"})
-TEXT_FIELDS = frozenset({"data_stream_key", "on_conflict", "format"})
+TEXT_FIELDS = frozenset({"data_stream_key", "on_conflict", "format", "nacha_options"})
 MAX_TEXT_FIELD_BYTES = 1024
 DETECTION_BYTES = 4096
 _UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f]")
@@ -131,18 +134,20 @@ async def create_upload(request: web.Request) -> web.Response:
             raise Problem(
                 400, "validation-error", "malformed multipart body: a part's headers are invalid"
             ) from None
-        upload_format, on_conflict, stream_key = await _validate(request, received, fields)
+        form = await _validate(request, received, fields)
         assert received is not None
-        final = received.path.with_suffix(f".{upload_format}")
+        final = received.path.with_suffix(f".{form.upload_format}")
         received.path.rename(final)
         received.path = final
-        payload = {
+        payload: JSON = {
             "sha256": received.sha256.hexdigest(),
-            "format": upload_format,
-            "on_conflict": on_conflict,
-            "data_stream_key": stream_key,
+            "format": form.upload_format,
+            "on_conflict": form.on_conflict,
+            "data_stream_key": form.stream_key,
             "filename": received.filename,
         }
+        if form.nacha_options:  # absent when empty: fingerprints of earlier uploads still match
+            payload["nacha_options"] = list(form.nacha_options)
         key = idempotency_key(request)
         claim = (
             domain.IdempotencyClaim(key, domain.fingerprint("uploads", payload)) if key else None
@@ -151,11 +156,12 @@ async def create_upload(request: web.Request) -> web.Response:
             row, replayed = await domain.submit_upload(
                 request.app[STORE],
                 caller.environment_id,
-                upload_format=upload_format,
+                upload_format=form.upload_format,
                 upload_path=str(final),
                 filename=received.filename,
-                data_stream_key=stream_key,
-                on_conflict=on_conflict,
+                data_stream_key=form.stream_key,
+                on_conflict=form.on_conflict,
+                nacha_options=form.nacha_options,
                 claim=claim,
             )
     except BaseException:
@@ -177,10 +183,39 @@ async def create_upload(request: web.Request) -> web.Response:
     return json_response(body, status=202, headers={"Location": body["url"]})
 
 
+@dataclass(frozen=True, slots=True)
+class _UploadForm:
+    upload_format: str
+    on_conflict: str
+    stream_key: str | None
+    nacha_options: tuple[str, ...] | None  # None for CSV; () for NACHA without relaxations
+
+
+def _nacha_options(text: str, upload_format: str | None, errors: list[JSON]) -> tuple[str, ...]:
+    try:
+        options = parse_nacha_options(text)
+    except UnknownNachaOptions as exc:
+        names = ", ".join(repr(name) for name in exc.names)
+        errors.append(
+            field_error(
+                "/nacha_options",
+                "unknown_option",
+                f"unknown NACHA option {names}; the options are "
+                + ", ".join(option.value for option in NachaOption),
+            )
+        )
+        return ()
+    if options and upload_format == "csv":
+        errors.append(
+            field_error("/nacha_options", "not_applicable", "nacha_options apply to NACHA files")
+        )
+    return tuple(option.value for option in options)
+
+
 async def _validate(
     request: web.Request, received: _ReceivedFile | None, fields: dict[str, str]
-) -> tuple[str, str, str | None]:
-    errors = []
+) -> _UploadForm:
+    errors: list[JSON] = []
     if received is None:
         raise Problem(
             422,
@@ -220,6 +255,9 @@ async def _validate(
                     f"no data stream with key {stream_key!r}",
                 )
             )
+    options = _nacha_options(fields.get("nacha_options", ""), upload_format, errors)
     if errors:
         raise Problem(422, "validation-error", "the upload is not valid", errors=errors)
-    return upload_format, on_conflict, stream_key
+    return _UploadForm(
+        upload_format, on_conflict, stream_key, options if upload_format == "nacha" else None
+    )

@@ -152,6 +152,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (bulk_request_id, first_row)
     ) WITHOUT ROWID;
     """,
+    # 4: the NACHA relaxations (FORMAT.md's `nacha_options`) a NACHA upload is parsed with,
+    # as a JSON array of names ("[]" for none); NULL for every other request. Records are
+    # not touched: the ones stored before keep their external ids (README, NACHA uploads).
+    """
+    ALTER TABLE bulk_requests ADD COLUMN nacha_options TEXT;
+    """,
 ]
 
 

@@ -150,6 +150,7 @@ class WriteTx:
             "upload_path": None,
             "filename": None,
             "default_data_stream_key": None,
+            "nacha_options": None,
             "data_stream_id": None,
             "parent_bulk_request_id": None,
             **fields,

@@ -967,6 +967,7 @@ function renderDetail(req) {
   const info = [
     ["Source", sourceText(req)],
     ["On conflict", req.on_conflict ?? "—"],
+    ...(req.nacha_options ? [["NACHA relaxations", req.nacha_options.join(", ") || "none"]] : []),
     ["Created", { time: req.created_at }],
     ["Started", { time: req.started_at }],
     ["Completed", { time: req.completed_at }],
@@ -1277,6 +1278,7 @@ async function submitUpload(event) {
         data_stream_key: $("upload-stream").value.trim(),
         on_conflict: $("upload-conflict").value,
         format: $("upload-format").value,
+        nacha_options: [...document.querySelectorAll('input[name="nacha-option"]:checked')].map((box) => box.value).join(","),
       },
       (loaded, total) => {
         const pct = total ? Math.floor((loaded * 100) / total) : 0;
@@ -1292,6 +1294,8 @@ async function submitUpload(event) {
       summary.status === "pending" ? "; it is queued." : ".",
     );
     input.value = "";
+    // Relaxations are chosen per file: the next file starts strict again.
+    for (const box of document.querySelectorAll('input[name="nacha-option"]')) box.checked = false;
     showChosenFile();
     try {
       applyUpdate(await getJson(`/v1/bulk_requests/${summary.id}`), { toList: true });
