@@ -162,7 +162,12 @@ async def test_a_retry_parses_with_the_same_options(
     )
     waiting = await nacha_upload(api, CHECK_DIGIT_FILE, nacha_options="allow_invalid_check_digit")
     cancelled = await api.post(f"/v1/bulk_requests/{waiting['id']}/cancel", expect=200)
-    assert (cancelled["status"], cancelled["parsing"]) == ("cancelled", True)
+    # Terminal, so not parsing (SPEC §7), and no row was ever staged.
+    assert (cancelled["status"], cancelled["parsing"], cancelled["total_items"]) == (
+        "cancelled",
+        False,
+        0,
+    )
     await api.post(f"/v1/bulk_requests/{busy['id']}/cancel", expect=202)
     child = await api.post(f"/v1/bulk_requests/{waiting['id']}/retry", expect=201)
     assert child["nacha_options"] == ["allow_invalid_check_digit"]
