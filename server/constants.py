@@ -37,6 +37,10 @@ WORKER_IDLE_POLL_SECONDS = 5.0
 # Rows per staged chunk when an upload is parsed: large enough that a 1M-row file is
 # ~1000 small writes, small enough that a worker holds only one chunk in memory.
 PARSE_CHUNK_ROWS = 2000
+# ... and at most this many bytes of input per staged chunk: a chunk is held whole in
+# memory while it is staged and again when a worker processes it, so 2000 rows of up to
+# 64 KiB (~170 MB as Python objects) would break the RSS bound; 4 MiB of text is ~10 MB.
+PARSE_CHUNK_BYTES = 4 * 1024 * 1024
 # Read size for uploaded files; also the streaming unit when receiving them.
 FILE_READ_BYTES = 256 * 1024
 
@@ -75,6 +79,16 @@ READER_CONNECTIONS = 3
 # --- Uploads (SPEC §8) ----------------------------------------------------------------
 DEFAULT_MAX_UPLOAD_MB = 256
 MAX_FILENAME_CHARS = 255
+
+# --- CSV bounds (SPEC §11): memory follows these limits, not the file ------------------
+# A header wider than this fails the request. Our own error export stays within it.
+MAX_CSV_COLUMNS = 256
+# One row (its raw text, line breaks inside quotes included, in UTF-8 bytes). The reader
+# holds at most one row while csv parses it; a longer row fails the request, because
+# where it ends cannot be known without reading it whole (it is usually an unclosed
+# quote swallowing the rest of the file). Every record field fits with room to spare:
+# 16 KiB of metadata + 1000 characters of description + the rest.
+MAX_CSV_ROW_BYTES = 64 * 1024
 
 # --- HTTP ------------------------------------------------------------------------------
 # A client-supplied X-Request-ID is echoed only if it is this short and printable.
