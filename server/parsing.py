@@ -44,7 +44,7 @@ def _file_rows(
             yield from iter_csv_rows(chunks, data_stream_key=data_stream_key)
 
 
-def _take(rows: Iterator[SourceRow]) -> list[SourceRow]:
+def take_chunk(rows: Iterator[SourceRow]) -> list[SourceRow]:
     """The next chunk: PARSE_CHUNK_ROWS rows, or fewer once they hold PARSE_CHUNK_BYTES."""
     block: list[SourceRow] = []
     size = 0
@@ -77,7 +77,7 @@ async def parse_upload(pool: WorkerPool, job: JSON, worker: str) -> JSON | None:
     try:
         while True:
             # Parsing is CPU work: run it off the event loop so the API stays responsive.
-            block = await asyncio.to_thread(_take, rows)
+            block = await asyncio.to_thread(take_chunk, rows)
             if not block:
                 break
             for row in block:
