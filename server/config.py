@@ -27,6 +27,8 @@ class Settings:
     synchronous: str = "NORMAL"
     sweep_interval: float = C.SWEEPER_INTERVAL_SECONDS
     time_slice: float = C.WORKER_TIME_SLICE_SECONDS
+    keepalive_timeout: float = C.KEEPALIVE_TIMEOUT_SECONDS
+    head_timeout: float = C.REQUEST_HEAD_TIMEOUT_SECONDS
 
     @property
     def data_dir(self) -> Path:
@@ -109,6 +111,18 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "time_slice",
         positive_float,
         "seconds a worker keeps one request before yielding to waiting ones",
+    ),
+    (
+        "--keepalive-timeout",
+        "keepalive_timeout",
+        positive_float,
+        "seconds an idle keep-alive connection stays open",
+    ),
+    (
+        "--head-timeout",
+        "head_timeout",
+        positive_float,
+        "seconds a client has to send a whole request head before it is dropped",
     ),
 ]
 

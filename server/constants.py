@@ -106,6 +106,31 @@ MAX_CSV_ROW_BYTES = 64 * 1024
 # --- HTTP ------------------------------------------------------------------------------
 # A client-supplied X-Request-ID is echoed only if it is this short and printable.
 MAX_REQUEST_ID_CHARS = 128
+# SPEC §11. An idle keep-alive connection is closed after this long (nginx's default,
+# longer than the 60 s idle time of most client pools, so the client closes first and
+# never sends a request on a connection we are closing).
+KEEPALIVE_TIMEOUT_SECONDS = 75.0
+# A client must finish sending a request head within this long (from connecting, or
+# from its first byte on a reused connection): otherwise it is holding a connection
+# and its buffer open for nothing (slowloris). Bodies are not covered: a large upload
+# over a slow link may take minutes.
+REQUEST_HEAD_TIMEOUT_SECONDS = 30.0
+# SPEC §11: the request line and headers together. Ours need well under 1 KiB; browsers
+# allow ~8 KiB of cookies, and this service sets none. Also each line's limit in aiohttp's
+# parser, so no single line can make it buffer more than this.
+MAX_REQUEST_HEAD_BYTES = 16 * 1024
+# After answering a head we refused (too large, too slow), what the client still sends
+# is read and dropped for this long before closing, so that its unread bytes do not
+# make the close a reset that loses the answer; long enough for a head in flight.
+LINGER_AFTER_REFUSAL_SECONDS = 2.0
+# Malformed requests and client disconnects are logged at WARNING, at most this many
+# lines per window; the next line after a suppressed run says how many were dropped.
+# A scanner sending thousands of bad requests then costs 10 log lines a minute.
+PROTOCOL_WARNING_BURST = 10
+PROTOCOL_WARNING_WINDOW_SECONDS = 60.0
+# Graceful shutdown (SPEC §9: exit within a few seconds): requests in flight get this
+# long to finish before their connections are closed.
+HTTP_SHUTDOWN_TIMEOUT_SECONDS = 3.0
 
 # --- Live progress (Server-Sent Events) --------------------------------------------
 # A worker heartbeats after every batch (hundreds per second with small batches); a
