@@ -186,3 +186,17 @@ def test_an_over_long_row_is_refused_before_the_rest_of_the_file_is_read() -> No
 def test_a_long_file_with_bare_cr_line_breaks_says_so() -> None:
     data = b"date,amount\r" + b"2024-01-01,1\r" * 10_000
     assert "bare carriage return (CR)" in rejected(data).message
+
+
+@pytest.mark.parametrize("chunk", [7, 4096, 65536])
+def test_the_row_bound_counts_bytes_when_a_line_ends_in_an_ascii_chunk(chunk: int) -> None:
+    # Multi-byte characters first, ASCII last: the line's final chunk is plain ASCII.
+    row = b"2024-01-01," + "é".encode() * 32_000 + b"d" * 2_000 + b"\n"
+    assert len(row) > MAX_CSV_ROW_BYTES > len(row.decode())
+    assert rejected_in_chunks(b"date,description\n" + row, chunk).details["line"] == 2
+
+
+def rejected_in_chunks(data: bytes, chunk: int) -> FileRejected:
+    with pytest.raises(FileRejected) as info:
+        parse(data, chunk)
+    return info.value

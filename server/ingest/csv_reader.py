@@ -61,9 +61,9 @@ class _RowBudget:
 class _Utf8Lines:
     """Strictly decoded UTF-8 text, re-cut into physical lines that keep their LF.
 
-    `batches()` yields the complete lines of each input chunk as one list (possibly empty)
-    with whether the chunk was ASCII, so splitting runs in C (`str.split`); `lines()`
-    hands them to csv one at a time, counting each against the current row's budget.
+    `_batches()` yields the complete lines of each input chunk as one list (possibly
+    empty) with whether they are all ASCII, so splitting runs in C (`str.split`);
+    `lines()` hands them to csv one at a time, counting each against the current row.
     """
 
     def __init__(self, chunks: Iterable[bytes], budget: _RowBudget) -> None:
@@ -73,7 +73,7 @@ class _Utf8Lines:
 
     def lines(self) -> Iterator[str]:
         budget = self._budget
-        for batch, ascii_only in self.batches():
+        for batch, ascii_only in self._batches():
             for line in batch:
                 # UTF-8 bytes; for ASCII text (nearly every file) that is the length.
                 budget.used += len(line) if ascii_only else len(line.encode())
@@ -81,12 +81,13 @@ class _Utf8Lines:
                     raise budget.exceeded()
                 yield line
 
-    def batches(self) -> Iterator[tuple[list[str], bool]]:
+    def _batches(self) -> Iterator[tuple[list[str], bool]]:
         decode = codecs.utf_8_decode
         pending = b""  # an incomplete UTF-8 sequence carried over to the next chunk
         offset = 0  # file offset of pending[0]
         partial: list[str] = []  # the current line's text so far; it holds no LF
         partial_chars = 0
+        partial_ascii = True
         at_start = True
         for chunk in chunks_with_end(self._chunks):
             final = chunk is None
@@ -102,6 +103,8 @@ class _Utf8Lines:
                 text = text.removeprefix(_BOM)
             if "\x00" in text:
                 raise self._nul(text)
+            # Whether every line of this batch is ASCII: its first holds the partial.
+            ascii_only = text.isascii() and partial_ascii
             lines = text.split("\n")
             last = lines.pop()
             if lines:
@@ -109,6 +112,7 @@ class _Utf8Lines:
                     lines[0] = "".join(partial) + lines[0]
                     partial = []
                     partial_chars = 0
+                    partial_ascii = True
                 self._lines_done += len(lines)
                 # csv needs the LF itself: inside a quoted field it is part of the value.
                 batch = [line + "\n" for line in lines]
@@ -117,10 +121,12 @@ class _Utf8Lines:
             if last:
                 partial.append(last)
                 partial_chars += len(last)
+                partial_ascii = partial_ascii and last.isascii()
             if final and partial:
                 batch.append("".join(partial))  # the last line, without a line break
+                ascii_only = ascii_only and partial_ascii
             if batch:
-                yield batch, text.isascii()
+                yield batch, ascii_only
             # A line this long (in characters, so in bytes too) is over its row's budget
             # whatever row it is in. Raised once csv has read the lines before it, so the
             # budget names the row it belongs to; it is never held longer than this.
