@@ -80,6 +80,7 @@ class _Range:
     request_id: int
     after: int
     limit: int | None
+    through: int | None = None  # and none after this row (None: no such bound)
 
 
 async def _pages(request: web.Request, chosen: _Range) -> AsyncIterator[list[JSON]]:
@@ -93,6 +94,8 @@ async def _pages(request: web.Request, chosen: _Range) -> AsyncIterator[list[JSO
         page = await store.list_row_errors(
             chosen.request_id, after, size if left is None else min(left, size)
         )
+        if chosen.through is not None:
+            page = [error for error in page if error["row"] <= chosen.through]
         if not page:
             return
         yield page
@@ -146,6 +149,13 @@ async def stream_errors_csv(
     # First pass: the metadata columns, so every row lines up under one header.
     scan = await _scan(request, chosen)
     meta_columns, with_omitted = _metadata_columns(scan)
+    if not with_omitted:
+        # A request still processing adds errors meanwhile: the file ends where the scan
+        # did, or later rows' new keys would have no column. (With OMITTED_COLUMN every
+        # key has a place, and the scan may have stopped early: no bound then.)
+        if scan.last_row is None:
+            chosen.limit = 0
+        chosen.through = scan.last_row
     columned = frozenset(meta_columns)
 
     headers = {
