@@ -70,12 +70,13 @@ async def _serve(settings: Settings) -> int:
 
     from server.app import DatabaseInUse, create_app
     from server.constants import GIL_SWITCH_INTERVAL_SECONDS
+    from server.http_server import HardenedRunner
     from server.logs import configure_logging
 
     configure_logging(settings.log_level)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
     app = create_app(settings, bootstrap_api_key=os.environ.get("BULK_API_KEY") or None)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=3.0, handle_signals=False)
+    runner = HardenedRunner(app, settings)
     try:
         await runner.setup()
     except DatabaseInUse as exc:

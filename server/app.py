@@ -20,6 +20,7 @@ from server.constants import MAX_JSON_BODY_BYTES
 from server.db.store import Store
 from server.errors import add_request_id_header, problem_middleware
 from server.events import ProgressHub
+from server.http_server import head_limit_middleware
 from server.metrics import METRICS, Metrics, metrics_endpoint, observe_requests_middleware
 from server.worker import WorkerPool
 
@@ -74,6 +75,7 @@ def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> w
         middlewares=[
             observe_requests_middleware,  # outermost: access log + latency, final status
             problem_middleware,
+            head_limit_middleware,  # before auth: a 431 needs no key
             make_auth_middleware(STORE),
         ],
         client_max_size=MAX_JSON_BODY_BYTES,

@@ -28,6 +28,8 @@ class Settings:
     sweep_interval: float = C.SWEEPER_INTERVAL_SECONDS
     time_slice: float = C.WORKER_TIME_SLICE_SECONDS
     batch_pause: float = C.DEFAULT_BATCH_PAUSE_SECONDS
+    keepalive_timeout: float = C.KEEPALIVE_TIMEOUT_SECONDS
+    head_timeout: float = C.REQUEST_HEAD_TIMEOUT_SECONDS
 
     @property
     def data_dir(self) -> Path:
@@ -123,6 +125,18 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "batch_pause",
         non_negative_float,
         "seconds a worker waits after each batch, to throttle ingestion (0 = none)",
+    ),
+    (
+        "--keepalive-timeout",
+        "keepalive_timeout",
+        positive_float,
+        "seconds an idle keep-alive connection stays open",
+    ),
+    (
+        "--head-timeout",
+        "head_timeout",
+        positive_float,
+        "seconds a client has to send a whole request head before it is dropped",
     ),
 ]
 

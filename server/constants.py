@@ -24,6 +24,13 @@ IDEMPOTENCY_KEY_TTL_SECONDS = 24 * 3600
 # --- Pagination (SPEC §5) -------------------------------------------------------------
 DEFAULT_PAGE_LIMIT = 50
 MAX_PAGE_LIMIT = 200
+# The CSV error export reads (and holds) a page of rows at a time, each with its source
+# row (up to 64 KiB from a CSV file; a JSON request's rows together are bounded by the
+# body limit). Pages are sized from the rows seen so far to hold about this many bytes:
+# 1000 small rows per query keeps a million-row export fast, and 25 wide ones keep
+# memory flat (100 rows of 64 KiB per page measured +28 MB of peak RSS over 25).
+ERROR_EXPORT_PAGE_BYTES = 2 * 1024 * 1024
+ERROR_EXPORT_PAGE_ROWS = (25, 1000)  # the fewest and the most per query
 
 # --- Workers (SPEC §9) ----------------------------------------------------------------
 DEFAULT_WORKERS = 2
@@ -41,6 +48,10 @@ WORKER_IDLE_POLL_SECONDS = 5.0
 # Rows per staged chunk when an upload is parsed: large enough that a 1M-row file is
 # ~1000 small writes, small enough that a worker holds only one chunk in memory.
 PARSE_CHUNK_ROWS = 2000
+# ... and at most this many bytes of input per staged chunk: a chunk is held whole in
+# memory while it is staged and again when a worker processes it, so 2000 rows of up to
+# 64 KiB (~170 MB as Python objects) would break the RSS bound; 4 MiB of text is ~10 MB.
+PARSE_CHUNK_BYTES = 4 * 1024 * 1024
 # Read size for uploaded files; also the streaming unit when receiving them.
 FILE_READ_BYTES = 256 * 1024
 
@@ -75,6 +86,12 @@ CHECKPOINT_INTERVAL_SECONDS = 0.5
 WRITER_AUTOCHECKPOINT_PAGES = 20_000
 # Readers are separate connections so API reads never wait behind a long write (WAL).
 READER_CONNECTIONS = 3
+# SQLite page caches count toward the RSS bound (SPEC §11): 32 MB for the writer, whose
+# index pages make batch inserts fast; 8 MB for each reader, which serve small indexed
+# lookups. At 32 MB each, three readers streaming a 256 MB error export filled ~90 MB
+# of cache between them.
+WRITER_CACHE_KIB = 32_000
+READER_CACHE_KIB = 8_000
 
 # --- Uploads (SPEC §8) ----------------------------------------------------------------
 DEFAULT_MAX_UPLOAD_MB = 256
@@ -96,9 +113,44 @@ API_KEY_PUBLIC_ID_CHARS = 12
 # there is nothing to brute-force.
 API_KEY_SECRET_BYTES = 32
 
+# --- CSV bounds (SPEC §11): memory follows these limits, not the file ------------------
+# A header wider than this fails the request. Our own error export stays within it.
+MAX_CSV_COLUMNS = 256
+# One row (its raw text, line breaks inside quotes included, in UTF-8 bytes). The reader
+# holds at most one row while csv parses it; a longer row fails the request, because
+# where it ends cannot be known without reading it whole (it is usually an unclosed
+# quote swallowing the rest of the file). Every record field fits with room to spare:
+# 16 KiB of metadata + 1000 characters of description + the rest.
+MAX_CSV_ROW_BYTES = 64 * 1024
+
 # --- HTTP ------------------------------------------------------------------------------
 # A client-supplied X-Request-ID is echoed only if it is this short and printable.
 MAX_REQUEST_ID_CHARS = 128
+# SPEC §11. An idle keep-alive connection is closed after this long (nginx's default,
+# longer than the 60 s idle time of most client pools, so the client closes first and
+# never sends a request on a connection we are closing).
+KEEPALIVE_TIMEOUT_SECONDS = 75.0
+# A client must finish sending a request head within this long (from connecting, or
+# from its first byte on a reused connection): otherwise it is holding a connection
+# and its buffer open for nothing (slowloris). Bodies are not covered: a large upload
+# over a slow link may take minutes.
+REQUEST_HEAD_TIMEOUT_SECONDS = 30.0
+# SPEC §11: the request line and headers together. Ours need well under 1 KiB; browsers
+# allow ~8 KiB of cookies, and this service sets none. Also each line's limit in aiohttp's
+# parser, so no single line can make it buffer more than this.
+MAX_REQUEST_HEAD_BYTES = 16 * 1024
+# After answering a head we refused (too large, too slow), what the client still sends
+# is read and dropped for this long before closing, so that its unread bytes do not
+# make the close a reset that loses the answer; long enough for a head in flight.
+LINGER_AFTER_REFUSAL_SECONDS = 2.0
+# Malformed requests and client disconnects are logged at WARNING, at most this many
+# lines per window; the next line after a suppressed run says how many were dropped.
+# A scanner sending thousands of bad requests then costs 10 log lines a minute.
+PROTOCOL_WARNING_BURST = 10
+PROTOCOL_WARNING_WINDOW_SECONDS = 60.0
+# Graceful shutdown (SPEC §9: exit within a few seconds): requests in flight get this
+# long to finish before their connections are closed.
+HTTP_SHUTDOWN_TIMEOUT_SECONDS = 3.0
 
 # --- Live progress (Server-Sent Events) --------------------------------------------
 # A worker heartbeats after every batch (hundreds per second with small batches); a

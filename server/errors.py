@@ -39,6 +39,9 @@ _TITLES: dict[str, str] = {
     "payload-too-large": "Payload too large",
     "unsupported-media-type": "Unsupported media type",
     "not-acceptable": "Not acceptable",
+    "request-timeout": "Request head not received in time",
+    "request-head-too-large": "Request header fields too large",
+    "malformed-request": "Malformed HTTP request",
     "service-unavailable": "Service unavailable",
     "internal-error": "Internal server error",
     "http-error": "HTTP error",
@@ -87,7 +90,7 @@ def not_found(what: str) -> Problem:
     return Problem(404, "not-found", f"{what} does not exist")
 
 
-def request_id_of(request: web.Request) -> str:
+def request_id_of(request: web.BaseRequest) -> str:
     rid = request.get(REQUEST_ID)
     if rid is None:
         sent = request.headers.get(REQUEST_ID_HEADER, "")
@@ -96,20 +99,25 @@ def request_id_of(request: web.Request) -> str:
     return rid
 
 
-def problem_response(request: web.Request, problem: Problem) -> web.Response:
+def problem_body(problem: Problem, *, instance: str, request_id: str) -> bytes:
+    """The JSON of a problem; `instance` is the request path ("" when it was unreadable)."""
     body: JSON = {
         "type": f"/problems/{problem.kind}",
         "title": _TITLES.get(problem.kind, "Error"),
         "status": problem.status,
         "detail": problem.detail,
-        "instance": request.path,
-        "request_id": request_id_of(request),
+        "instance": instance,
+        "request_id": request_id,
     }
     if problem.errors is not None:
         body["errors"] = problem.errors
+    return orjson.dumps(body)
+
+
+def problem_response(request: web.Request, problem: Problem) -> web.Response:
     return web.Response(
         status=problem.status,
-        body=orjson.dumps(body),
+        body=problem_body(problem, instance=request.path, request_id=request_id_of(request)),
         content_type=PROBLEM_CONTENT_TYPE,
         headers=problem.headers,
     )

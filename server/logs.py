@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -66,3 +67,45 @@ def log_access(request: web.Request, status: int, seconds: float) -> None:
             "environment": caller.environment if caller is not None else None,
         },
     )
+
+
+class RateLimitedLog:
+    """At most `burst` lines per `window` seconds; the rest are only counted, and the
+    next line let through carries `suppressed` (how many were dropped before it).
+
+    For events any client can cause at will (malformed requests, disconnects): one
+    line each is useful, ten thousand a minute would drown everything else.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        burst: int,
+        window: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._burst = burst
+        self._window = window
+        self._clock = clock
+        self._window_start = -window  # the first line always opens a window
+        self._sent = 0
+        self._suppressed = 0
+
+    def warning(self, message: str, *args: object, **fields: Any) -> bool:
+        """Log one WARNING line (no traceback) unless over the rate; True if logged."""
+        now = self._clock()
+        if now - self._window_start >= self._window:
+            self._window_start = now
+            self._sent = 0
+        if self._sent >= self._burst:
+            self._suppressed += 1
+            return False
+        self._sent += 1
+        if self._suppressed:
+            fields["suppressed"] = self._suppressed
+            message += " (%d similar lines suppressed before this one)"
+            args = (*args, self._suppressed)
+            self._suppressed = 0
+        self._logger.warning(message, *args, extra=fields)
+        return True

@@ -14,14 +14,13 @@ import contextlib
 import logging
 from collections.abc import Generator, Iterator
 from functools import partial
-from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
 
 from server.batches import FencedOut
-from server.constants import FILE_READ_BYTES, PARSE_CHUNK_ROWS
+from server.constants import FILE_READ_BYTES, PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
 from server.db.tx import StagedItem, WriteTx, encode_items
 from server.events import log_transition
 from server.ingest.csv_reader import iter_csv_rows
@@ -52,8 +51,16 @@ def _file_rows(job: JSON, report: ParseReport) -> Generator[SourceRow, None, Non
             yield from iter_csv_rows(chunks, data_stream_key=data_stream_key)
 
 
-def _take(rows: Iterator[SourceRow], count: int) -> list[SourceRow]:
-    return list(islice(rows, count))
+def take_chunk(rows: Iterator[SourceRow]) -> list[SourceRow]:
+    """The next chunk: PARSE_CHUNK_ROWS rows, or fewer once they hold PARSE_CHUNK_BYTES."""
+    block: list[SourceRow] = []
+    size = 0
+    for row in rows:
+        block.append(row)
+        size += row.size
+        if len(block) == PARSE_CHUNK_ROWS or size >= PARSE_CHUNK_BYTES:
+            break
+    return block
 
 
 def _staged(row: SourceRow) -> StagedItem:
@@ -77,7 +84,7 @@ async def parse_upload(pool: WorkerPool, job: JSON, worker: str) -> JSON | None:
     try:
         while True:
             # Parsing is CPU work: run it off the event loop so the API stays responsive.
-            block = await asyncio.to_thread(_take, rows, PARSE_CHUNK_ROWS)
+            block = await asyncio.to_thread(take_chunk, rows)
             if not block:
                 break
             for row in block:

@@ -35,11 +35,14 @@ class SourceRow:
     1-based line of the uploaded file where the row starts (None for JSON input).
     `problem` is set when the parser already knows the row is unusable
     (e.g. a CSV row with more cells than the header); validation then reports it as is.
+    `size` is the bytes of input the row came from, when the parser knows it (CSV), so
+    that rows are staged in chunks bounded in bytes as well as rows.
     """
 
     fields: JSON
     line: int | None = None
     problem: RowProblem | None = None
+    size: int = 0
 
 
 class FileRejected(Exception):

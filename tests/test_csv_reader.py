@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+from server.constants import MAX_CSV_COLUMNS, MAX_CSV_ROW_BYTES
 from server.ingest.csv_reader import iter_csv_rows
 from server.types import FileRejected, SourceRow
 
@@ -97,3 +100,103 @@ def test_invalid_utf8_reports_the_exact_byte_offset(chunk: int) -> None:
 def test_truncated_multibyte_character_at_the_end() -> None:
     data = "date,description\n2024-01-01,é".encode()[:-1]
     assert rejected(data).details == {"byte_offset": len(data) - 1}
+
+
+# --- bounds (SPEC §11): memory follows the limits, not the file ---------------------------
+
+
+def test_a_header_of_256_columns_is_read_and_257_fail_the_file() -> None:
+    names = ["date", "amount", *(f"metadata.k{i}" for i in range(254))]
+    rows = parse(",".join(names).encode() + b"\n" + b"2024-01-01,1" + b",v" * 254 + b"\n")
+    assert len(rows[0].fields["metadata"]) == 254
+    error = rejected(",".join([*names, "extra"]).encode() + b"\n2024-01-01,1\n")
+    assert (
+        error.message == "line 1: the header row has 257 columns; a CSV file may have at most 256"
+    )
+    assert error.details == {"line": 1, "columns": 257, "max_columns": MAX_CSV_COLUMNS}
+
+
+def test_a_header_too_long_to_hold_says_how_many_columns_a_file_may_have() -> None:
+    # The issue's file: 100,000 metadata columns. It is refused before it is read whole.
+    header = ",".join(f"metadata.k{i}" for i in range(100_000)).encode()
+    error = rejected(b"date," + header + b"\n2024-01-01\n")
+    assert error.message.startswith("line 1: the header row is longer than 64 KiB")
+    assert "at most 256 columns" in error.message
+
+
+def _row_of(size: int, text: str = "d") -> bytes:
+    """A data row of exactly `size` bytes, its LF included, for the header date,description."""
+    prefix = b"2024-01-01,"
+    unit = len(text.encode())
+    body = text * ((size - len(prefix) - 1) // unit)
+    row = prefix + body.encode() + b"\n"
+    assert len(row) == size, (len(row), size)
+    return row
+
+
+@pytest.mark.parametrize("chunk", [7, 65536])
+def test_a_row_of_64_kib_is_read_and_one_byte_more_fails_the_file(chunk: int) -> None:
+    header = b"date,description\n"
+    [row] = parse(header + _row_of(MAX_CSV_ROW_BYTES), chunk)
+    assert len(row.fields["description"]) == MAX_CSV_ROW_BYTES - len(b"2024-01-01,\n")
+    assert row.size == MAX_CSV_ROW_BYTES
+    with pytest.raises(FileRejected) as info:
+        parse(header + b"2024-01-01,ok\n" + _row_of(MAX_CSV_ROW_BYTES + 1), chunk)
+    assert info.value.message.startswith(
+        "line 3: the row starting on this line is longer than 64 KiB (65536 bytes)"
+    )
+    assert info.value.details == {"line": 3, "max_row_bytes": MAX_CSV_ROW_BYTES}
+
+
+def test_the_row_bound_counts_utf8_bytes_not_characters() -> None:
+    header = b"date,description\n"
+    # 2-byte characters: under the bound in characters, over it in bytes.
+    over = _row_of(MAX_CSV_ROW_BYTES + 2, "é")
+    assert len(over.decode()) < MAX_CSV_ROW_BYTES
+    assert rejected(header + over).details["line"] == 2
+    assert len(parse(header + _row_of(MAX_CSV_ROW_BYTES, "é"))) == 1
+
+
+def test_a_row_spanning_many_lines_is_bounded_as_one_row() -> None:
+    # An unclosed quote swallows the rest of the file: lines are short, the row is not.
+    data = b'date,description\n2024-01-01,ok\n2024-01-02,"never closed\n' + b"more text\n" * 10_000
+    error = rejected(data)
+    assert error.details["line"] == 3
+    assert "is a quote left open?" in error.message
+
+
+def test_an_over_long_row_is_refused_before_the_rest_of_the_file_is_read() -> None:
+    # 10 MB with no line break: the reader must give up after the bound, not at the end.
+    chunk = b"x" * 4096
+    consumed = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal consumed
+        yield b"date,description\n2024-01-01,"
+        for _ in range(2560):
+            consumed += 1
+            yield chunk
+
+    with pytest.raises(FileRejected) as info:
+        list(iter_csv_rows(chunks(), data_stream_key=None))
+    assert info.value.details["line"] == 2
+    assert consumed * len(chunk) <= MAX_CSV_ROW_BYTES + len(chunk)
+
+
+def test_a_long_file_with_bare_cr_line_breaks_says_so() -> None:
+    data = b"date,amount\r" + b"2024-01-01,1\r" * 10_000
+    assert "bare carriage return (CR)" in rejected(data).message
+
+
+@pytest.mark.parametrize("chunk", [7, 4096, 65536])
+def test_the_row_bound_counts_bytes_when_a_line_ends_in_an_ascii_chunk(chunk: int) -> None:
+    # Multi-byte characters first, ASCII last: the line's final chunk is plain ASCII.
+    row = b"2024-01-01," + "é".encode() * 32_000 + b"d" * 2_000 + b"\n"
+    assert len(row) > MAX_CSV_ROW_BYTES > len(row.decode())
+    assert rejected_in_chunks(b"date,description\n" + row, chunk).details["line"] == 2
+
+
+def rejected_in_chunks(data: bytes, chunk: int) -> FileRejected:
+    with pytest.raises(FileRejected) as info:
+        parse(data, chunk)
+    return info.value

@@ -204,18 +204,20 @@ async def list_bulk_requests(request: web.Request) -> web.Response:
 
 async def list_row_errors(request: web.Request) -> web.StreamResponse:
     row = await _load(request)
-    wants_csv = request.query.get("format") == "csv" or (
-        "text/csv" in request.headers.get("Accept", "") and request.query.get("format") != "json"
-    )
-    if wants_csv:
-        return await stream_errors_csv(request, row)
-    if request.query.get("format") not in (None, "json"):
+    requested_format = request.query.get("format")
+    if requested_format not in (None, "json", "csv"):
         raise Problem(400, "invalid-parameter", "format must be json or csv")
-    limit = page_limit(request)
+    # The same cursor works in both formats: it is a row position.
     after = decode_cursor(request, "errors")
-    errors = await request.app[STORE].list_row_errors(
-        row["id"], after if after is not None else -1, limit
-    )
+    start = after if after is not None else -1
+    if requested_format == "csv" or (
+        requested_format is None and "text/csv" in request.headers.get("Accept", "")
+    ):
+        # The CSV is the whole list unless a `limit` asks for one page (see error_export).
+        limit = page_limit(request) if "limit" in request.query else None
+        return await stream_errors_csv(request, row, after=start, limit=limit)
+    limit = page_limit(request)
+    errors = await request.app[STORE].list_row_errors(row["id"], start, limit)
     last = errors[-1]["row"] if errors else None
     return json_response(page([render_row_error(e) for e in errors], limit, "errors", last))
 

@@ -9,8 +9,10 @@ import aiosqlite
 
 from server.constants import (
     MIN_SQLITE_VERSION,
+    READER_CACHE_KIB,
     SQLITE_BUSY_TIMEOUT_MS,
     WRITER_AUTOCHECKPOINT_PAGES,
+    WRITER_CACHE_KIB,
 )
 from server.db.migrations import migrate
 
@@ -23,7 +25,8 @@ def _pragmas(synchronous: str, *, read_only: bool) -> list[str]:
         f"PRAGMA synchronous = {synchronous}",
         "PRAGMA foreign_keys = ON",
         "PRAGMA temp_store = MEMORY",
-        "PRAGMA cache_size = -32000",  # 32 MB page cache per connection
+        # A negative cache_size is in KiB. Readers get a smaller cache (see constants).
+        f"PRAGMA cache_size = -{READER_CACHE_KIB if read_only else WRITER_CACHE_KIB}",
     ]
     if read_only:
         pragmas.append("PRAGMA query_only = ON")

@@ -5,9 +5,12 @@ UTF-8 (a BOM is tolerated), LF or CRLF, quoted fields with commas, quotes and ne
 `metadata.<name>` columns into `metadata`, and unknown columns are ignored, so the
 error export (which adds `row`, `line`, `error_*` columns) can be fixed and re-uploaded.
 
-Memory stays bounded by the longest line, not the file: bytes are decoded chunk by chunk
-and handed to `csv` one physical line at a time, which also makes `reader.line_num` the
-physical line number that row errors report.
+Memory stays bounded by the limits, not the file (SPEC §11): bytes are decoded chunk by
+chunk and handed to `csv` one physical line at a time (which also makes `reader.line_num`
+the physical line number that row errors report), each line counted against the row it
+belongs to, so no row longer than MAX_CSV_ROW_BYTES is ever held whole; a header wider
+than MAX_CSV_COLUMNS fails the file. Fields over the record limits (a 5000-character
+description) are row errors, found by validation; each is bounded by its row here.
 """
 
 from __future__ import annotations
@@ -15,43 +18,76 @@ from __future__ import annotations
 import codecs
 import csv
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import chain
 from operator import itemgetter
 
+from server.constants import MAX_CSV_COLUMNS, MAX_CSV_ROW_BYTES
 from server.types import FileRejected, RowProblem, SourceRow
 
 RECORD_COLUMNS = ("date", "amount", "currency", "description", "external_id", "data_stream_key")
 METADATA_PREFIX = "metadata."
 EXPECTED_COLUMNS = ", ".join(RECORD_COLUMNS) + " or metadata.<name>"
-# csv's default cap is 128 KiB per field and a longer one aborts the whole file; with
-# 1 MiB an over-long description is a row error (too_long) instead.
-MAX_FIELD_CHARS = 1024 * 1024
-if csv.field_size_limit() < MAX_FIELD_CHARS:
-    csv.field_size_limit(MAX_FIELD_CHARS)
-# A physical line is buffered whole before csv sees it; without a cap a file with no LF
-# (e.g. bare-CR line ends) would be held in memory entire. No legitimate row comes close.
-MAX_LINE_CHARS = 8 * MAX_FIELD_CHARS
+# csv's own cap (128 KiB per field by default) is never reached: a field lies inside a
+# row, and a row is refused past MAX_CSV_ROW_BYTES before csv sees the line that is over.
+assert csv.field_size_limit() > MAX_CSV_ROW_BYTES
 _BOM = "\ufeff"
+
+
+class _RowBudget:
+    """The bytes handed to csv for the row it is reading now (reset as each row ends)."""
+
+    __slots__ = ("start_line", "used")
+
+    def __init__(self) -> None:
+        self.start_line = 1  # the physical line the current row starts on
+        self.used = 0
+
+    def exceeded(self) -> FileRejected:
+        line = self.start_line
+        if line == 1:
+            what = (
+                f"the header row is longer than {MAX_CSV_ROW_BYTES // 1024} KiB; a CSV file "
+                f"may have at most {MAX_CSV_COLUMNS} columns"
+            )
+        else:
+            what = (
+                f"the row starting on this line is longer than {MAX_CSV_ROW_BYTES // 1024} KiB "
+                f"({MAX_CSV_ROW_BYTES} bytes), the most one row may hold (is a quote left open?)"
+            )
+        return FileRejected(
+            f"line {line}: {what}", {"line": line, "max_row_bytes": MAX_CSV_ROW_BYTES}
+        )
 
 
 class _Utf8Lines:
     """Strictly decoded UTF-8 text, re-cut into physical lines that keep their LF.
 
-    Iterating yields one list of complete lines per input chunk (possibly empty), so the
-    per-line work is done in C (`str.split`, `itertools.chain`) rather than by a Python
-    generator step per line.
+    `_batches()` yields the complete lines of each input chunk as one list (possibly
+    empty) with whether they are all ASCII, so splitting runs in C (`str.split`);
+    `lines()` hands them to csv one at a time, counting each against the current row.
     """
 
-    def __init__(self, chunks: Iterable[bytes]) -> None:
+    def __init__(self, chunks: Iterable[bytes], budget: _RowBudget) -> None:
         self._chunks = chunks
+        self._budget = budget
         self._lines_done = 0  # line breaks decoded so far, i.e. complete lines handed out
 
-    def __iter__(self) -> Iterator[list[str]]:
+    def lines(self) -> Iterator[str]:
+        budget = self._budget
+        for batch, ascii_only in self._batches():
+            for line in batch:
+                # UTF-8 bytes; for ASCII text (nearly every file) that is the length.
+                budget.used += len(line) if ascii_only else len(line.encode())
+                if budget.used > MAX_CSV_ROW_BYTES:
+                    raise budget.exceeded()
+                yield line
+
+    def _batches(self) -> Iterator[tuple[list[str], bool]]:
         decode = codecs.utf_8_decode
         pending = b""  # an incomplete UTF-8 sequence carried over to the next chunk
         offset = 0  # file offset of pending[0]
         partial: list[str] = []  # the current line's text so far; it holds no LF
         partial_chars = 0
+        partial_ascii = True
         at_start = True
         for chunk in chunks_with_end(self._chunks):
             final = chunk is None
@@ -67,6 +103,8 @@ class _Utf8Lines:
                 text = text.removeprefix(_BOM)
             if "\x00" in text:
                 raise self._nul(text)
+            # Whether every line of this batch is ASCII: its first holds the partial.
+            ascii_only = text.isascii() and partial_ascii
             lines = text.split("\n")
             last = lines.pop()
             if lines:
@@ -74,6 +112,7 @@ class _Utf8Lines:
                     lines[0] = "".join(partial) + lines[0]
                     partial = []
                     partial_chars = 0
+                    partial_ascii = True
                 self._lines_done += len(lines)
                 # csv needs the LF itself: inside a quoted field it is part of the value.
                 batch = [line + "\n" for line in lines]
@@ -82,12 +121,19 @@ class _Utf8Lines:
             if last:
                 partial.append(last)
                 partial_chars += len(last)
-                if partial_chars > MAX_LINE_CHARS:
-                    raise self._too_long()
+                partial_ascii = partial_ascii and last.isascii()
             if final and partial:
                 batch.append("".join(partial))  # the last line, without a line break
+                ascii_only = ascii_only and partial_ascii
             if batch:
-                yield batch
+                yield batch, ascii_only
+            # A line this long (in characters, so in bytes too) is over its row's budget
+            # whatever row it is in. Raised once csv has read the lines before it, so the
+            # budget names the row it belongs to; it is never held longer than this.
+            if partial_chars > MAX_CSV_ROW_BYTES:
+                if any("\r" in piece for piece in partial):
+                    raise _bare_cr(self._lines_done + 1)
+                raise self._budget.exceeded()
 
     def _line_at(self, before: str | bytes) -> int:
         """The line of a position, given the text of its chunk before it."""
@@ -109,14 +155,6 @@ class _Utf8Lines:
         return FileRejected(
             f"line {line}: the file contains a NUL byte, so it is not UTF-8 CSV text "
             "(UTF-16 or a binary file?)",
-            {"line": line},
-        )
-
-    def _too_long(self) -> FileRejected:
-        line = self._lines_done + 1
-        return FileRejected(
-            f"line {line}: more than {MAX_LINE_CHARS} characters without a line break "
-            "(line breaks must be LF or CRLF)",
             {"line": line},
         )
 
@@ -142,6 +180,12 @@ class _Columns:
     """The header, resolved once: which cell index feeds which field or metadata key."""
 
     def __init__(self, header: list[str], line: int) -> None:
+        if len(header) > MAX_CSV_COLUMNS:
+            raise FileRejected(
+                f"line {line}: the header row has {len(header)} columns; a CSV file may have "
+                f"at most {MAX_CSV_COLUMNS}",
+                {"line": line, "columns": len(header), "max_columns": MAX_CSV_COLUMNS},
+            )
         self.width = len(header)
         self.fields: list[tuple[int, str]] = []
         self.metadata: list[tuple[int, str]] = []
@@ -186,7 +230,8 @@ def iter_csv_rows(chunks: Iterable[bytes], *, data_stream_key: str | None) -> It
     Rows may already have been yielded when FileRejected is raised (the caller discards
     them). `line` is the physical line where the row starts, the header being line 1.
     """
-    reader = csv.reader(chain.from_iterable(_Utf8Lines(chunks)), strict=True)
+    budget = _RowBudget()
+    reader = csv.reader(_Utf8Lines(chunks, budget).lines(), strict=True)
     default_key = data_stream_key or None
     end = 0  # the physical line on which the previous csv record ended
     try:
@@ -194,6 +239,8 @@ def iter_csv_rows(chunks: Iterable[bytes], *, data_stream_key: str | None) -> It
         for cells in reader:
             start = end + 1
             end = reader.line_num
+            budget.start_line = end + 1
+            budget.used = 0
             if not _blank(cells):
                 columns = _Columns(cells, start)
                 break
@@ -208,6 +255,9 @@ def iter_csv_rows(chunks: Iterable[bytes], *, data_stream_key: str | None) -> It
         for cells in reader:
             start = end + 1
             end = reader.line_num
+            size = budget.used
+            budget.start_line = end + 1
+            budget.used = 0
             if len(cells) == width:
                 # The hot path: every row of a well-formed file comes through here.
                 fields: dict[str, object] = (
@@ -240,7 +290,7 @@ def iter_csv_rows(chunks: Iterable[bytes], *, data_stream_key: str | None) -> It
             if default_key is not None and "data_stream_key" not in fields:
                 fields["data_stream_key"] = default_key
             rows += 1
-            yield SourceRow(fields, start, problem)
+            yield SourceRow(fields, start, problem, size)
     except csv.Error as exc:
         raise _csv_error(exc, end + 1, reader.line_num) from None
     if rows == 0:
@@ -281,16 +331,13 @@ def _csv_error(exc: csv.Error, start: int, line: int) -> FileRejected:
             "(the file ends inside quotes)",
             {"line": start},
         )
-    if text.startswith("field larger than field limit"):
-        return FileRejected(
-            f"line {start}: a field in the row starting here is longer than "
-            f"{MAX_FIELD_CHARS} characters (is a quote left open?)",
-            {"line": start},
-        )
     if text.startswith("new-line character seen in unquoted field"):
-        return FileRejected(
-            f"line {line}: a bare carriage return (CR) outside quotes; "
-            "line breaks must be LF or CRLF",
-            {"line": line},
-        )
+        return _bare_cr(line)
     return FileRejected(f"line {line}: the CSV cannot be read: {text}", {"line": line})
+
+
+def _bare_cr(line: int) -> FileRejected:
+    return FileRejected(
+        f"line {line}: a bare carriage return (CR) outside quotes; line breaks must be LF or CRLF",
+        {"line": line},
+    )

@@ -1,0 +1,132 @@
+"""The server's memory is bounded by the limits, not by what it is sent (SPEC §11).
+
+Issue 9 item 3, reproduced against a real `python run.py`: a 5.6 MB CSV with 100,000
+`metadata.*` columns × 20 rows raised the server from 54 MB to 596 MB RSS, 100 such
+rows (21.6 MB) to 2.8 GB, /healthz took 488 ms meanwhile and the error export 7.7 s.
+Now wide files fail at their header, and the widest and longest rows the limits allow
+(256 columns, 64 KiB) are processed and exported within a fixed budget.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import API_KEY
+from tests.server_process import _OPENER, ServerProcess, poll
+
+pytestmark = pytest.mark.slow
+
+RSS_LIMIT_MB = 300  # SPEC §11
+HEALTHZ_MAX_SECONDS = 2.0  # generous for a shared 2-core machine; before: 11 s measured
+
+
+def vm_kb(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} for process {pid}")
+
+
+def wide_csv(columns: int, rows: int) -> bytes:
+    """The issue's file: `columns` metadata columns of one character each."""
+    header = "date,amount,description," + ",".join(f"metadata.k{i}" for i in range(columns))
+    cells = ",".join("v" for _ in range(columns))
+    lines = [header, *(f"2024-01-01,{n}.00,row {n},{cells}" for n in range(rows))]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def widest_rows_csv(rows: int) -> bytes:
+    """256 columns, each row just under 64 KiB: every row fails (metadata too large)."""
+    fixed = "date,amount,currency,description,external_id,data_stream_key"
+    header = fixed + "," + ",".join(f"metadata.k{i}" for i in range(250))
+    cells = ",".join("x" * 255 for _ in range(250))
+    lines = [header, *(f"2024-01-01,{n}.00,USD,row {n},e{n},bank,{cells}" for n in range(rows))]
+    assert max(len(line) for line in lines) < 64 * 1024
+    return ("\n".join(lines) + "\n").encode()
+
+
+class HealthProbe:
+    """Calls /healthz every 50 ms from a thread and keeps the slowest answer."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        self.server = server
+        self.slowest = 0.0
+        self.calls = 0
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            began = time.monotonic()
+            status, _ = self.server.call("GET", "/healthz", key=None)
+            self.failures += status != 200
+            self.slowest = max(self.slowest, time.monotonic() - began)
+            self.calls += 1
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def wait_terminal(server: ServerProcess, request_id: int) -> dict[str, object]:
+    done: dict[str, object] = poll(
+        lambda: server.get(f"/v1/bulk_requests/{request_id}"),
+        lambda r: r["status"] in ("completed", "failed", "cancelled"),
+        120.0,
+        f"bulk request {request_id} terminal",
+    )
+    return done
+
+
+def export_seconds(server: ServerProcess, request_id: int) -> tuple[float, int]:
+    request = urllib.request.Request(
+        f"{server.url}/v1/bulk_requests/{request_id}/errors?format=csv",
+        headers={"X-API-KEY": API_KEY},
+    )
+    began = time.monotonic()
+    size = 0
+    with _OPENER.open(request, timeout=120) as response:
+        while chunk := response.read(1 << 20):
+            size += len(chunk)
+    return time.monotonic() - began, size
+
+
+def test_rss_stays_bounded_whatever_the_csv_and_healthz_stays_responsive(
+    tmp_path: Path,
+) -> None:
+    server = ServerProcess(tmp_path / "bulk.db", api_key=API_KEY, log_dir=tmp_path)
+    try:
+        server.start()
+        pid = server.proc.pid if server.proc else 0
+        server.post("/v1/data_streams", {"key": "bank", "currency": "USD"}, expect=201)
+        with HealthProbe(server) as probe:
+            for rows in (20, 100):  # the issue's two files: 5.6 MB and 21.6 MB
+                accepted = server.upload(wide_csv(100_000, rows), {"data_stream_key": "bank"})
+                done = wait_terminal(server, accepted["id"])
+                assert done["status"] == "failed"
+                assert "at most 256 columns" in str(done["error_message"])
+            widest = widest_rows_csv(1000)  # 64 MB of the largest rows the limits allow
+            accepted = server.upload(widest, {"data_stream_key": "bank"})
+            done = wait_terminal(server, accepted["id"])
+            assert (done["status"], done["failed_items"]) == ("completed", 1000)
+            seconds, size = export_seconds(server, accepted["id"])
+        peak_mb = vm_kb(pid, "VmHWM") / 1024
+    finally:
+        server.close()
+    assert size > len(widest)  # every row, with its error columns
+    assert peak_mb < RSS_LIMIT_MB, f"server peak RSS {peak_mb:.0f} MB"
+    assert (probe.calls > 10, probe.failures) == (True, 0)
+    assert probe.slowest < HEALTHZ_MAX_SECONDS, f"/healthz took {probe.slowest:.2f} s"
+    assert seconds < 30, f"exporting {size / 1e6:.0f} MB of errors took {seconds:.1f} s"
