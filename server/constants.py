@@ -11,6 +11,10 @@ MAX_JSON_BODY_BYTES = 24 * 1024 * 1024
 MAX_DESCRIPTION_CHARS = 1000
 MAX_EXTERNAL_ID_CHARS = 255
 MAX_METADATA_BYTES = 16 * 1024
+# SPEC §11: a value inside a record (metadata, or any field) nests at most this many
+# levels (the value itself is level 1). Ledgers and spreadsheets downstream flatten
+# metadata; 32 is far beyond any real use and keeps every walk of a body short.
+MAX_VALUE_DEPTH = 32
 # Amounts are stored as integer minor units. 2**53 - 1 keeps every amount exact for
 # clients that parse JSON numbers as IEEE doubles (JavaScript, many spreadsheets).
 MAX_ABS_MINOR_UNITS = 2**53 - 1

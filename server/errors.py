@@ -106,12 +106,28 @@ def problem_response(request: web.Request, problem: Problem) -> web.Response:
     }
     if problem.errors is not None:
         body["errors"] = problem.errors
+    try:
+        encoded = orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        # Something echoed from the request (a field name, a path) holds a lone
+        # surrogate, which no JSON encoder writes: escape it rather than fail the answer.
+        encoded = orjson.dumps(_echoable(body))
     return web.Response(
         status=problem.status,
-        body=orjson.dumps(body),
+        body=encoded,
         content_type=PROBLEM_CONTENT_TYPE,
         headers=problem.headers,
     )
+
+
+def _echoable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_echoable(k): _echoable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_echoable(v) for v in value]
+    return value
 
 
 def _from_http_exception(exc: web.HTTPException) -> Problem:
