@@ -79,6 +79,10 @@ READER_CONNECTIONS = 3
 # --- Uploads (SPEC §8) ----------------------------------------------------------------
 DEFAULT_MAX_UPLOAD_MB = 256
 MAX_FILENAME_CHARS = 255
+# A multipart part's header lines (its Content-Disposition holds the file name) may be
+# this long: a 10,000-character name, percent-encoded, fits, and is then cut to
+# MAX_FILENAME_CHARS. aiohttp's default is the request's own header limit (8 KiB).
+MAX_PART_HEADER_BYTES = 128 * 1024
 
 # --- HTTP ------------------------------------------------------------------------------
 # A client-supplied X-Request-ID is echoed only if it is this short and printable.
