@@ -36,9 +36,10 @@ from server.ingest.json_checks import (
     BodyIssue,
     duplicate_key_issue,
     fits_storage,
-    may_have_duplicate_keys,
-    needs_full_scan,
+    proves_no_duplicate_keys,
     record_issues,
+    scan_records,
+    shallow_count,
 )
 from server.money import canonical_amount_text
 from server.types import JSON
@@ -124,13 +125,17 @@ def _check_structure(document: JsonDocument, body: JSON, records: list[JSON]) ->
     """Depth, storability and duplicate keys (json_checks), cheapest proof first.
 
     Most bodies are cleared by one count over their text; a body with nested values
-    or strings holding `: { [` takes a walk; only one the walk cannot clear either
-    (a `\\u` escape) is parsed a second time. See README, "Input bounds".
+    takes one walk that checks and counts them; only one holding `: { [` inside its
+    strings (which counting cannot tell from a dropped key) is parsed a second time,
+    exactly. See README, "Input bounds".
     """
-    if not needs_full_scan(document.structural_count(), body, records):
-        return
-    issues = record_issues(records)
-    if not issues and may_have_duplicate_keys(document.raw, document.structural_count(), body):
+    structural = document.structural_count()
+    shallow = shallow_count(body, records)
+    if proves_no_duplicate_keys(structural, shallow):
+        return  # and nothing nests: every value is a scalar that orjson checks at staging
+    scan = scan_records(records)
+    issues = scan.issues
+    if not issues and not proves_no_duplicate_keys(structural, shallow + scan.nested_count):
         duplicate = duplicate_key_issue(document.raw)
         issues = [duplicate] if duplicate is not None else []
     if issues:

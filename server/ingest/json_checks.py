@@ -111,81 +111,99 @@ def value_issues(value: Any, pointer: str) -> Iterator[BodyIssue]:
             yield BodyIssue(where, "out_of_range", "a number must fit a 64-bit integer or a double")
 
 
-def record_issues(records: list[Any], limit: int = 50) -> list[BodyIssue]:
-    """The issues of a bulk body's records, field by field, at most `limit`."""
+@dataclass(slots=True)
+class RecordScan:
+    issues: list[BodyIssue]
+    # Object members plus containers inside the records' field values (0 when no
+    # field nests), for the duplicate-key proof.
+    nested_count: int
+
+
+def scan_records(records: list[Any], limit: int = 50) -> RecordScan:
+    """The issues of a bulk body's records, field by field (at most `limit`), and how
+    much nests inside them. Pointers are only built for a field found in error."""
     found: list[BodyIssue] = []
+    nested_count = 0
     for row, record in enumerate(records):
         for key, value in record.items():
+            kind = type(value)
+            # Most fields are ASCII text or plain numbers: decided without a call.
+            if key.isascii() and (
+                (kind is str and value.isascii()) or kind is float or value is None
+            ):
+                continue
+            count = _count_storable(value, 1)
+            if count >= 0 and (key.isascii() or _LONE_SURROGATE.search(key) is None):
+                nested_count += count
+                continue
             where = f"/records/{row}/{pointer_token(key)}"
             if has_lone_surrogate(key):
                 found.append(_unicode_issue(where, "a field name"))
             found.extend(value_issues(value, where))
             if len(found) >= limit:
-                return found[:limit]
-    return found
+                return RecordScan(found[:limit], nested_count)
+    return RecordScan(found, nested_count)
+
+
+def record_issues(records: list[Any]) -> list[BodyIssue]:
+    return scan_records(records).issues
+
+
+def _count_storable(value: Any, depth: int) -> int:
+    """Members plus containers in `value` (at level `depth`), or -1 when value_issues
+    would find something. One fast pass, loops rather than generators (it runs over
+    every nested value of a body); recursion stops past MAX_VALUE_DEPTH."""
+    kind = type(value)
+    if kind is str:
+        return 0 if value.isascii() or _LONE_SURROGATE.search(value) is None else -1
+    if kind is dict:
+        if depth > MAX_VALUE_DEPTH:
+            return -1
+        total = 1 + len(value)
+        for key, item in value.items():
+            if not key.isascii() and _LONE_SURROGATE.search(key) is not None:
+                return -1
+            count = _count_storable(item, depth + 1)
+            if count < 0:
+                return -1
+            total += count
+        return total
+    if kind is list:
+        if depth > MAX_VALUE_DEPTH:
+            return -1
+        total = 1
+        for item in value:
+            count = _count_storable(item, depth + 1)
+            if count < 0:
+                return -1
+            total += count
+        return total
+    if (kind is int or kind is Decimal) and not fits_storage(value):
+        return -1
+    return 0  # float, bool, None, or a number that fits
 
 
 # --- duplicate keys --------------------------------------------------------------------
 
 
-def needs_full_scan(structural: int, body: dict[str, Any], records: list[Any]) -> bool:
-    """False when counting alone proves the body has no nested value and no duplicate key.
+def shallow_count(body: dict[str, Any], records: list[Any]) -> int:
+    """Members plus containers of a bulk body, not counting inside record fields."""
+    return len(body) + sum(map(len, records)) + 2 + len(records)
 
-    `structural` is how many of the bytes `: { [` the raw body holds. Each object
-    member needs a `:` and each container a `{` or `[`, and a string can only add more,
-    so structural ≥ keys + containers in the text ≥ keys + containers parsed. With no
-    value nested inside a record, the parsed body has exactly the members of the body
-    and of each record and 2 + len(records) containers; equality then means nothing
-    else is in the text: no nested value, no string holding those bytes, and no key
-    the parser dropped as a duplicate. That costs one count over the body (the
-    `translate` that finds long numbers already made it) instead of a second parse.
+
+def proves_no_duplicate_keys(structural: int, counted: int) -> bool:
+    """Whether counting alone proves the body names no key twice.
+
+    `structural` is how many of the bytes `: { [` the raw body holds; `counted` the
+    object members plus containers the parser returned. Each member needs a `:` and
+    each container a `{` or `[`, and a string can only add more, so structural ≥
+    members + containers in the text ≥ those parsed. Equality means nothing else is in
+    the text: no string holding those bytes, and no member the parser dropped as a
+    duplicate. That costs one count over the body (the `translate` that finds long
+    numbers already made it) instead of a second parse; a body it cannot clear (a time
+    `12:30` in a description) is left to duplicate_key_issue.
     """
-    expected = len(body) + sum(map(len, records)) + 2 + len(records)
-    return structural != expected
-
-
-@dataclass(slots=True)
-class _Tally:
-    keys: int = 0
-    containers: int = 0
-    structural_in_strings: int = 0
-
-
-def _tally(value: Any, tally: _Tally) -> None:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            tally.containers += 1
-            tally.keys += len(item)
-            for key, child in item.items():
-                tally.structural_in_strings += _structural_in(key)
-                stack.append(child)
-        elif isinstance(item, list):
-            tally.containers += 1
-            stack.extend(item)
-        elif isinstance(item, str):
-            tally.structural_in_strings += _structural_in(item)
-
-
-def _structural_in(text: str) -> int:
-    return text.count(":") + text.count("{") + text.count("[")
-
-
-def may_have_duplicate_keys(raw: bytes, structural: int, body: Any) -> bool:
-    """The second, exact-unless-escaped proof (a walk of the parsed body).
-
-    Subtracting what the parsed strings hold leaves keys + containers of the text, an
-    upper bound again; equality with the parsed count proves no key was dropped. A
-    `\\u` escape can spell `:` inside a string without the byte, so a body with any
-    escape is not proven here (the caller parses it once more, exactly). Only call
-    with a body whose depth was checked: the walk keeps every container on its stack.
-    """
-    if b"\\u" in raw:
-        return True
-    tally = _Tally()
-    _tally(body, tally)
-    return structural - tally.structural_in_strings != tally.keys + tally.containers
+    return structural == counted
 
 
 class _Duplicated(dict[str, Any]):
@@ -194,28 +212,37 @@ class _Duplicated(dict[str, Any]):
     key: str
 
 
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) == len(pairs):
-        return result
-    marked = _Duplicated(result)
+def _first_repeated(pairs: list[tuple[str, Any]]) -> str:
     seen: set[str] = set()
     for key, _ in pairs:
         if key in seen:
-            marked.key = key
-            break
+            return key
         seen.add(key)
-    return marked
+    raise AssertionError("no repeated key")
 
 
 def duplicate_key_issue(raw: bytes) -> BodyIssue | None:
     """The first object member named twice in the raw body, or None. A second parse
     (json with a pairs hook, numbers left as text): only for bodies the cheap proofs
     could not clear, or small ones. The body must already have parsed once."""
+    marked: list[_Duplicated] = []
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        result = dict(pairs)
+        if len(result) == len(pairs):
+            return result
+        duplicated = _Duplicated(result)
+        duplicated.key = _first_repeated(pairs)
+        marked.append(duplicated)
+        return duplicated
+
     try:
-        parsed = json.loads(raw, object_pairs_hook=_pairs, parse_float=str, parse_int=str)
+        parsed = json.loads(raw, object_pairs_hook=pairs_hook, parse_float=str, parse_int=str)
     except RecursionError:
         return BodyIssue("", "too_deep", "the body nests deeper than this server parses")
+    if not marked:
+        return None
+    # Only now, with a duplicate known to exist, build pointers to find where it is.
     stack: list[tuple[Any, str]] = [(parsed, "")]
     while stack:
         item, where = stack.pop()
@@ -229,4 +256,4 @@ def duplicate_key_issue(raw: bytes) -> BodyIssue | None:
             stack.extend((v, f"{where}/{pointer_token(k)}") for k, v in reversed(item.items()))
         elif isinstance(item, list):
             stack.extend((v, f"{where}/{i}") for i, v in reversed(list(enumerate(item))))
-    return None
+    raise AssertionError("a marked object was not found")
