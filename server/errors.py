@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from server.constants import MAX_REQUEST_ID_CHARS
 from server.types import JSON
@@ -145,7 +146,7 @@ def _from_http_exception(exc: web.HTTPException) -> Problem:
 
 
 @web.middleware
-async def problem_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id_of(request)
     try:
         return await handler(request)

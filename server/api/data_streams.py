@@ -62,6 +62,7 @@ async def create_data_stream(request: web.Request) -> web.Response:
         )
     if errors:
         raise Problem(422, "validation-error", "the data stream is not valid", errors=errors)
+    assert isinstance(key, str)  # checked above
     row = await request.app[STORE].create_data_stream(caller.environment_id, key, name, currency)
     if row is None:
         raise Problem(409, "conflict", f"a data stream with key {key!r} already exists")

@@ -32,6 +32,7 @@ from server.constants import FILE_READ_BYTES, MAX_FILENAME_CHARS, MAX_PART_HEADE
 from server.errors import Problem, field_error
 from server.ingest.detect import detect_format
 from server.ingest.json_checks import replace_lone_surrogates
+from server.types import JSON
 
 FORMATS = frozenset({"csv", "nacha"})
 ON_CONFLICT = frozenset({"skip", "error"})
@@ -200,7 +201,7 @@ async def create_upload(request: web.Request) -> web.Response:
 async def _validate(
     request: web.Request, received: _ReceivedFile | None, fields: dict[str, str]
 ) -> tuple[str, str, str | None]:
-    errors = []
+    errors: list[JSON] = []
     if received is None:
         raise Problem(
             422,
