@@ -206,39 +206,6 @@ def proves_no_duplicate_keys(structural: int, counted: int) -> bool:
     return structural == counted
 
 
-def structural_in_strings(records: list[Any]) -> int:
-    """How many of `: { [` the keys and strings inside the records hold, as parsed.
-
-    Subtracted from the body's count, it leaves an upper bound of the members and
-    containers in the text again, unless a `\\u` escape spelled one of those characters
-    without the byte (so a body with any `\\u` is not proven this way). Dropped
-    duplicates only make the bound looser, so equality still proves there were none.
-    """
-    total = 0
-    for record in records:
-        for key, value in record.items():
-            total += _structural_chars(key) + _structural_in(value)
-    return total
-
-
-def _structural_chars(text: str) -> int:
-    return text.count(":") + text.count("{") + text.count("[")
-
-
-def _structural_in(value: Any) -> int:
-    kind = type(value)
-    if kind is str:
-        return _structural_chars(value)
-    total = 0
-    if kind is dict:
-        for key, item in value.items():
-            total += _structural_chars(key) + _structural_in(item)
-    elif kind is list:
-        for item in value:
-            total += _structural_in(item)
-    return total
-
-
 class _Duplicated(dict[str, Any]):
     """An object that named `key` more than once (marked while parsing)."""
 
