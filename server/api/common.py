@@ -50,7 +50,7 @@ def json_response(
 # those bodies merely take the slower exact path. bytes.translate + `in` run in C: a
 # regex over a 150 kB body cost more than the whole parse it was meant to save. The
 # same translation marks the bytes `: { [` as `x`, for the duplicate-key proof of
-# json_checks.needs_full_scan (one count instead of a second parse).
+# json_checks.proves_no_duplicate_keys (one count instead of a second parse).
 _SHAPE = bytes(
     ord("0")
     if chr(b) in "0123456789.+-"

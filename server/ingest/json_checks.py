@@ -27,7 +27,7 @@ _MAX_DOUBLE = Decimal(sys.float_info.max)
 # Staged rows are written and read back with orjson: integers within 64 bits (signed
 # below zero, unsigned above).
 _STORABLE_INTS = range(-(2**63), 2**64)
-# The bytes a bulk body's cheap duplicate-key proof counts (see `needs_full_scan`).
+# The bytes the duplicate-key proof counts in a raw body (see proves_no_duplicate_keys).
 STRUCTURAL_BYTES = b":{["
 
 
