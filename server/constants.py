@@ -11,6 +11,10 @@ MAX_JSON_BODY_BYTES = 24 * 1024 * 1024
 MAX_DESCRIPTION_CHARS = 1000
 MAX_EXTERNAL_ID_CHARS = 255
 MAX_METADATA_BYTES = 16 * 1024
+# SPEC §11: a value inside a record (metadata, or any field) nests at most this many
+# levels (the value itself is level 1). Ledgers and spreadsheets downstream flatten
+# metadata; 32 is far beyond any real use and keeps every walk of a body short.
+MAX_VALUE_DEPTH = 32
 # Amounts are stored as integer minor units. 2**53 - 1 keeps every amount exact for
 # clients that parse JSON numbers as IEEE doubles (JavaScript, many spreadsheets).
 MAX_ABS_MINOR_UNITS = 2**53 - 1
@@ -122,6 +126,11 @@ MAX_CSV_COLUMNS = 256
 # quote swallowing the rest of the file). Every record field fits with room to spare:
 # 16 KiB of metadata + 1000 characters of description + the rest.
 MAX_CSV_ROW_BYTES = 64 * 1024
+
+# A multipart part's header lines (its Content-Disposition holds the file name) may be
+# this long: a 10,000-character name, percent-encoded, fits, and is then cut to
+# MAX_FILENAME_CHARS. aiohttp's default is the request's own header limit (8 KiB).
+MAX_PART_HEADER_BYTES = 128 * 1024
 
 # --- HTTP ------------------------------------------------------------------------------
 # A client-supplied X-Request-ID is echoed only if it is this short and printable.

@@ -111,7 +111,12 @@ def problem_body(problem: Problem, *, instance: str, request_id: str) -> bytes:
     }
     if problem.errors is not None:
         body["errors"] = problem.errors
-    return orjson.dumps(body)
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        # Something echoed from the request (a field name, a path) holds a lone
+        # surrogate, which no JSON encoder writes: escape it rather than fail the answer.
+        return orjson.dumps(_echoable(body))
 
 
 def problem_response(request: web.Request, problem: Problem) -> web.Response:
@@ -121,6 +126,16 @@ def problem_response(request: web.Request, problem: Problem) -> web.Response:
         content_type=PROBLEM_CONTENT_TYPE,
         headers=problem.headers,
     )
+
+
+def _echoable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_echoable(k): _echoable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_echoable(v) for v in value]
+    return value
 
 
 def _from_http_exception(exc: web.HTTPException) -> Problem:

@@ -200,25 +200,32 @@ async def test_unicode_everywhere_round_trips(api: Api) -> None:
 
 async def test_text_that_json_escapes_round_trips_and_nul_is_refused(api: Api) -> None:
     # Batches reach SQLite as one JSON array: every escape must come back unchanged.
+    # NUL is refused wherever text is stored (issue 9.6: metadata keys and values too);
+    # the six characters `\u0000` are ordinary text and are kept.
     await api.create_stream()
     tricky = 'quote " backslash \\ tab \t newline \n LS \u2028 ctrl \x01 end'
+    literal = {"k": tricky, "escape": "\\u0000 is six characters"}
     summary = await api.submit(
         [
-            record(1, description=tricky, external_id=tricky, metadata={"k": "a\x00b"}),
+            record(1, description=tricky, external_id=tricky, metadata=literal),
             record(2, description="cut\x00here"),
             record(3, external_id="id\x00x"),
+            record(4, metadata={"k": "a\x00b"}),
+            record(5, metadata={"outer": [{"ke\x00y": 1}]}),
         ]
     )
     done = await api.wait_terminal(summary["id"])
-    assert (done["successful_items"], done["failed_items"]) == (1, 2)
+    assert (done["successful_items"], done["failed_items"]) == (1, 4)
     [stored] = (await api.get("/v1/records"))["data"]
     assert stored["description"] == tricky
     assert stored["external_id"] == tricky
-    assert stored["metadata"] == {"k": "a\x00b"}  # inside JSON the NUL stays escaped
+    assert stored["metadata"] == literal
     errors = (await api.get(f"/v1/bulk_requests/{summary['id']}/errors"))["data"]
     assert [(e["row"], e["code"], e["pointer"]) for e in errors] == [
         (1, "invalid_characters", "/records/1/description"),
         (2, "invalid_characters", "/records/2/external_id"),
+        (3, "invalid_characters", "/records/3/metadata/k"),
+        (4, "invalid_characters", "/records/4/metadata/outer/0/ke\x00y"),
     ]
 
 
@@ -303,7 +310,6 @@ async def test_too_many_records(api: Api) -> None:
         b'{"records": [Infinity]}',
         b"\xff\xfe{}",
         b"",
-        b"[" * 100000 + b"]" * 100000,
         b'{"records": [1,]}',
     ],
 )

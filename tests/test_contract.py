@@ -8,15 +8,20 @@ test_openapi.py proves the served document is that file.
 
 Every operation gets one test item. Each generated case — schemathesis' examples,
 coverage and fuzzing phases, valid and invalid data, with and without the API key —
-must get a response that is not a 5xx and whose status code, Content-Type, headers and
-body all match the document. Generation is derandomized, so CI sees the same cases on
-every run (the server's timing can still vary which documented answer a case gets).
+must pass every built-in check but positive-data acceptance (see EXCLUDED_CHECKS): no
+5xx, status code, Content-Type, headers and body as documented, schema-violating data
+refused. A stateful test chains calls through the document's links. The normal run is
+seeded and derandomized, so CI sees the same cases every time (the server's timing can
+still vary which documented answer a case gets); `BULK_FUZZ=long` runs a random seed,
+printed in the summary, with many more examples.
 
 Run only these with `python -m pytest -m contract`.
 """
 
 from __future__ import annotations
 
+import os
+import random
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -31,6 +36,7 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    positive_data_acceptance,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
@@ -54,9 +60,21 @@ TERMINAL = frozenset({"completed", "failed", "cancelled"})
 TERMINAL_TIMEOUT = 20.0
 # Ordinary calls answer in milliseconds; this only bounds a hung server.
 REQUEST_TIMEOUT = 10.0
-# Fuzzed examples per operation (the examples and coverage phases add their own,
-# deterministic cases): enough to find what is findable in a CI-sized run.
-MAX_EXAMPLES = 25
+# Two profiles. The normal suite: a fixed seed, so CI sees the same cases on every run,
+# and 25 fuzzed examples per operation (the examples and coverage phases add their own,
+# deterministic cases). `BULK_FUZZ=long` (README, "API contract"): a random seed,
+# printed in the summary (and `BULK_FUZZ_SEED=<n>` replays it), 300 examples per
+# operation and longer stateful runs: harder to pass by luck.
+LONG = os.environ.get("BULK_FUZZ") == "long"
+SEED = int(
+    os.environ.get("BULK_FUZZ_SEED")
+    or (random.SystemRandom().randrange(2**32) if LONG else 20240501)
+)
+MAX_EXAMPLES = 300 if LONG else 25
+# Stateful runs follow the document's links (create → read, list, cancel, retry …):
+# scenarios × steps per scenario.
+STATEFUL_SCENARIOS = 60 if LONG else 8
+STATEFUL_STEPS = 25 if LONG else 8
 # GET /v1/events never ends, by design. schemathesis reads an event stream until it
 # ends, sends `max-stream-events` events or the request timeout passes, so each case of
 # it costs the whole timeout: a short one and few cases keep its check (status, headers,
@@ -66,7 +84,15 @@ ENDLESS_STREAM = "/v1/events"
 ENDLESS_STREAM_TIMEOUT = 1.0
 ENDLESS_STREAM_EXAMPLES = 3
 
-CHECKS = [
+# Every built-in check runs (schemathesis' default set: server errors, status codes,
+# content types, headers and bodies as documented, negative data rejected, missing
+# required headers and unsupported methods refused, ignored auth, use after free,
+# resources available, response time) but one: positive-data acceptance. The document
+# cannot honestly promise it: a `cursor` is any string to a schema but only one the
+# server issued is accepted (a forged one is a 400, SPEC §11), and no schema can say so.
+EXCLUDED_CHECKS = [positive_data_acceptance]
+# The replayed findings below need no state and no second request.
+FINDING_CHECKS = [
     not_a_server_error,
     status_code_conformance,
     content_type_conformance,
@@ -80,11 +106,18 @@ CONFIG = schemathesis.Config.from_dict(
     {
         # Fixed, so CI runs the same cases every time: schemathesis seeds each operation's
         # run (examples, coverage and fuzzing phases) from it; unset, it is random per run.
-        "seed": 20240501,
+        "seed": SEED,
         # The key is applied through the document's own security scheme; schemathesis
         # also sends cases without it or with a wrong one, which must answer 401.
         "auth": {"openapi": {"ApiKeyAuth": {"api_key": API_KEY}}},
         "generation": {"max-examples": MAX_EXAMPLES},
+        # Every phase, named so that none is left out by a default changing.
+        "phases": {
+            "examples": {"enabled": True},
+            "coverage": {"enabled": True},
+            "fuzzing": {"enabled": True},
+            "stateful": {"enabled": True},
+        },
         "max-stream-events": 5,
         "operations": [
             {
@@ -96,6 +129,7 @@ CONFIG = schemathesis.Config.from_dict(
 )
 SCHEMA = schemathesis.openapi.from_path(OPENAPI_FILE, config=CONFIG)
 CASES_RUN: Counter[str] = Counter()
+STATEFUL_STEPS_RUN: list[int] = []
 STATUSES: dict[str, Counter[int]] = {}
 
 
@@ -224,12 +258,14 @@ def report_case_count(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or capture is None or not CASES_RUN:
+    if reporter is None or capture is None or not (CASES_RUN or STATEFUL_STEPS_RUN):
         return
     total = sum(n for counts in STATUSES.values() for n in counts.values())
     with capture.global_and_fixture_disabled():
         reporter.write_line(
-            f"\nschemathesis contract: {total} cases over {len(STATUSES)} operations"
+            f"\nschemathesis contract: {total} cases over {len(STATUSES)} operations, "
+            f"seed {SEED} (replay: BULK_FUZZ=long BULK_FUZZ_SEED={SEED} "
+            "python -m pytest -m contract)"
         )
         for label, counts in sorted(STATUSES.items()):
             fresh = CASES_RUN.get("fresh: " + label, 0)
@@ -237,6 +273,8 @@ def report_case_count(request: pytest.FixtureRequest) -> Iterator[None]:
                 f"  {label}: {dict(sorted(counts.items()))}"
                 + (f" ({fresh} on a just-created request)" if fresh else "")
             )
+        if STATEFUL_STEPS_RUN:
+            reporter.write_line(f"  stateful: {STATEFUL_STEPS_RUN[0]} linked calls")
 
 
 def _timeout_for(path: str) -> float:
@@ -246,8 +284,8 @@ def _timeout_for(path: str) -> float:
 @SCHEMA.parametrize()
 @settings(
     # max_examples comes from CONFIG, which can set it per operation. derandomize is the
-    # fallback should the seed above ever be removed.
-    derandomize=True,
+    # fallback should the seed above ever be removed (the long profile wants randomness).
+    derandomize=not LONG,
     database=None,
     deadline=None,
     # Responses come from a real server; slow or filtered generation is not a defect.
@@ -262,10 +300,38 @@ def test_api_matches_document(case: Any, live_server: LiveServer) -> None:
     CASES_RUN[case.operation.label] += 1
     response = case.call_and_validate(
         base_url=live_server.url,
-        checks=CHECKS,
+        excluded_checks=EXCLUDED_CHECKS,
         timeout=_timeout_for(case.operation.path),
     )
     STATUSES.setdefault(case.operation.label, Counter())[response.status_code] += 1
+
+
+def test_linked_workflows_match_document(live_server: LiveServer) -> None:
+    """The stateful phase: sequences of calls chained by the document's links (a submit's
+    `id` fed to get, errors, cancel, retry, events, records), every response checked
+    like the single calls above."""
+    url = live_server.url
+
+    class Workflows(SCHEMA.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"base_url": url, "timeout": _timeout_for(case.operation.path)}
+
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            STATEFUL_STEPS_RUN[:] = [(STATEFUL_STEPS_RUN or [0])[0] + 1]
+            case.validate_response(
+                response, excluded_checks=EXCLUDED_CHECKS, transport_kwargs=kwargs
+            )
+
+    Workflows.run(
+        settings=settings(
+            max_examples=STATEFUL_SCENARIOS,
+            stateful_step_count=STATEFUL_STEPS,
+            derandomize=not LONG,
+            database=None,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
 
 
 # Each case the fuzzer found (a 500 before the fix), replayed exactly, plus the cases
@@ -324,7 +390,7 @@ def test_fuzzer_findings_stay_fixed(finding: str, live_server: LiveServer) -> No
         timeout=REQUEST_TIMEOUT,
     )
     assert response.status_code == status, response.text
-    SCHEMA[path]["POST"].Case().validate_response(response, checks=CHECKS)
+    SCHEMA[path]["POST"].Case().validate_response(response, checks=FINDING_CHECKS)
     if row_error is not None:
         request_id = response.json()["id"]
         assert live_server.wait_terminal(request_id) == "completed"

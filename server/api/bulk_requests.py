@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from decimal import Decimal
-from typing import Any
 
 import orjson
 from aiohttp import web
@@ -16,6 +14,7 @@ from server.api.common import (
     POOL,
     SETTINGS,
     STORE,
+    JsonDocument,
     decode_cursor,
     idempotency_key,
     json_response,
@@ -31,10 +30,17 @@ from server.api.error_export import stream_errors_csv
 from server.api.render import render_bulk_request, render_row_error, render_summary
 from server.auth import caller_of
 from server.constants import MAX_RECORDS_PER_REQUEST
-from server.db.tx import fits_staging
 from server.errors import Problem, field_error, not_found
 from server.events import log_transition
-from server.ingest.validation import pointer_token
+from server.ingest.json_checks import (
+    BodyIssue,
+    duplicate_key_issue,
+    fits_storage,
+    proves_no_duplicate_keys,
+    record_issues,
+    scan_records,
+    shallow_count,
+)
 from server.money import canonical_amount_text
 from server.types import JSON
 
@@ -88,54 +94,9 @@ def _validate_submission(body: JSON) -> tuple[list[JSON], str]:
     return records, on_conflict
 
 
-def _unstorable_numbers(value: Any, pointer: str) -> Iterator[str]:
-    """JSON Pointers of the numbers in `value` that the row staging cannot hold."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _unstorable_numbers(item, f"{pointer}/{pointer_token(str(key))}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _unstorable_numbers(item, f"{pointer}/{index}")
-    elif isinstance(value, int | Decimal) and not fits_staging(value):
-        yield pointer
-
-
-def _unstorable_problem(records: list[JSON]) -> Problem | None:
-    """The 422 for numbers too large to store (outside `amount`), or None if there are none.
-
-    Only computed after staging failed, so well-formed bodies never pay for the walk.
-    """
-    pointers = [
-        pointer
-        for row, record in enumerate(records)
-        for key, value in record.items()
-        if key != "amount"
-        for pointer in _unstorable_numbers(value, f"/records/{row}/{pointer_token(key)}")
-    ]
-    if not pointers:
-        return None
-    return Problem(
-        422,
-        "validation-error",
-        "the bulk request has numbers too large to store",
-        errors=[
-            field_error(p, "out_of_range", "a number must fit a 64-bit integer or a double")
-            for p in pointers[:50]
-        ],
-    )
-
-
-async def submit_records(request: web.Request) -> web.Response:
-    caller = caller_of(request)
-    document, may_hold_decimals = await read_json_document(request)
-    body = require_object(document, {"records", "on_conflict"})
-    records, on_conflict = _validate_submission(body)
-    key = idempotency_key(request)
-    # Amounts are staged as exact decimal text when that matters: Decimals and big ints
-    # cannot be staged as JSON numbers, and the idempotency fingerprint compares amounts
-    # by value. Otherwise every number is a float or int that stages (and validates)
-    # exactly as it is, and this loop (~0.5 ms per 1000 rows) is skipped.
-    for record in records if may_hold_decimals or key is not None else ():
+def _rewrite_amounts(records: list[JSON]) -> None:
+    """Amounts as canonical decimal text, where that matters (see submit_records)."""
+    for record in records:
         amount = record.get("amount")
         if isinstance(amount, Decimal):
             record["amount"] = canonical_amount_text(str(amount))
@@ -143,9 +104,58 @@ async def submit_records(request: web.Request) -> web.Response:
             record["amount"] = canonical_amount_text(repr(amount))
         elif isinstance(amount, str):
             record["amount"] = canonical_amount_text(amount)
-        elif isinstance(amount, int) and not fits_staging(amount):
-            # Out of range for every currency (a row error), and for orjson.
+        elif isinstance(amount, int) and not fits_storage(amount):
+            # Out of range for every currency (a row error, amount_out_of_range), and
+            # for orjson: as text it stages like any other bad amount.
             record["amount"] = str(amount)
+
+
+def _body_problem(issues: list[BodyIssue]) -> Problem:
+    return Problem(
+        422,
+        "validation-error",
+        "an object in the request body names a key twice"
+        if all(i.code == "duplicate_key" for i in issues)
+        else "the bulk request has values that cannot be stored",
+        errors=[field_error(i.pointer, i.code, i.message) for i in issues],
+    )
+
+
+def _check_structure(document: JsonDocument, body: JSON, records: list[JSON]) -> None:
+    """Depth, storability and duplicate keys (json_checks), cheapest proof first.
+
+    Most bodies are cleared by one count over their text; a body with nested values
+    takes one walk that checks and counts them; only one whose strings hold `: { [`
+    (a time `12:30`, a URL), which counting cannot tell from a dropped key, is parsed a
+    second time, exactly (counting those characters in Python measured slower than the
+    C parser). See README, "Input bounds".
+    """
+    structural = document.structural_count()
+    shallow = shallow_count(body, records)
+    if proves_no_duplicate_keys(structural, shallow):
+        return  # and nothing nests: every value is a scalar that orjson checks at staging
+    scan = scan_records(records)
+    issues = scan.issues
+    if not issues and not proves_no_duplicate_keys(structural, shallow + scan.nested_count):
+        duplicate = duplicate_key_issue(document.raw)
+        issues = [duplicate] if duplicate is not None else []
+    if issues:
+        raise _body_problem(issues)
+
+
+async def submit_records(request: web.Request) -> web.Response:
+    caller = caller_of(request)
+    document = await read_json_document(request)
+    body = require_object(document.value, {"records", "on_conflict"})
+    records, on_conflict = _validate_submission(body)
+    key = idempotency_key(request)
+    # Amounts are staged as exact decimal text when that matters: Decimals and big ints
+    # cannot be staged as JSON numbers, and the idempotency fingerprint compares amounts
+    # by value. Otherwise every number is a float or int that stages (and validates)
+    # exactly as it is, and this loop (~0.5 ms per 1000 rows) is skipped.
+    if document.may_hold_decimals or key is not None:
+        _rewrite_amounts(records)
+    _check_structure(document, body, records)
     try:
         # The fingerprint covers the amounts as staged (text), like the rows themselves.
         claim = _claim(key, "records.bulk", body)
@@ -154,12 +164,13 @@ async def submit_records(request: web.Request) -> web.Response:
                 request.app[STORE], caller.environment_id, records, on_conflict, claim
             )
     except orjson.JSONEncodeError:
-        # A number elsewhere in a record (metadata, say) that the staging cannot hold: the
-        # transaction rolled back; name each one instead of answering 500.
-        problem = _unstorable_problem(records)
-        if problem is None:
+        # A body the cheap proof cleared can still hold a lone surrogate or a number
+        # orjson cannot write (the transaction rolled back, or never began): name each
+        # one. Only computed after staging failed, so well-formed bodies never pay.
+        issues = record_issues(records)
+        if not issues:
             raise
-        raise problem from None
+        raise _body_problem(issues) from None
     if replayed:
         return json_response(render_summary(row), status=200, headers=REPLAYED)
     request.app[HUB].publish(row)  # right after the commit: streams see commit order

@@ -8,6 +8,7 @@ import contextlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +20,12 @@ from server.constants import DEFAULT_PAGE_LIMIT, MAX_IDEMPOTENCY_KEY_CHARS, MAX_
 from server.db.store import Store
 from server.errors import Problem, field_error, not_found, parameter_error
 from server.events import ProgressHub
+from server.ingest.json_checks import (
+    STRUCTURAL_BYTES,
+    BodyIssue,
+    duplicate_key_issue,
+    pointer_token,
+)
 from server.types import JSON
 from server.worker import WorkerPool
 
@@ -41,35 +48,66 @@ def json_response(
 # Finds JSON numbers a double might not hold exactly: a run of 16+ number characters, or
 # a digit followed by an exponent. It matches inside strings too (long ids, "2eggs");
 # those bodies merely take the slower exact path. bytes.translate + `in` run in C: a
-# regex over a 150 kB body cost more than the whole parse it was meant to save.
-_NUMBER_CHARS = bytes(
-    ord("0") if chr(b) in "0123456789.+-" else ord("e") if chr(b) in "eE" else ord(" ")
+# regex over a 150 kB body cost more than the whole parse it was meant to save. The
+# same translation marks the bytes `: { [` as `x`, for the duplicate-key proof of
+# json_checks.proves_no_duplicate_keys (one count instead of a second parse).
+_SHAPE = bytes(
+    ord("0")
+    if chr(b) in "0123456789.+-"
+    else ord("e")
+    if chr(b) in "eE"
+    else ord("x")
+    if b in STRUCTURAL_BYTES
+    else ord(" ")
     for b in range(256)
 )
 _LONG_NUMBER = b"0" * 16
 _EXPONENT = b"0e"
 
 
-def _needs_exact_parse(raw: bytes) -> bool:
-    shape = raw.translate(_NUMBER_CHARS)
-    return _LONG_NUMBER in shape or _EXPONENT in shape
+@dataclass(frozen=True, slots=True)
+class JsonDocument:
+    """A parsed request body, with what the checks after parsing need of its text."""
+
+    value: Any
+    raw: bytes
+    # True when numbers may be Decimals or integers beyond 64 bits (the exact parser ran).
+    may_hold_decimals: bool
+    shape: bytes
+
+    def structural_count(self) -> int:
+        """How many of the bytes `: { [` the body holds."""
+        return self.shape.count(b"x")
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _issues_problem(detail: str, issues: list[BodyIssue]) -> Problem:
+    return Problem(
+        422,
+        "validation-error",
+        detail,
+        errors=[field_error(i.pointer, i.code, i.message) for i in issues],
+    )
+
+
 async def read_json_body(request: web.Request) -> Any:
-    """The parsed body; every number in it is exact (see read_json_document)."""
-    body, _ = await read_json_document(request)
-    return body
+    """The parsed body of a small JSON route; every number in it is exact, and an object
+    naming a key twice is a 422 (the exact second parse is cheap at this size)."""
+    document = await read_json_document(request)
+    duplicate = duplicate_key_issue(document.raw)
+    if duplicate is not None:
+        raise _issues_problem("the request body names a key twice", [duplicate])
+    return document.value
 
 
-async def read_json_document(request: web.Request) -> tuple[Any, bool]:
-    """(the parsed body, whether it may hold Decimals and integers beyond 64 bits).
+async def read_json_document(request: web.Request) -> JsonDocument:
+    """The parsed body, with its text (see JsonDocument).
 
     Numbers a double holds exactly come back as float/int; any other number comes
-    back as an exact Decimal (or a big int), and then the flag is True.
+    back as an exact Decimal (or a big int), and then `may_hold_decimals` is True.
     """
     if request.content_type not in JSON_CONTENT_TYPES and not request.content_type.endswith(
         "+json"
@@ -82,23 +120,31 @@ async def read_json_document(request: web.Request) -> tuple[Any, bool]:
     raw = await request.read()  # bounded by the app's client_max_size → 413
     if not raw:
         raise Problem(400, "invalid-json", "the request body is empty")
-    if not _needs_exact_parse(raw):
+    shape = raw.translate(_SHAPE)
+    if _LONG_NUMBER not in shape and _EXPONENT not in shape:
         # orjson is ~3× faster than json+Decimal (most of a bulk POST's accept time) and
         # exact here: with no exponent and at most 15 significant digits, a decimal
         # literal survives float → repr() unchanged (DBL_DIG is 15). Anything it rejects
         # goes on to the exact parser below, which also words the 400.
         with contextlib.suppress(orjson.JSONDecodeError):
-            return orjson.loads(raw), False
+            return JsonDocument(orjson.loads(raw), raw, False, shape)
     try:
-        return json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant), True
+        value = json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise Problem(
             400, "invalid-json", f"{exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     except UnicodeDecodeError:
         raise Problem(400, "invalid-json", "the request body is not UTF-8 text") from None
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        # Valid JSON, but deeper than any body this service accepts (SPEC §11).
+        raise _issues_problem(
+            "the request body nests too deeply",
+            [BodyIssue("", "too_deep", "the body nests deeper than this server parses")],
+        ) from None
+    except ValueError as exc:
         raise Problem(400, "invalid-json", f"the request body is not valid JSON: {exc}") from None
+    return JsonDocument(value, raw, True, shape)
 
 
 def require_object(body: Any, allowed: set[str]) -> JSON:
@@ -116,7 +162,7 @@ def require_object(body: Any, allowed: set[str]) -> JSON:
             "validation-error",
             "the request body has unknown fields",
             errors=[
-                field_error(f"/{name}", "unknown_field", f"unknown field {name!r}")
+                field_error(f"/{pointer_token(name)}", "unknown_field", f"unknown field {name!r}")
                 for name in unknown[:20]
             ],
         )
@@ -163,6 +209,9 @@ def page_limit(request: web.Request) -> int:
     return int(text)
 
 
+_CURSOR_POSITIONS = range(0, 2**63)
+
+
 def encode_cursor(kind: str, position: int) -> str:
     raw = orjson.dumps([kind, position])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -184,6 +233,9 @@ def decode_cursor(request: web.Request, kind: str) -> int | None:
         or decoded[0] != kind
         or not isinstance(decoded[1], int)
         or isinstance(decoded[1], bool)
+        # Positions are ids and row numbers: SQLite integers, never negative. A forged
+        # one beyond 64 bits would overflow the query (SPEC §11: a 400, not a 500).
+        or decoded[1] not in _CURSOR_POSITIONS
     ):
         raise Problem(
             400,

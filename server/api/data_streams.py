@@ -19,6 +19,7 @@ from server.api.render import render_data_stream, render_record
 from server.auth import caller_of
 from server.constants import MAX_DATA_STREAM_KEY_CHARS, MAX_DATA_STREAM_NAME_CHARS
 from server.errors import Problem, field_error, not_found, parameter_error
+from server.ingest.validation import text_problem
 from server.money import currency_exponent
 
 # Keys appear in URL paths, so they are restricted to characters that need no escaping.
@@ -50,6 +51,8 @@ async def create_data_stream(request: web.Request) -> web.Response:
                 f"name must be a string of at most {MAX_DATA_STREAM_NAME_CHARS} characters",
             )
         )
+    elif name is not None and (problem := text_problem(name)) is not None:
+        errors.append(field_error("/name", problem.code, f"name {problem.message}"))
     currency = body.get("currency", "USD")
     if not isinstance(currency, str) or currency_exponent(currency) is None:
         errors.append(

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from server import bulk_requests as domain
 from server.api.common import (
@@ -29,10 +29,11 @@ from server.api.common import (
 )
 from server.api.render import is_parsing, render_summary
 from server.auth import caller_of
-from server.constants import FILE_READ_BYTES, MAX_FILENAME_CHARS
+from server.constants import FILE_READ_BYTES, MAX_FILENAME_CHARS, MAX_PART_HEADER_BYTES
 from server.errors import Problem, field_error
 from server.ingest.detect import detect_format
 from server.ingest.nacha_codes import NachaOption, UnknownNachaOptions, parse_nacha_options
+from server.ingest.json_checks import replace_lone_surrogates
 from server.types import JSON
 
 FORMATS = frozenset({"csv", "nacha"})
@@ -47,8 +48,9 @@ def sanitize_filename(name: str | None) -> str | None:
     """The client's file name for display only: no directories, no control characters."""
     if not name:
         return None
-    # Some clients (aiohttp's among them) percent-encode the name in the header.
-    base = re.split(r"[\\/]", unquote(name))[-1]
+    # Some clients (aiohttp's among them) percent-encode the name in the header. Bytes
+    # that are not UTF-8 reach us as lone surrogates, which SQLite cannot store.
+    base = re.split(r"[\\/]", replace_lone_surrogates(unquote(name)))[-1]
     cleaned = _UNSAFE_FILENAME.sub("", base).strip()
     return cleaned[:MAX_FILENAME_CHARS] or None
 
@@ -77,6 +79,17 @@ async def _receive_file(part: BodyPartReader, received: _ReceivedFile, limit: in
             received.sha256.update(chunk)
             handle.write(chunk)
     received.filename = sanitize_filename(part.filename)
+
+
+def _multipart_reader(request: web.Request) -> MultipartReader:
+    """request.multipart(), except that a part's header lines may be longer than the
+    request's own: the file name lives there, and a long one is cut, not refused."""
+    return MultipartReader(
+        request.headers,
+        request.content,
+        client_max_size=request.app[SETTINGS].max_upload_bytes,
+        max_field_size=MAX_PART_HEADER_BYTES,
+    )
 
 
 async def _read_text(part: BodyPartReader) -> str:
@@ -113,7 +126,7 @@ async def create_upload(request: web.Request) -> web.Response:
     fields: dict[str, str] = {}
     try:
         try:
-            reader = await request.multipart()
+            reader = _multipart_reader(request)
             while (part := await reader.next()) is not None:
                 if not isinstance(part, BodyPartReader):
                     raise Problem(
@@ -128,6 +141,13 @@ async def create_upload(request: web.Request) -> web.Response:
                     await part.release()  # unknown parts are ignored, not buffered
         except ValueError as exc:  # malformed multipart framing
             raise Problem(400, "validation-error", f"malformed multipart body: {exc}") from None
+        except LineTooLong:
+            raise Problem(
+                400,
+                "validation-error",
+                "malformed multipart body: a part's header line is longer than "
+                f"{MAX_PART_HEADER_BYTES // 1024} KiB",
+            ) from None
         except HttpProcessingError:
             # A part's headers that do not parse (aiohttp raises InvalidHeader, which is
             # not a ValueError): the client's framing is wrong, not the server.
@@ -230,11 +250,19 @@ async def _validate(
             "the uploaded file is empty",
             errors=[field_error("/file", "empty", "the file has no bytes")],
         )
-    upload_format = fields.get("format") or detect_format(received.head)
-    if upload_format not in FORMATS:
+    # A field sent empty is an error, not "absent": `format=` most likely means a form
+    # or script that failed to fill it in, and guessing could parse a file the wrong way.
+    # Leave a field out to get its default (README, "Uploads").
+    errors.extend(
+        field_error(f"/{name}", "empty", f"{name} is empty; send a value or leave the field out")
+        for name in sorted(TEXT_FIELDS)
+        if fields.get(name) == ""
+    )
+    upload_format = fields.get("format", detect_format(received.head))
+    if upload_format not in FORMATS and upload_format != "":
         errors.append(field_error("/format", "invalid_choice", "format must be csv or nacha"))
-    on_conflict = fields.get("on_conflict") or "skip"
-    if on_conflict not in ON_CONFLICT:
+    on_conflict = fields.get("on_conflict", "skip")
+    if on_conflict not in ON_CONFLICT and on_conflict != "":
         errors.append(
             field_error("/on_conflict", "invalid_choice", "on_conflict must be skip or error")
         )

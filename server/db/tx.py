@@ -9,7 +9,6 @@ WriteTx past the function it was given to.
 from __future__ import annotations
 
 import sqlite3
-import sys
 import zlib
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
@@ -22,6 +21,7 @@ from server.chains import RowRun
 from server.clock import now_rfc3339, to_rfc3339, utc_now
 from server.constants import IDEMPOTENCY_KEY_TTL_SECONDS, MAX_ROWS_PER_INSERT
 from server.db.queries import Q, multi_row
+from server.ingest.json_checks import fits_storage
 from server.types import JSON
 
 # A staged input row: [line, fields, problem] where problem is [code, message, pointer].
@@ -32,25 +32,12 @@ def row_dict(row: sqlite3.Row | None) -> JSON | None:
     return dict(row) if row is not None else None
 
 
-_MAX_DOUBLE = Decimal(sys.float_info.max)
-# Staged rows are written and read back with orjson: integers within 64 bits.
-_STAGEABLE_INTS = range(-(2**63), 2**64)
-
-
-def fits_staging(value: int | Decimal) -> bool:
-    """Whether encode_items can stage this number as sent (the worker reads rows back
-    with orjson, which holds integers within 64 bits and numbers within a double)."""
-    if isinstance(value, Decimal):
-        return value.is_finite() and abs(value) <= _MAX_DOUBLE
-    return value in _STAGEABLE_INTS
-
-
 def _json_default(value: object) -> object:
     # Numbers parsed as Decimal (to keep amounts exact) are written back as the same
     # JSON number text, so metadata round-trips unchanged.
     if isinstance(value, Decimal):
         # Refused here, before anything is committed, not by the worker reading it back.
-        if not fits_staging(value):
+        if not fits_storage(value):
             raise TypeError(f"number {value} is beyond a double's range")
         return orjson.Fragment(str(value))
     raise TypeError(f"cannot serialize {type(value).__name__}")

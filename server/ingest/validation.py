@@ -20,6 +20,7 @@ from server.constants import (
     MAX_EXTERNAL_ID_CHARS,
     MAX_METADATA_BYTES,
 )
+from server.ingest.json_checks import has_lone_surrogate, pointer_token
 from server.money import AmountError, currency_exponent, to_minor_units
 from server.types import RowProblem
 
@@ -135,6 +136,10 @@ def validate_row(fields: Any, streams: Mapping[str, StreamRef]) -> ValidRecord |
                 f"metadata is larger than {MAX_METADATA_BYTES} bytes when serialized",
                 "/metadata",
             )
+        if b"\\u0000" in encoded:  # orjson writes NUL as this escape: cheap to look for
+            where = _metadata_nul_pointer(metadata, "/metadata")
+            if where is not None:
+                return RowProblem("invalid_characters", f"metadata {_NO_NUL}", where)
         metadata_json = encoded.decode()
 
     return ValidRecord(
@@ -155,11 +160,40 @@ def _date_problem(text: str) -> RowProblem | None:
 
 
 def _nul_problem(name: str) -> RowProblem:
-    # U+0000 ends a string in C: CSV tools, C libraries and many databases downstream
-    # would silently cut the text there, so a record never carries one.
-    return RowProblem("invalid_characters", f"{name} must not contain U+0000 (NUL)", f"/{name}")
+    return RowProblem("invalid_characters", f"{name} {_NO_NUL}", f"/{name}")
 
 
-def pointer_token(name: str) -> str:
-    """JSON Pointer escaping of one reference token (RFC 6901)."""
-    return name.replace("~", "~0").replace("/", "~1")
+# U+0000 ends a string in C: CSV tools, C libraries and many databases downstream would
+# silently cut the text there, so nothing the service stores ever carries one.
+_NO_NUL = "must not contain U+0000 (NUL)"
+
+
+def text_problem(text: str) -> RowProblem | None:
+    """Why `text` cannot be stored as it is (a NUL, or a lone surrogate), or None.
+    The message reads after the field's name; the caller sets the pointer."""
+    if "\x00" in text:
+        return RowProblem("invalid_characters", _NO_NUL)
+    if has_lone_surrogate(text):
+        return RowProblem("invalid_unicode", "must not contain a lone surrogate (U+D800 to U+DFFF)")
+    return None
+
+
+def _metadata_nul_pointer(metadata: Any, pointer: str) -> str | None:
+    """The pointer of the first key or string in `metadata` holding a NUL, if any.
+    Called only when its JSON text has a `\\u0000`, which a literal backslash before
+    `u0000` also produces: this walk is what decides."""
+    stack: list[tuple[Any, str]] = [(metadata, pointer)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return where
+        elif isinstance(item, dict):
+            for key, value in item.items():
+                child = f"{where}/{pointer_token(key)}"
+                if "\x00" in key:
+                    return child
+                stack.append((value, child))
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}/{i}") for i, v in enumerate(item))
+    return None
