@@ -65,10 +65,8 @@ async def test_a_file_repeating_batch_and_trace_numbers_fails_and_stores_nothing
     entries = [Entry(cents=100 * (i + 1), trace="0" * 15) for i in range(6)]
     content = encode(build([Batch(entries, number=0)]))
     relaxed = "custom_trace_numbers,bypass_origin_validation"  # even so: never relaxed
-    for options in ("", relaxed):
-        done = await api.wait_terminal(
-            (await nacha_upload(api, content, nacha_options=options))["id"]
-        )
+    for options in ({}, {"nacha_options": relaxed}):
+        done = await api.wait_terminal((await nacha_upload(api, content, **options))["id"])
         assert (done["status"], done["processed_items"], done["skipped_items"]) == ("failed", 0, 0)
         rejected = done["error_details"]["file"]
         repeats = [e["message"] for e in rejected["errors"] if e["rule"] == "repeated_trace_number"]
@@ -86,8 +84,8 @@ async def test_a_relaxed_file_needs_its_named_relaxation(api: Api, name: str) ->
     assert refused["status"] == "failed"
     assert refused["error_message"] == expected["default"]
     assert refused["nacha_options"] == []
-    options = ",".join(expected["options"])
-    done = await api.wait_terminal((await nacha_upload(api, content, nacha_options=options))["id"])
+    names = ",".join(expected["options"])
+    done = await api.wait_terminal((await nacha_upload(api, content, nacha_options=names))["id"])
     assert done["status"] == "completed", done
     assert done["nacha_options"] == expected["options"]
     assert done["successful_items"] == expected["with_options"]["entry_details"]

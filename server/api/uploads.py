@@ -32,8 +32,8 @@ from server.auth import caller_of
 from server.constants import FILE_READ_BYTES, MAX_FILENAME_CHARS, MAX_PART_HEADER_BYTES
 from server.errors import Problem, field_error
 from server.ingest.detect import detect_format
-from server.ingest.nacha_codes import NachaOption, UnknownNachaOptions, parse_nacha_options
 from server.ingest.json_checks import replace_lone_surrogates
+from server.ingest.nacha_codes import NachaOption, UnknownNachaOptions, parse_nacha_options
 from server.types import JSON
 
 FORMATS = frozenset({"csv", "nacha"})
