@@ -33,6 +33,7 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from hypothesis.errors import FlakyStrategyDefinition
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -130,6 +131,7 @@ CONFIG = schemathesis.Config.from_dict(
 SCHEMA = schemathesis.openapi.from_path(OPENAPI_FILE, config=CONFIG)
 CASES_RUN: Counter[str] = Counter()
 STATEFUL_STEPS_RUN: list[int] = []
+STATEFUL_INCONCLUSIVE: list[str] = []
 STATUSES: dict[str, Counter[int]] = {}
 
 
@@ -274,7 +276,8 @@ def report_case_count(request: pytest.FixtureRequest) -> Iterator[None]:
                 + (f" ({fresh} on a just-created request)" if fresh else "")
             )
         if STATEFUL_STEPS_RUN:
-            reporter.write_line(f"  stateful: {STATEFUL_STEPS_RUN[0]} linked calls")
+            note = f" ({STATEFUL_INCONCLUSIVE[0]})" if STATEFUL_INCONCLUSIVE else ""
+            reporter.write_line(f"  stateful: {STATEFUL_STEPS_RUN[0]} linked calls{note}")
 
 
 def _timeout_for(path: str) -> float:
@@ -322,16 +325,24 @@ def test_linked_workflows_match_document(live_server: LiveServer) -> None:
                 response, excluded_checks=EXCLUDED_CHECKS, transport_kwargs=kwargs
             )
 
-    Workflows.run(
-        settings=settings(
-            max_examples=STATEFUL_SCENARIOS,
-            stateful_step_count=STATEFUL_STEPS,
-            derandomize=not LONG,
-            database=None,
-            deadline=None,
-            suppress_health_check=list(HealthCheck),
+    try:
+        Workflows.run(
+            settings=settings(
+                max_examples=STATEFUL_SCENARIOS,
+                stateful_step_count=STATEFUL_STEPS,
+                derandomize=not LONG,
+                database=None,
+                deadline=None,
+                suppress_health_check=list(HealthCheck),
+            )
         )
-    )
+    except FlakyStrategyDefinition:
+        # Which links can be followed depends on what the live server answered (a
+        # cancel's 200 or 202 depends on the workers' timing), so hypothesis may find
+        # its own record of earlier scenarios inconsistent and stop: a limit of driving
+        # a changing server, not a defect of it. A check that fails raises FailureGroup
+        # (or FlakyFailure, which carries it), and those still fail this test.
+        STATEFUL_INCONCLUSIVE.append("hypothesis stopped: the server's state moved on")
 
 
 # Each case the fuzzer found (a 500 before the fix), replayed exactly, plus the cases
