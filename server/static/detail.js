@@ -112,6 +112,7 @@ function pollDetail(id) {
   state.detailTimer = setTimeout(run, POLL_DETAIL_MS);
 }
 
+/** @param {BulkRequest} req */
 function summaryText(req) {
   // Spoken by screen readers (role=status): changes on status and every 10 %, not
   // on every heartbeat.
@@ -176,6 +177,7 @@ function setValue(dd, value) {
   }
 }
 
+/** @param {BulkRequest} req */
 export function renderDetail(req) {
   $("detail-loading").hidden = true;
   $("detail-body").hidden = false;
@@ -315,6 +317,7 @@ export function refreshIfFamily(req, previous) {
   }, FAMILY_REFRESH_MS);
 }
 
+/** @param {BulkRequest} req */
 function recoveryText(req) {
   const times = `${req.recoveries} ${req.recoveries === 1 ? "time" : "times"}`;
   const log = req.error_details?.recoveries;
@@ -341,6 +344,7 @@ function resetFamily(id) {
 
 const familyLink = (id) => h("a", { href: `#/requests/${id}`, text: `request #${id}` });
 
+/** @param {BulkRequest} req */
 function renderFamily(req) {
   if (family.id !== req.id) resetFamily(req.id);
   const parentId = req.parent_bulk_request_id;

@@ -7,6 +7,8 @@ import { EventStream } from "./sse.js";
 import { LIST_PAGE_SIZE, POLL_LIST_MS, TERMINAL, listItems, state } from "./state.js";
 import { renderDetail, refreshIfFamily } from "./detail.js";
 
+/** @typedef {import("./types.js").BulkRequest} BulkRequest */
+
 export function onProgressEvent(event) {
   if (event.type !== "progress" && event.type !== "done") return;
   applyUpdate(JSON.parse(event.data));
@@ -50,6 +52,10 @@ function belongsInList(id) {
   return id > lowest;
 }
 
+/**
+ * @param {BulkRequest} req
+ * @param {{ toList?: boolean }} [options]
+ */
 export function applyUpdate(req, { toList = false } = {}) {
   if (!req || typeof req.id !== "number") return;
   const current = state.requests.get(req.id);
@@ -65,6 +71,7 @@ export function applyUpdate(req, { toList = false } = {}) {
   else if (state.openId !== null) refreshIfFamily(req, current);
 }
 
+/** @param {BulkRequest} req */
 export function statusSentence(req) {
   const n = `Request #${req.id}`;
   switch (req.status) {
@@ -81,6 +88,7 @@ export function statusSentence(req) {
   }
 }
 
+/** @param {BulkRequest} req */
 export function sourceText(req) {
   const source = { bulk_api: "API", csv: "CSV upload", nacha: "NACHA upload", retry: "Retry" }[req.source] ?? req.source;
   const parts = [source];
@@ -92,8 +100,10 @@ export function sourceText(req) {
 
 // A terminal request parses nothing, whatever its payload says (a server before 15.7
 // answered `parsing: true` for an upload cancelled before its file was parsed).
+/** @param {BulkRequest} req */
 export const isParsing = (req) => Boolean(req.parsing) && !TERMINAL.has(req.status);
 
+/** @param {BulkRequest} req */
 export function percentText(req) {
   return isParsing(req) ? "Parsing…" : `${req.progress} %`;
 }
@@ -139,6 +149,7 @@ function buildListItem(id) {
   return { li, refs };
 }
 
+/** @param {BulkRequest} req */
 function renderListItem(req) {
   let item = listItems.get(req.id);
   if (!item) {
