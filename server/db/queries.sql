@@ -193,9 +193,10 @@ WITH RECURSIVE
     UNION ALL
     SELECT m.root, b.id FROM bulk_requests b JOIN members m ON b.parent_bulk_request_id = m.id
   )
-SELECT m.root AS chain_root, b.*, s.key AS data_stream_key
+-- Only the columns the retry rule reads (server/bulk_requests.py retry_refusal).
+SELECT m.root AS chain_root, b.id, b.status, b.parsing, b.upload_path, b.error_message,
+       b.failed_items, b.next_row, b.total_items
 FROM members m JOIN bulk_requests b ON b.id = m.id
-LEFT JOIN data_streams s ON s.id = b.data_stream_id
 ORDER BY m.root, b.id;
 
 -- name: list_row_error_rows
