@@ -1,5 +1,5 @@
 // @ts-check
-// Bulk requests dashboard. Plain JavaScript module: no framework, no build step, no
+// Bulk requests dashboard: plain JavaScript ES modules, no framework, no build step, no
 // external resources (it must work on a machine with no internet access).
 //
 // Everything is rendered with DOM APIs and textContent, never with HTML strings: file
@@ -9,8 +9,9 @@
 // The API key lives in sessionStorage (this tab only) and travels in the X-API-KEY
 // header; it is never put in a URL, a cookie or localStorage.
 //
-// The entry module. index.html maps every module's URL to its content-hashed one in
-// an import map (server/api/dashboard.py), so a changed module is fetched afresh.
+// This is the entry module (key handling and start-up); the README's Dashboard section
+// lists the others. index.html maps every module's URL to its content-hashed one in an
+// import map (server/api/dashboard.py), so a changed module is fetched afresh.
 
 import { $, $input, ago, announce } from "./dom.js";
 import { clearAlert, showProblem, whenKeyRejected } from "./api.js";
