@@ -24,6 +24,8 @@ from server.types import JSON, TERMINAL_STATUSES
 
 # SPEC §7: only a request that ended without completing can be retried.
 RETRYABLE_STATUSES = frozenset({"failed", "cancelled"})
+# SPEC §7: only a request that has not ended can be cancelled.
+CANCELLABLE_STATUSES = frozenset({"pending", "processing"})
 
 
 class IdempotencyMismatch(Exception):
@@ -153,6 +155,12 @@ async def submit_upload(
     return await store.write(work, urgent=True)
 
 
+def can_cancel(row: JSON) -> bool:
+    """The payload's `can_cancel`: cancelling would change something (not when it has
+    ended, nor when its cancellation is already requested and the worker is stopping)."""
+    return row["status"] in CANCELLABLE_STATUSES and row["cancellation_requested_at"] is None
+
+
 async def cancel(store: Store, environment_id: int, request_id: int) -> tuple[JSON, str] | None:
     """Cancel per SPEC §7. Returns (request, outcome) or None when it does not exist.
 
@@ -167,7 +175,7 @@ async def cancel(store: Store, environment_id: int, request_id: int) -> tuple[JS
         status = row["status"]
         if status == "cancelled":
             return row, "unchanged"
-        if status in TERMINAL_STATUSES:
+        if status not in CANCELLABLE_STATUSES:
             raise Conflict(f"bulk request {request_id} is {status}; it can no longer be cancelled")
         # A pending request, or a processing one no worker holds right now, has no batch
         # in flight and is cancelled at once; otherwise the holder stops at its heartbeat.
@@ -202,7 +210,9 @@ async def retry(
         chain = tx.list_chain(environment_id, request_id)
         if not chain:
             return None
-        _check_retryable(request_id, chain)
+        refusal = retry_refusal(request_id, chain)
+        if refusal is not None:
+            raise Conflict(refusal)
         latest = chain[-1]
         common = {
             "environment_id": environment_id,
@@ -226,35 +236,70 @@ async def retry(
     return await store.write(work, urgent=True)
 
 
-def _check_retryable(request_id: int, chain: Sequence[JSON]) -> None:
+def retry_refusal(request_id: int, chain: Sequence[JSON]) -> str | None:
+    """Why member `request_id` of `chain` (oldest first) cannot be retried now, or None.
+
+    SPEC §7's retry rule, stated once: `retry` answers 409 with this reason, and the
+    payload's `can_retry` is "no reason". It reads only the members' rows: a retry holds
+    exactly the rows no earlier member stored or skipped, so what the chain has left
+    to retry is what its latest member did not handle (its failed rows and the rows it
+    never reached); `_retry_rows` builds exactly those from the chain's coverage.
+    """
     requested = next(member for member in chain if member["id"] == request_id)
     if requested["status"] not in RETRYABLE_STATUSES:
-        raise Conflict(
+        return (
             f"bulk request {request_id} is {requested['status']}; "
             "only failed or cancelled requests can be retried"
         )
     for member in chain:
         if member["status"] not in TERMINAL_STATUSES:
-            raise Conflict(
+            return (
                 f"bulk request {member['id']} of this chain of retries is {member['status']}; "
                 "wait for it to end (or cancel it), then retry"
             )
         if member["status"] == "completed":
-            raise Conflict(
+            return (
                 f"bulk request {member['id']} of this chain of retries completed, so every "
                 f"row has been processed; its failed rows are at "
                 f"/v1/bulk_requests/{member['id']}/errors: fix them and submit them again"
             )
+    latest = chain[-1]
+    if latest["parsing"]:
+        # The chain stopped before its file was parsed: a retry parses the file again,
+        # unless the file was rejected as a whole (then it was deleted).
+        if not latest["upload_path"]:
+            return (
+                f"bulk request {latest['id']} was rejected as a whole file "
+                f"({latest['error_message']}); upload a corrected file instead"
+            )
+        return None
+    if latest["failed_items"] == 0 and latest["next_row"] >= latest["total_items"]:
+        origin = next(member for member in chain if not member["parsing"])
+        return f"the chain of bulk request {origin['id']} has no failed or unprocessed rows"
+    return None
+
+
+async def retryable_requests(store: Store, environment_id: int, rows: Sequence[JSON]) -> set[int]:
+    """The ids among `rows` that `retry` would accept now (the payload's `can_retry`).
+
+    Only a failed or cancelled request can be, so only those chains are read: one query
+    however many rows, none while every row is live or completed.
+    """
+    candidates = [row["id"] for row in rows if row["status"] in RETRYABLE_STATUSES]
+    if not candidates:
+        return set()
+    wanted = set(candidates)
+    retryable: set[int] = set()
+    for chain in await store.list_chains(environment_id, candidates):
+        for member in chain:
+            if member["id"] in wanted and retry_refusal(member["id"], chain) is None:
+                retryable.add(member["id"])
+    return retryable
 
 
 def _retry_unparsed_upload(tx: WriteTx, latest: JSON, common: JSON) -> JSON:
     # The chain stopped before its file was parsed (so it stored nothing): the child
-    # parses the same file.
-    if not latest["upload_path"]:
-        raise Conflict(
-            f"bulk request {latest['id']} was rejected as a whole file "
-            f"({latest['error_message']}); upload a corrected file instead"
-        )
+    # parses the same file (retry_refusal checked that the file is still there).
     row = tx.insert_bulk_request(
         **common,
         parsing=1,
@@ -336,7 +381,9 @@ def _retry_rows(tx: WriteTx, chain: Sequence[JSON], common: JSON) -> JSON:
                 flush()
     flush()
     if written == 0:
-        raise Conflict(f"the chain of bulk request {origin_id} has no failed or unprocessed rows")
+        # retry_refusal found rows the latest member did not handle: the chain's
+        # bookkeeping disagrees with itself. Roll back rather than create an empty retry.
+        raise RuntimeError(f"the chain of bulk request {origin_id} has no rows to retry")
     tx.insert_retry_row_runs(child_id, runs.runs)
     tx.set_total_items(child_id, written)
     row["total_items"] = written

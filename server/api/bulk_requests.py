@@ -189,12 +189,21 @@ async def _load(request: web.Request) -> JSON:
     return row
 
 
-def _payload(request: web.Request, row: JSON) -> JSON:
-    return render_bulk_request(row, request.app[SETTINGS].stuck_after)
+async def _payloads(request: web.Request, rows: list[JSON]) -> list[JSON]:
+    retryable = await domain.retryable_requests(
+        request.app[STORE], caller_of(request).environment_id, rows
+    )
+    stuck_after = request.app[SETTINGS].stuck_after
+    return [render_bulk_request(r, stuck_after, can_retry=r["id"] in retryable) for r in rows]
+
+
+async def _payload(request: web.Request, row: JSON) -> JSON:
+    (payload,) = await _payloads(request, [row])
+    return payload
 
 
 async def get_bulk_request(request: web.Request) -> web.Response:
-    return json_response(_payload(request, await _load(request)))
+    return json_response(await _payload(request, await _load(request)))
 
 
 async def list_bulk_requests(request: web.Request) -> web.Response:
@@ -210,7 +219,7 @@ async def list_bulk_requests(request: web.Request) -> web.Response:
         limit=limit,
     )
     last = rows[-1]["id"] if rows else None
-    return json_response(page([_payload(request, r) for r in rows], limit, "bulk_requests", last))
+    return json_response(page(await _payloads(request, rows), limit, "bulk_requests", last))
 
 
 async def list_row_errors(request: web.Request) -> web.StreamResponse:
@@ -245,10 +254,10 @@ async def cancel_bulk_request(request: web.Request) -> web.Response:
         request.app[HUB].publish(row)
     if outcome == "requested":
         request.app[POOL].notify_cancel_requested(request_id)
-        return json_response(_payload(request, row), status=202)
+        return json_response(await _payload(request, row), status=202)
     if outcome == "cancelled":
         log_transition(log, "cancelled", row, by="api")
-    return json_response(_payload(request, row), status=200)
+    return json_response(await _payload(request, row), status=200)
 
 
 async def retry_bulk_request(request: web.Request) -> web.Response:
@@ -261,9 +270,11 @@ async def retry_bulk_request(request: web.Request) -> web.Response:
         raise not_found(f"bulk request {request_id}")
     row, replayed = result
     if replayed:
-        return json_response(_payload(request, row), status=200, headers=REPLAYED)
+        return json_response(await _payload(request, row), status=200, headers=REPLAYED)
     request.app[HUB].publish(row)
     request.app[POOL].wake()
     return json_response(
-        _payload(request, row), status=201, headers={"Location": f"/v1/bulk_requests/{row['id']}"}
+        await _payload(request, row),
+        status=201,
+        headers={"Location": f"/v1/bulk_requests/{row['id']}"},
     )

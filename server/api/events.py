@@ -19,6 +19,7 @@ import contextlib
 import orjson
 from aiohttp import web
 
+from server import bulk_requests as domain
 from server.api.common import HUB, SETTINGS, STORE, path_id
 from server.api.render import render_bulk_request
 from server.auth import caller_of
@@ -134,7 +135,12 @@ class _EventStream:
                 if key is not None:
                     hub.stream_keys[stream_id] = key
             row = {**row, "data_stream_key": key}
-        return render_bulk_request(row, self.request.app[SETTINGS].stuck_after)
+        retryable = await domain.retryable_requests(
+            self.request.app[STORE], caller_of(self.request).environment_id, [row]
+        )
+        return render_bulk_request(
+            row, self.request.app[SETTINGS].stuck_after, can_retry=row["id"] in retryable
+        )
 
 
 async def _serve(stream: _EventStream) -> web.StreamResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 
+from server.bulk_requests import can_cancel
 from server.clock import parse_rfc3339, utc_now
 from server.money import currency_exponent, format_major_units
 from server.types import JSON, TERMINAL_STATUSES
@@ -41,7 +42,9 @@ def is_parsing(row: JSON) -> bool:
     return bool(row["parsing"]) and row["status"] not in TERMINAL_STATUSES
 
 
-def render_bulk_request(row: JSON, stuck_after: float) -> JSON:
+def render_bulk_request(row: JSON, stuck_after: float, *, can_retry: bool) -> JSON:
+    """The full payload. `can_retry` depends on the request's whole chain of retries, so
+    the caller reads it (server.bulk_requests.retryable_requests)."""
     total = row["total_items"]
     processed = row["processed_items"]
     if total:
@@ -76,6 +79,11 @@ def render_bulk_request(row: JSON, stuck_after: float) -> JSON:
         "nacha_options": orjson.loads(row["nacha_options"]) if row["nacha_options"] else None,
         "data_stream_id": row["data_stream_id"],
         "data_stream_key": row.get("data_stream_key"),
+        # What the API would accept now, so that clients (the dashboard) need not
+        # re-derive SPEC §7's rules: POST …/cancel would change something, POST …/retry
+        # would create a retry.
+        "can_cancel": can_cancel(row),
+        "can_retry": can_retry,
         "url": url,
         "errors_url": f"{url}/errors",
     }

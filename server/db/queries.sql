@@ -176,6 +176,29 @@ FROM members m JOIN bulk_requests b ON b.id = m.id
 LEFT JOIN data_streams s ON s.id = b.data_stream_id
 ORDER BY b.id;
 
+-- name: list_chains_of
+-- The chains of retries of the requests :ids (a JSON array) of :environment_id: every
+-- member of each, tagged with its chain's root, oldest first. One statement for a page
+-- of the list (the payload's can_retry); the same walk as list_chain.
+WITH RECURSIVE
+  ancestors(id, parent_id) AS (
+    SELECT id, parent_bulk_request_id FROM bulk_requests
+    WHERE id IN (SELECT value FROM json_each(:ids)) AND environment_id = :environment_id
+    UNION
+    SELECT b.id, b.parent_bulk_request_id
+    FROM bulk_requests b JOIN ancestors a ON b.id = a.parent_id
+  ),
+  members(root, id) AS (
+    SELECT id, id FROM ancestors WHERE parent_id IS NULL
+    UNION ALL
+    SELECT m.root, b.id FROM bulk_requests b JOIN members m ON b.parent_bulk_request_id = m.id
+  )
+-- Only the columns the retry rule reads (server/bulk_requests.py retry_refusal).
+SELECT m.root AS chain_root, b.id, b.status, b.parsing, b.upload_path, b.error_message,
+       b.failed_items, b.next_row, b.total_items
+FROM members m JOIN bulk_requests b ON b.id = m.id
+ORDER BY m.root, b.id;
+
 -- name: list_row_error_rows
 SELECT row FROM row_errors WHERE bulk_request_id = :bulk_request_id ORDER BY row;
 

@@ -253,6 +253,18 @@ class Store:
             },
         )
 
+    async def list_chains(
+        self, environment_id: int, request_ids: Iterable[int]
+    ) -> list[list[JSON]]:
+        """The chains of retries the requests belong to, each oldest first (SPEC §7),
+        with the columns the retry rule reads (list_chains_of)."""
+        ids = orjson.dumps(sorted(set(request_ids))).decode()
+        rows = await self.read_all(Q.list_chains_of, {"ids": ids, "environment_id": environment_id})
+        chains: dict[int, list[JSON]] = {}
+        for row in rows:
+            chains.setdefault(row.pop("chain_root"), []).append(row)
+        return list(chains.values())
+
     async def list_row_errors(self, request_id: int, after_row: int, limit: int) -> list[JSON]:
         return await self.read_all(
             Q.list_row_errors,
