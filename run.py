@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("id", type=int, help="key id, as shown by `keys list`")
     revoke.add_argument("--db", dest="db_path", type=Path, help=db_help)
 
-    from server.bench import add_bench_arguments
+    from server.bench.cli import add_bench_arguments
 
     bench = commands.add_parser(
         "bench",
@@ -70,8 +70,8 @@ async def _serve(settings: Settings) -> int:
 
     from server.app import DatabaseInUse, create_app
     from server.constants import GIL_SWITCH_INTERVAL_SECONDS
-    from server.http_server import HardenedRunner
-    from server.logs import configure_logging
+    from server.http.logs import configure_logging
+    from server.http.server import HardenedRunner
 
     configure_logging(settings.log_level)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
@@ -104,8 +104,8 @@ async def _serve(settings: Settings) -> int:
 
 
 async def _keys(args: argparse.Namespace) -> int:
-    from server.auth import generate_api_key
     from server.db.store import Store
+    from server.http.auth import generate_api_key
 
     db_path = args.db_path or Path(os.environ.get(env_name("db_path"), DEFAULT_DB_PATH))
     store = Store(db_path)
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys":
         return asyncio.run(_keys(args))
     if args.command == "bench":
-        from server.bench import run_bench
+        from server.bench.cli import run_bench
 
         return run_bench(args)
     return asyncio.run(_serve(settings_from(args)))

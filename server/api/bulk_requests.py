@@ -28,10 +28,10 @@ from server.api.common import (
 )
 from server.api.error_export import stream_errors_csv
 from server.api.render import render_bulk_request, render_row_error, render_summary
-from server.auth import caller_of
 from server.constants import MAX_RECORDS_PER_REQUEST
-from server.errors import Problem, field_error, not_found
 from server.events import log_transition
+from server.http.auth import caller_of
+from server.http.errors import Problem, field_error, not_found
 from server.ingest.json_checks import (
     BodyIssue,
     duplicate_key_issue,

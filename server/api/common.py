@@ -18,16 +18,16 @@ from aiohttp import web
 from server.config import Settings
 from server.constants import DEFAULT_PAGE_LIMIT, MAX_IDEMPOTENCY_KEY_CHARS, MAX_PAGE_LIMIT
 from server.db.store import Store
-from server.errors import Problem, field_error, not_found, parameter_error
 from server.events import ProgressHub
+from server.http.errors import Problem, field_error, not_found, parameter_error
 from server.ingest.json_checks import (
     STRUCTURAL_BYTES,
     BodyIssue,
     duplicate_key_issue,
     pointer_token,
 )
+from server.jobs.worker import WorkerPool
 from server.types import JSON
-from server.worker import WorkerPool
 
 STORE = web.AppKey("store", Store)
 SETTINGS = web.AppKey("settings", Settings)

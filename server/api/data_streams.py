@@ -16,9 +16,9 @@ from server.api.common import (
     require_object,
 )
 from server.api.render import render_data_stream, render_record
-from server.auth import caller_of
 from server.constants import MAX_DATA_STREAM_KEY_CHARS, MAX_DATA_STREAM_NAME_CHARS
-from server.errors import Problem, field_error, not_found, parameter_error
+from server.http.auth import caller_of
+from server.http.errors import Problem, field_error, not_found, parameter_error
 from server.ingest.validation import text_problem
 from server.money import currency_exponent
 

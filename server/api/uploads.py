@@ -28,9 +28,9 @@ from server.api.common import (
     translate_domain_errors,
 )
 from server.api.render import is_parsing, render_summary
-from server.auth import caller_of
 from server.constants import FILE_READ_BYTES, MAX_FILENAME_CHARS, MAX_PART_HEADER_BYTES
-from server.errors import Problem, field_error
+from server.http.auth import caller_of
+from server.http.errors import Problem, field_error
 from server.ingest.detect import detect_format
 from server.ingest.json_checks import replace_lone_surrogates
 from server.ingest.nacha_codes import NachaOption, UnknownNachaOptions, parse_nacha_options

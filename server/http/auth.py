@@ -21,7 +21,7 @@ from aiohttp.typedefs import Handler
 
 from server.clock import parse_rfc3339, utc_now
 from server.constants import API_KEY_PUBLIC_ID_CHARS, API_KEY_SECRET_BYTES
-from server.errors import Problem
+from server.http.errors import Problem
 
 API_KEY_HEADER = "X-API-KEY"
 KEY_PREFIX = "bk_"

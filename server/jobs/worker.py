@@ -20,14 +20,14 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from server.batches import FencedOut, commit_batch, stream_keys_of, validate_batch
 from server.config import Settings
 from server.constants import SHUTDOWN_GRACE_SECONDS, WORKER_IDLE_POLL_SECONDS
 from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx, decode_items
 from server.events import ProgressHub, log_transition
 from server.ingest.validation import StreamRef
-from server.parsing import parse_upload, remove_unreferenced_uploads
+from server.jobs.batches import FencedOut, commit_batch, stream_keys_of, validate_batch
+from server.jobs.parsing import parse_upload, remove_unreferenced_uploads
 from server.types import JSON
 
 log = logging.getLogger("server.worker")

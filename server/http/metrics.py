@@ -32,9 +32,9 @@ from server.clock import parse_rfc3339, to_rfc3339, utc_now
 from server.config import Settings
 from server.db.store import Store
 from server.events import ProgressHub
-from server.logs import log_access
+from server.http.logs import log_access
+from server.jobs.worker import WorkerPool
 from server.types import JSON, Source, Status
-from server.worker import WorkerPool
 
 log = logging.getLogger("server.metrics")
 

@@ -19,17 +19,17 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from server.batches import FencedOut
 from server.constants import FILE_READ_BYTES, PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
 from server.db.tx import StagedItem, WriteTx, encode_items
 from server.events import log_transition
 from server.ingest.csv_reader import iter_csv_rows
 from server.ingest.nacha import iter_nacha_rows
 from server.ingest.nacha_codes import NachaOption
+from server.jobs.batches import FencedOut
 from server.types import JSON, FileRejected, ParseReport, SourceRow
 
 if TYPE_CHECKING:
-    from server.worker import WorkerPool
+    from server.jobs.worker import WorkerPool
 
 log = logging.getLogger("server.parsing")
 
