@@ -16,7 +16,10 @@ def _serve_parser(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, with_bench_arguments: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; without `with_bench_arguments` the `bench` command is listed
+    but its flags are not defined, so building it never imports server.bench (1,100 lines
+    that serving does not need)."""
     parser = argparse.ArgumentParser(
         prog="python run.py",
         description="Bulk-requests service. With no command (or `serve`): run the server.",
@@ -54,14 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("id", type=int, help="key id, as shown by `keys list`")
     revoke.add_argument("--db", dest="db_path", type=Path, help=db_help)
 
-    from server.bench.cli import add_bench_arguments
-
     bench = commands.add_parser(
         "bench",
         help="run the benchmark against a temporary server",
         description="Benchmark the real server on a temporary database.",
+        add_help=with_bench_arguments,
     )
-    add_bench_arguments(bench)
+    if with_bench_arguments:
+        from server.bench.cli import add_bench_arguments
+
+        add_bench_arguments(bench)
     return parser
 
 
@@ -139,7 +144,11 @@ async def _keys(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # First find the command with the light parser (unknown flags tolerated), then parse for
+    # real: with the bench flags only when the command is `bench`.
+    command, _ = build_parser(with_bench_arguments=False).parse_known_args(argv)
+    parser = build_parser(with_bench_arguments=command.command == "bench")
+    args = parser.parse_args(argv)
     if args.command == "keys":
         return asyncio.run(_keys(args))
     if args.command == "bench":

@@ -26,7 +26,8 @@ from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx, decode_items
 from server.events import ProgressHub, log_transition
 from server.ingest.validation import StreamRef
-from server.jobs.batches import FencedOut, commit_batch, stream_keys_of, validate_batch
+from server.jobs.batches import commit_batch, stream_keys_of, validate_batch
+from server.jobs.fencing import FencedOut
 from server.jobs.parsing import parse_upload, remove_unreferenced_uploads
 from server.types import JSON
 
@@ -56,7 +57,7 @@ class WorkerPool:
     async def start(self) -> None:
         # Only one server process may use a database (see app.py's lock), so every claim
         # still recorded now belongs to a process that is gone: resume them all.
-        await remove_unreferenced_uploads(self, self.settings.upload_dir)
+        await remove_unreferenced_uploads(self.store, self.settings.upload_dir)
         recovered = await self.requeue_orphans("process restarted")
         if recovered:
             log.warning("resuming %d interrupted bulk request(s): %s", len(recovered), recovered)
@@ -186,7 +187,7 @@ class WorkerPool:
         streams: dict[str, StreamRef] = {}
         chunk: tuple[int, list[StagedItem]] | None = None
         while job["status"] == "processing":
-            if self._should_cancel(job):
+            if self.should_cancel(job):
                 await self.finish(job, worker, "cancelled")
                 return
             if self._stopping or (
@@ -215,7 +216,11 @@ class WorkerPool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop_event.wait(), self.settings.batch_pause)
 
-    def _should_cancel(self, job: JSON) -> bool:
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def should_cancel(self, job: JSON) -> bool:
         return job["id"] in self._cancel_requested or job["cancellation_requested_at"] is not None
 
     async def _load_chunk(self, request_id: int, row: int) -> tuple[int, list[StagedItem]]:
@@ -261,7 +266,7 @@ class WorkerPool:
                 keep_upload=keep_upload,
             )
             if row is None:
-                raise FencedOut(f"claim on bulk request {job['id']} is stale")
+                raise FencedOut(job["id"])
             return row
 
         row = await self.store.write(work)
@@ -287,10 +292,3 @@ class WorkerPool:
             log.exception("could not mark bulk request %s failed", job["id"])
             return False
         return True
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    def cancel_requested(self, job: JSON) -> bool:
-        return self._should_cancel(job)
