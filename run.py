@@ -11,6 +11,11 @@ from pathlib import Path
 
 from server.config import DEFAULT_DB_PATH, Settings, add_settings_arguments, env_name, settings_from
 
+# Exit statuses: 1 for "nothing to act on" (no such key), 2 when the command could not
+# run at all (the database is another process's), as argparse uses 2 for bad usage.
+EXIT_NOT_FOUND = 1
+EXIT_CANNOT_RUN = 2
+
 
 def _serve_parser(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser)
@@ -86,7 +91,7 @@ async def _serve(settings: Settings) -> int:
         await runner.setup()
     except DatabaseInUse as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CANNOT_RUN
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -94,8 +99,8 @@ async def _serve(settings: Settings) -> int:
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
-        server = site._server  # the only way aiohttp exposes the bound port (port 0)
-        port = server.sockets[0].getsockname()[1] if server and server.sockets else settings.port
+        # The bound port, which differs from settings.port when that is 0 (any free port).
+        port = runner.addresses[0][1] if runner.addresses else settings.port
         print(
             f"Serving on http://{settings.host}:{port}  (database {settings.db_path}, "
             f"{settings.workers} workers; Ctrl+C to stop)",
@@ -136,7 +141,7 @@ async def _keys(args: argparse.Namespace) -> int:
         else:
             if not await store.revoke_api_key(args.id):
                 print(f"error: no active key with id {args.id}", file=sys.stderr)
-                return 1
+                return EXIT_NOT_FOUND
             print(f"revoked key {args.id}")
     finally:
         await store.close()

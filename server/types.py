@@ -7,14 +7,20 @@ the worker and the HTTP layer can all depend on it without cycles.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 JSON = dict[str, Any]
 
+# Each vocabulary once: the Literal for signatures, the set (derived) for checking input.
 Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
+STATUSES: frozenset[str] = frozenset(get_args(Status))
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 Source = Literal["bulk_api", "csv", "nacha", "retry"]
+SOURCES: frozenset[str] = frozenset(get_args(Source))
 OnConflict = Literal["skip", "error"]
+ON_CONFLICT_CHOICES: frozenset[str] = frozenset(get_args(OnConflict))
+UploadFormat = Literal["csv", "nacha"]
+UPLOAD_FORMATS: frozenset[str] = frozenset(get_args(UploadFormat))
 
 
 @dataclass(slots=True, frozen=True)

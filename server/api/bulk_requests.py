@@ -28,7 +28,7 @@ from server.api.common import (
 )
 from server.api.error_export import stream_errors_csv
 from server.api.render import render_bulk_request, render_row_error, render_summary
-from server.constants import MAX_RECORDS_PER_REQUEST
+from server.constants import ABOVE_EVERY_ID, MAX_LISTED_FIELD_ERRORS, MAX_RECORDS_PER_REQUEST
 from server.events import log_transition
 from server.http.auth import caller_of
 from server.http.errors import Problem, field_error, not_found
@@ -42,11 +42,8 @@ from server.ingest.json_checks import (
     shallow_count,
 )
 from server.money import canonical_amount_text
-from server.types import JSON
+from server.types import JSON, ON_CONFLICT_CHOICES, SOURCES, STATUSES
 
-STATUSES = frozenset({"pending", "processing", "completed", "failed", "cancelled"})
-SOURCES = frozenset({"bulk_api", "csv", "nacha", "retry"})
-ON_CONFLICT = frozenset({"skip", "error"})
 REPLAYED = {"Idempotent-Replayed": "true"}
 
 log = logging.getLogger("server.api.bulk_requests")
@@ -80,11 +77,11 @@ def _validate_submission(body: JSON) -> tuple[list[JSON], str]:
         bad = [i for i, r in enumerate(records) if not isinstance(r, dict)]
         errors.extend(
             field_error(f"/records/{i}", "invalid_type", "a record must be a JSON object")
-            for i in bad[:50]
+            for i in bad[:MAX_LISTED_FIELD_ERRORS]
         )
     on_conflict = body.get("on_conflict", "skip")
     # isinstance first: an unhashable value (`{}`) would raise in the set lookup (500).
-    if not isinstance(on_conflict, str) or on_conflict not in ON_CONFLICT:
+    if not isinstance(on_conflict, str) or on_conflict not in ON_CONFLICT_CHOICES:
         errors.append(
             field_error("/on_conflict", "invalid_choice", 'on_conflict must be "skip" or "error"')
         )
@@ -206,7 +203,7 @@ async def list_bulk_requests(request: web.Request) -> web.Response:
         status=query_choice(request, "status", STATUSES),
         source=query_choice(request, "source", SOURCES),
         data_stream_key=request.query.get("data_stream_key"),
-        before_id=before if before is not None else 2**62,
+        before_id=before if before is not None else ABOVE_EVERY_ID,
         limit=limit,
     )
     last = rows[-1]["id"] if rows else None

@@ -16,10 +16,16 @@ import orjson
 from aiohttp import web
 
 from server.config import Settings
-from server.constants import DEFAULT_PAGE_LIMIT, MAX_IDEMPOTENCY_KEY_CHARS, MAX_PAGE_LIMIT
+from server.constants import (
+    DEFAULT_PAGE_LIMIT,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_LISTED_UNKNOWN_FIELDS,
+    MAX_PAGE_LIMIT,
+)
 from server.db.store import Store
 from server.events import ProgressHub
 from server.http.errors import Problem, field_error, not_found, parameter_error
+from server.ids import parse_stored_int
 from server.ingest.json_checks import (
     STRUCTURAL_BYTES,
     BodyIssue,
@@ -163,7 +169,7 @@ def require_object(body: Any, allowed: set[str]) -> JSON:
             "the request body has unknown fields",
             errors=[
                 field_error(f"/{pointer_token(name)}", "unknown_field", f"unknown field {name!r}")
-                for name in unknown[:20]
+                for name in unknown[:MAX_LISTED_UNKNOWN_FIELDS]
             ],
         )
     return body
@@ -172,9 +178,10 @@ def require_object(body: Any, allowed: set[str]) -> JSON:
 def path_id(request: web.Request, what: str = "bulk request") -> int:
     text = request.match_info["id"]
     # Ids are positive integers; anything else cannot name an existing object.
-    if not text.isascii() or not text.isdigit() or len(text) > 18:
+    found = parse_stored_int(text)
+    if found is None:
         raise not_found(f"{what} {text!r}")
-    return int(text)
+    return found
 
 
 def idempotency_key(request: web.Request) -> str | None:

@@ -259,11 +259,6 @@ class Store:
             {"bulk_request_id": request_id, "after_row": after_row, "limit": limit},
         )
 
-    async def count_records_of_request(self, request_id: int) -> int:
-        return int(
-            await self.read_value(Q.count_records_of_request, {"bulk_request_id": request_id})
-        )
-
     async def get_chunk_at(self, request_id: int, row: int) -> JSON | None:
         return await self.read_one(Q.get_chunk_at, {"bulk_request_id": request_id, "row": row})
 
@@ -273,14 +268,8 @@ class Store:
     async def queue_depth(self) -> int:
         return int(await self.read_value(Q.count_runnable_requests))
 
-    async def count_requests_by_status(self) -> dict[str, int]:
-        return {r["status"]: r["n"] for r in await self.read_all(Q.count_requests_by_status)}
-
     async def referenced_upload_paths(self) -> set[str]:
         return {r["upload_path"] for r in await self.read_all(Q.list_upload_paths)}
-
-    async def ping(self) -> None:
-        await self.read_value(Q.ping)
 
     # --- live events and metrics -------------------------------------------------------
 

@@ -335,6 +335,3 @@ class WriteTx:
             },
         ).fetchall()
         return [r[0] for r in rows]
-
-    def touch_api_key(self, key_id: int) -> None:
-        self.run(Q.touch_api_key, {"id": key_id, "now": now_rfc3339()})

@@ -21,7 +21,13 @@ from functools import partial
 from typing import Any
 
 from server.config import Settings
-from server.constants import SHUTDOWN_GRACE_SECONDS, WORKER_IDLE_POLL_SECONDS
+from server.constants import (
+    CLAIM_RETRY_SECONDS,
+    MAX_ERROR_MESSAGE_CHARS,
+    MAX_REMEMBERED_SLICED_IDS,
+    SHUTDOWN_GRACE_SECONDS,
+    WORKER_IDLE_POLL_SECONDS,
+)
 from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx, decode_items
 from server.events import ProgressHub, log_transition
@@ -134,7 +140,7 @@ class WorkerPool:
                     job = await self.store.write(partial(WriteTx.claim_next_request, worker=worker))
                 except Exception:
                     log.exception("claiming failed; retrying")
-                    await asyncio.sleep(1)
+                    await asyncio.sleep(CLAIM_RETRY_SECONDS)
                     continue
                 if job is None:
                     with contextlib.suppress(TimeoutError):
@@ -241,7 +247,7 @@ class WorkerPool:
 
     async def _release(self, job: JSON, worker: str) -> None:
         await self.store.write(lambda tx: tx.release_request(job, worker))
-        if len(self._sliced) > 10_000:  # ids cancelled while released are never claimed
+        if len(self._sliced) > MAX_REMEMBERED_SLICED_IDS:
             self._sliced.clear()
         self._sliced.add(job["id"])
         self.wake()
@@ -284,7 +290,10 @@ class WorkerPool:
                 worker,
                 "failed",
                 error_message=f"internal error while processing: {type(exc).__name__}",
-                error_details={"exception": type(exc).__name__, "message": str(exc)[:500]},
+                error_details={
+                    "exception": type(exc).__name__,
+                    "message": str(exc)[:MAX_ERROR_MESSAGE_CHARS],
+                },
             )
         except FencedOut:
             return True
