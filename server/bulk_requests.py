@@ -20,7 +20,7 @@ from server.chains import Coverage, RowMap, RunBuilder, handled_rows, identity_r
 from server.constants import PARSE_CHUNK_ROWS
 from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx, decode_items, encode_items
-from server.types import JSON, TERMINAL_STATUSES
+from server.types import JSON, TERMINAL_STATUSES, Source
 
 # SPEC §7: only a request that ended without completing can be retried.
 RETRYABLE_STATUSES = frozenset({"failed", "cancelled"})
@@ -96,7 +96,7 @@ async def submit_records(
         stream = _single_stream(tx, environment_id, keys)
         row = tx.insert_bulk_request(
             environment_id=environment_id,
-            source="bulk_api",
+            source=Source.BULK_API,
             on_conflict=on_conflict,
             total_items=len(items),
             data_stream_id=stream["id"] if stream else None,
@@ -136,7 +136,7 @@ async def submit_upload(
             return replayed, True
         row = tx.insert_bulk_request(
             environment_id=environment_id,
-            source=upload_format,
+            source=Source(upload_format),
             on_conflict=on_conflict,
             parsing=1,
             upload_format=upload_format,
@@ -206,7 +206,7 @@ async def retry(
         latest = chain[-1]
         common = {
             "environment_id": environment_id,
-            "source": "retry",
+            "source": Source.RETRY,
             "on_conflict": latest["on_conflict"],
             "filename": latest["filename"],
             "data_stream_id": latest["data_stream_id"],

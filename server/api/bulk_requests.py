@@ -42,7 +42,7 @@ from server.ingest.json_checks import (
     shallow_count,
 )
 from server.money import canonical_amount_text
-from server.types import JSON, ON_CONFLICT_CHOICES, SOURCES, STATUSES
+from server.types import JSON, OnConflict, Source, Status
 
 REPLAYED = {"Idempotent-Replayed": "true"}
 
@@ -81,7 +81,7 @@ def _validate_submission(body: JSON) -> tuple[list[JSON], str]:
         )
     on_conflict = body.get("on_conflict", "skip")
     # isinstance first: an unhashable value (`{}`) would raise in the set lookup (500).
-    if not isinstance(on_conflict, str) or on_conflict not in ON_CONFLICT_CHOICES:
+    if not isinstance(on_conflict, str) or on_conflict not in frozenset(OnConflict):
         errors.append(
             field_error("/on_conflict", "invalid_choice", 'on_conflict must be "skip" or "error"')
         )
@@ -200,8 +200,8 @@ async def list_bulk_requests(request: web.Request) -> web.Response:
     before = decode_cursor(request, "bulk_requests")
     rows = await request.app[STORE].list_bulk_requests(
         caller.environment_id,
-        status=query_choice(request, "status", STATUSES),
-        source=query_choice(request, "source", SOURCES),
+        status=query_choice(request, "status", Status),
+        source=query_choice(request, "source", Source),
         data_stream_key=request.query.get("data_stream_key"),
         before_id=before if before is not None else ABOVE_EVERY_ID,
         limit=limit,

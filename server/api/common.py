@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -34,6 +35,8 @@ from server.ingest.json_checks import (
 )
 from server.jobs.worker import WorkerPool
 from server.types import JSON
+
+Choice = TypeVar("Choice", bound=StrEnum)
 
 STORE = web.AppKey("store", Store)
 SETTINGS = web.AppKey("settings", Settings)
@@ -259,18 +262,19 @@ def page(data: list[JSON], limit: int, kind: str, position: int | None) -> JSON:
     return {"data": data, "next_cursor": cursor}
 
 
-def query_choice(request: web.Request, name: str, choices: frozenset[str]) -> str | None:
+def query_choice(request: web.Request, name: str, choices: type[Choice]) -> Choice | None:
+    """The query parameter `name` as a member of `choices`; absent → None, unknown → 400."""
     value = request.query.get(name)
     if value is None:
         return None
-    if value not in choices:
+    if value not in frozenset(choices):
         raise Problem(
             400,
             "invalid-parameter",
             f"{name} must be one of {', '.join(sorted(choices))}",
             errors=[parameter_error(name, "invalid_choice", f"got {value!r}")],
         )
-    return value
+    return choices(value)
 
 
 @contextmanager

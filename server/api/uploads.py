@@ -34,7 +34,7 @@ from server.http.errors import Problem, field_error
 from server.ingest.detect import detect_format
 from server.ingest.json_checks import replace_lone_surrogates
 from server.ingest.nacha_codes import NachaOption, UnknownNachaOptions, parse_nacha_options
-from server.types import JSON, ON_CONFLICT_CHOICES, UPLOAD_FORMATS
+from server.types import JSON, OnConflict, UploadFormat
 
 TEXT_FIELDS = frozenset({"data_stream_key", "on_conflict", "format", "nacha_options"})
 MAX_TEXT_FIELD_BYTES = 1024
@@ -257,10 +257,10 @@ async def _validate(
         if fields.get(name) == ""
     )
     upload_format = fields.get("format", detect_format(received.head))
-    if upload_format not in UPLOAD_FORMATS and upload_format != "":
+    if upload_format not in frozenset(UploadFormat) and upload_format != "":
         errors.append(field_error("/format", "invalid_choice", "format must be csv or nacha"))
     on_conflict = fields.get("on_conflict", "skip")
-    if on_conflict not in ON_CONFLICT_CHOICES and on_conflict != "":
+    if on_conflict not in frozenset(OnConflict) and on_conflict != "":
         errors.append(
             field_error("/on_conflict", "invalid_choice", "on_conflict must be skip or error")
         )

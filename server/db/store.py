@@ -27,7 +27,7 @@ from server.db.connection import open_connection, open_writer_connection, prepar
 from server.db.queries import Q
 from server.db.tx import WriteTx, row_dict
 from server.db.writer import Writer
-from server.types import JSON
+from server.types import JSON, Source, Status
 
 T = TypeVar("T")
 log = logging.getLogger("server.db")
@@ -235,8 +235,8 @@ class Store:
         self,
         environment_id: int,
         *,
-        status: str | None,
-        source: str | None,
+        status: Status | None,
+        source: Source | None,
         data_stream_key: str | None,
         before_id: int,
         limit: int,

@@ -22,7 +22,7 @@ from server.clock import now_rfc3339, to_rfc3339, utc_now
 from server.constants import IDEMPOTENCY_KEY_TTL_SECONDS, MAX_ROWS_PER_INSERT
 from server.db.queries import Q, multi_row
 from server.ingest.json_checks import fits_storage
-from server.types import JSON
+from server.types import JSON, Status
 
 # A staged input row: [line, fields, problem] where problem is [code, message, pointer].
 StagedItem = list[Any]
@@ -305,7 +305,7 @@ class WriteTx:
         self,
         job: JSON,
         worker: str,
-        status: str,
+        status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,

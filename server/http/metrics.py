@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import get_args
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -112,7 +111,7 @@ class _Families:
     def add_database(self, snapshot: _DatabaseSnapshot) -> None:
         # Every status/source pair is present (zero when empty), so an alert on
         # `failed` works before the first failure ever happens.
-        counts = {(s, src): 0 for s in get_args(Status) for src in get_args(Source)}
+        counts: dict[tuple[str, str], int] = {(s, src): 0 for s in Status for src in Source}
         totals = {"successful": 0, "failed": 0, "skipped": 0}
         for row in snapshot.by_status_source:
             counts[(row["status"], row["source"])] = row["requests"]

@@ -13,5 +13,5 @@ def detect_format(head: bytes) -> UploadFormat:
     text = head.removeprefix(UTF8_BOM).lstrip(b"\r\n")
     first = text[:94]
     if len(first) >= 40 and first[:1] == b"1" and first[1:3].isdigit() and first[34:37] == b"094":
-        return "nacha"
-    return "csv"
+        return UploadFormat.NACHA
+    return UploadFormat.CSV

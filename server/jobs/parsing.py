@@ -27,7 +27,7 @@ from server.ingest.csv_reader import iter_csv_rows
 from server.ingest.nacha import iter_nacha_rows
 from server.ingest.nacha_codes import NachaOption
 from server.jobs.fencing import FencedOut
-from server.types import JSON, FileRejected, ParseReport, SourceRow
+from server.types import JSON, FileRejected, ParseReport, SourceRow, Status
 
 
 class ParseHost(Protocol):
@@ -50,7 +50,7 @@ class ParseHost(Protocol):
         self,
         job: JSON,
         worker: str,
-        status: str,
+        status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,
@@ -133,7 +133,7 @@ async def parse_upload(pool: ParseHost, job: JSON, worker: str) -> JSON | None:
             pool.hub.publish(job)
             if pool.should_cancel(job):
                 await _discard_staged(pool, job)
-                await pool.finish(job, worker, "cancelled")
+                await pool.finish(job, worker, Status.CANCELLED)
                 return None
             if pool.stopping:
                 await store.write(partial(WriteTx.release_request, job=job, worker=worker))
@@ -143,7 +143,7 @@ async def parse_upload(pool: ParseHost, job: JSON, worker: str) -> JSON | None:
         await pool.finish(
             job,
             worker,
-            "failed",
+            Status.FAILED,
             error_message=exc.message,
             error_details={"file": exc.details},
             keep_upload=False,
@@ -155,7 +155,7 @@ async def parse_upload(pool: ParseHost, job: JSON, worker: str) -> JSON | None:
         await pool.finish(
             job,
             worker,
-            "failed",
+            Status.FAILED,
             keep_upload=False,
             error_message="the uploaded file is no longer on disk",
         )

@@ -35,7 +35,7 @@ from server.ingest.validation import StreamRef
 from server.jobs.batches import commit_batch, stream_keys_of, validate_batch
 from server.jobs.fencing import FencedOut
 from server.jobs.parsing import parse_upload, remove_unreferenced_uploads
-from server.types import JSON
+from server.types import JSON, Status
 
 log = logging.getLogger("server.worker")
 
@@ -194,7 +194,7 @@ class WorkerPool:
         chunk: tuple[int, list[StagedItem]] | None = None
         while job["status"] == "processing":
             if self.should_cancel(job):
-                await self.finish(job, worker, "cancelled")
+                await self.finish(job, worker, Status.CANCELLED)
                 return
             if self._stopping or (
                 loop.time() >= slice_ends and await self.store.has_runnable_request()
@@ -256,7 +256,7 @@ class WorkerPool:
         self,
         job: JSON,
         worker: str,
-        status: str,
+        status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,
@@ -288,7 +288,7 @@ class WorkerPool:
             await self.finish(
                 job,
                 worker,
-                "failed",
+                Status.FAILED,
                 error_message=f"internal error while processing: {type(exc).__name__}",
                 error_details={
                     "exception": type(exc).__name__,
