@@ -134,9 +134,9 @@ async def _keys(args: argparse.Namespace) -> int:
             for r in rows:
                 # Chosen (BULK_API_KEY) and pre-scheme keys have no public id: "-".
                 print(
-                    f"{r['id']:>4}  {r['public_id'] or '-':<14} {r['environment']:<16} "
-                    f"{r['created_at']:<28} {r['last_used_at'] or '-':<28} "
-                    f"{r['revoked_at'] or '-'}"
+                    f"{r.id:>4}  {r.public_id or '-':<14} {r.environment:<16} "
+                    f"{r.created_at:<28} {r.last_used_at or '-':<28} "
+                    f"{r.revoked_at or '-'}"
                 )
         else:
             if not await store.revoke_api_key(args.id):

@@ -20,6 +20,7 @@ from server.chains import Coverage, RowMap, RunBuilder, handled_rows, identity_r
 from server.constants import PARSE_CHUNK_ROWS
 from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx, decode_items, encode_items
+from server.models import DataStream
 from server.types import JSON, TERMINAL_STATUSES, Source
 
 # SPEC §7: only a request that ended without completing can be retried.
@@ -63,7 +64,7 @@ def _replay(tx: WriteTx, environment_id: int, claim: IdempotencyClaim | None) ->
     return row
 
 
-def _single_stream(tx: WriteTx, environment_id: int, keys: set[Any]) -> JSON | None:
+def _single_stream(tx: WriteTx, environment_id: int, keys: set[Any]) -> DataStream | None:
     if len(keys) != 1:
         return None
     (key,) = keys
@@ -99,12 +100,12 @@ async def submit_records(
             source=Source.BULK_API,
             on_conflict=on_conflict,
             total_items=len(items),
-            data_stream_id=stream["id"] if stream else None,
+            data_stream_id=stream.id if stream else None,
         )
         tx.insert_chunk(row["id"], 0, len(items), staged)
         if claim is not None:
             tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
-        row["data_stream_key"] = stream["key"] if stream else None
+        row["data_stream_key"] = stream.key if stream else None
         return row, False
 
     # urgent: the client waits for this commit, a worker's next batch can wait 1 ms more.

@@ -77,7 +77,7 @@ async def list_data_streams(request: web.Request) -> web.Response:
     limit = page_limit(request)
     after = decode_cursor(request, "data_streams") or 0
     rows = await request.app[STORE].list_data_streams(caller.environment_id, after, limit)
-    last = rows[-1]["id"] if rows else None
+    last = rows[-1].id if rows else None
     return json_response(page([render_data_stream(r) for r in rows], limit, "data_streams", last))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 
 from server.clock import parse_rfc3339, utc_now
+from server.models import DataStream
 from server.money import currency_exponent, format_major_units
 from server.types import JSON, TERMINAL_STATUSES
 
@@ -105,13 +106,13 @@ def render_record(row: JSON) -> JSON:
     }
 
 
-def render_data_stream(row: JSON) -> JSON:
+def render_data_stream(stream: DataStream) -> JSON:
     return {
-        "id": row["id"],
-        "key": row["key"],
-        "name": row["name"],
-        "currency": row["currency"],
-        "created_at": row["created_at"],
+        "id": stream.id,
+        "key": stream.key,
+        "name": stream.name,
+        "currency": stream.currency,
+        "created_at": stream.created_at,
     }
 
 

@@ -166,7 +166,7 @@ async def parse_upload(pool: ParseHost, job: JSON, worker: str) -> JSON | None:
     stream_id = None
     if len(keys) == 1:
         found = await store.find_data_streams(job["environment_id"], keys)
-        stream_id = found[0]["id"] if found else None
+        stream_id = next(iter(found.values())).id if found else None
     details = {k: v for k, v in (("warnings", report.warnings), ("notes", report.notes)) if v}
 
     def finish(tx: WriteTx) -> JSON:

@@ -242,8 +242,7 @@ class WorkerPool:
         # keys are asked again each batch in case the stream was created meanwhile.
         missing = stream_keys_of(items) - streams.keys()
         if missing:
-            for row in await self.store.find_data_streams(environment_id, missing):
-                streams[row["key"]] = StreamRef(row["id"], row["currency"])
+            streams.update(await self.store.find_data_streams(environment_id, missing))
 
     async def _release(self, job: JSON, worker: str) -> None:
         await self.store.write(lambda tx: tx.release_request(job, worker))
