@@ -5,7 +5,7 @@ one from exactly the columns its query selects (a column added to a query withou
 field here fails at the first read, in every test that reads it). Rendering to JSON
 happens in server/api/render.py.
 
-Bulk requests, records and row errors are still dicts (JSON) for now; see the README's
+Bulk requests and row errors are still dicts (JSON) for now; see the README's
 Design section for what is typed and what is not yet.
 """
 
@@ -20,6 +20,22 @@ class DataStream:
     key: str
     name: str | None
     currency: str
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One stored record as listed: the amount in integer minor units of its currency."""
+
+    id: int
+    data_stream_key: str
+    date: str
+    amount_minor: int
+    currency: str
+    description: str | None
+    external_id: str | None
+    metadata: str | None  # as stored: JSON text (decoded only when rendered)
+    bulk_request_id: int
     created_at: str
 
 

@@ -112,5 +112,5 @@ async def list_records(request: web.Request) -> web.Response:
         after_id=after,
         limit=limit,
     )
-    last = rows[-1]["id"] if rows else None
+    last = rows[-1].id if rows else None
     return json_response(page([render_record(r) for r in rows], limit, "records", last))

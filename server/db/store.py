@@ -28,7 +28,7 @@ from server.db.queries import Q
 from server.db.tx import WriteTx, row_dict
 from server.db.writer import Writer
 from server.ingest.validation import StreamRef
-from server.models import ActiveApiKey, ApiKeyListing, DataStream
+from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record
 from server.types import JSON, Source, Status
 
 T = TypeVar("T")
@@ -217,7 +217,7 @@ class Store:
         bulk_request_id: int | None,
         after_id: int,
         limit: int,
-    ) -> list[JSON]:
+    ) -> list[Record]:
         params = {
             "environment_id": environment_id,
             "data_stream_key": data_stream_key,
@@ -226,10 +226,12 @@ class Store:
             "limit": limit,
         }
         if data_stream_key is not None:
-            return await self.read_all(Q.list_records_by_stream, params)
-        if bulk_request_id is not None:
-            return await self.read_all(Q.list_records_by_request, params)
-        return await self.read_all(Q.list_records, params)
+            query = Q.list_records_by_stream
+        elif bulk_request_id is not None:
+            query = Q.list_records_by_request
+        else:
+            query = Q.list_records
+        return [Record(**row) for row in await self.read_all(query, params)]
 
     # --- bulk requests: reads ----------------------------------------------------------
 
