@@ -5,13 +5,16 @@ one from exactly the columns its query selects (a column added to a query withou
 field here fails at the first read, in every test that reads it). Rendering to JSON
 happens in server/api/render.py.
 
-Bulk requests and row errors are still dicts (JSON) for now; see the README's
+Bulk requests are still dicts (JSON) for now; see the README's
 Design section for what is typed and what is not yet.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,25 @@ class Record:
     metadata: str | None  # as stored: JSON text (decoded only when rendered)
     bulk_request_id: int
     created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """Why one row of a bulk request did not become a record."""
+
+    row: int
+    line: int | None
+    external_id: str | None
+    code: str
+    message: str
+    pointer: str
+    # The row as it was staged, JSON text of [line, fields, problem] (server/db/tx.py's
+    # staged format): kept for the CSV export and for retries.
+    source: str
+
+    def submitted_fields(self) -> Any:
+        """The row's fields as submitted (any JSON value: a record may not be an object)."""
+        return orjson.loads(self.source)[1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -226,7 +226,7 @@ async def list_row_errors(request: web.Request) -> web.StreamResponse:
         return await stream_errors_csv(request, row, after=start, limit=limit)
     limit = page_limit(request)
     errors = await request.app[STORE].list_row_errors(row["id"], start, limit)
-    last = errors[-1]["row"] if errors else None
+    last = errors[-1].row if errors else None
     return json_response(page([render_row_error(e) for e in errors], limit, "errors", last))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from server.clock import parse_rfc3339, utc_now
-from server.models import DataStream, Record
+from server.models import DataStream, Record, RowError
 from server.money import currency_exponent, format_major_units
 from server.types import JSON, TERMINAL_STATUSES
 
@@ -116,12 +116,12 @@ def render_data_stream(stream: DataStream) -> JSON:
     }
 
 
-def render_row_error(row: JSON) -> JSON:
+def render_row_error(error: RowError) -> JSON:
     return {
-        "row": row["row"],
-        "line": row["line"],
-        "external_id": row["external_id"],
-        "code": row["code"],
-        "message": row["message"],
-        "pointer": row["pointer"],
+        "row": error.row,
+        "line": error.line,
+        "external_id": error.external_id,
+        "code": error.code,
+        "message": error.message,
+        "pointer": error.pointer,
     }

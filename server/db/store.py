@@ -28,7 +28,7 @@ from server.db.queries import Q
 from server.db.tx import WriteTx, row_dict
 from server.db.writer import Writer
 from server.ingest.validation import StreamRef
-from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record
+from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record, RowError
 from server.types import JSON, Source, Status
 
 T = TypeVar("T")
@@ -265,11 +265,12 @@ class Store:
             },
         )
 
-    async def list_row_errors(self, request_id: int, after_row: int, limit: int) -> list[JSON]:
-        return await self.read_all(
+    async def list_row_errors(self, request_id: int, after_row: int, limit: int) -> list[RowError]:
+        rows = await self.read_all(
             Q.list_row_errors,
             {"bulk_request_id": request_id, "after_row": after_row, "limit": limit},
         )
+        return [RowError(**row) for row in rows]
 
     async def get_chunk_at(self, request_id: int, row: int) -> JSON | None:
         return await self.read_one(Q.get_chunk_at, {"bulk_request_id": request_id, "row": row})
