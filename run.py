@@ -11,12 +11,20 @@ from pathlib import Path
 
 from server.config import DEFAULT_DB_PATH, Settings, add_settings_arguments, env_name, settings_from
 
+# Exit statuses: 1 for "nothing to act on" (no such key), 2 when the command could not
+# run at all (the database is another process's), as argparse uses 2 for bad usage.
+EXIT_NOT_FOUND = 1
+EXIT_CANNOT_RUN = 2
+
 
 def _serve_parser(parser: argparse.ArgumentParser) -> None:
     add_settings_arguments(parser)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, with_bench_arguments: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; without `with_bench_arguments` the `bench` command is listed
+    but its flags are not defined, so building it never imports server.bench (1,100 lines
+    that serving does not need)."""
     parser = argparse.ArgumentParser(
         prog="python run.py",
         description="Bulk-requests service. With no command (or `serve`): run the server.",
@@ -54,14 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("id", type=int, help="key id, as shown by `keys list`")
     revoke.add_argument("--db", dest="db_path", type=Path, help=db_help)
 
-    from server.bench import add_bench_arguments
-
     bench = commands.add_parser(
         "bench",
         help="run the benchmark against a temporary server",
         description="Benchmark the real server on a temporary database.",
+        add_help=with_bench_arguments,
     )
-    add_bench_arguments(bench)
+    if with_bench_arguments:
+        from server.bench.cli import add_bench_arguments
+
+        add_bench_arguments(bench)
     return parser
 
 
@@ -70,8 +80,8 @@ async def _serve(settings: Settings) -> int:
 
     from server.app import DatabaseInUse, create_app
     from server.constants import GIL_SWITCH_INTERVAL_SECONDS
-    from server.http_server import HardenedRunner
-    from server.logs import configure_logging
+    from server.http.logs import configure_logging
+    from server.http.server import HardenedRunner
 
     configure_logging(settings.log_level)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
@@ -81,7 +91,7 @@ async def _serve(settings: Settings) -> int:
         await runner.setup()
     except DatabaseInUse as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CANNOT_RUN
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -89,8 +99,8 @@ async def _serve(settings: Settings) -> int:
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
-        server = site._server  # the only way aiohttp exposes the bound port (port 0)
-        port = server.sockets[0].getsockname()[1] if server and server.sockets else settings.port
+        # The bound port, which differs from settings.port when that is 0 (any free port).
+        port = runner.addresses[0][1] if runner.addresses else settings.port
         print(
             f"Serving on http://{settings.host}:{port}  (database {settings.db_path}, "
             f"{settings.workers} workers; Ctrl+C to stop)",
@@ -104,8 +114,8 @@ async def _serve(settings: Settings) -> int:
 
 
 async def _keys(args: argparse.Namespace) -> int:
-    from server.auth import generate_api_key
     from server.db.store import Store
+    from server.http.auth import generate_api_key
 
     db_path = args.db_path or Path(os.environ.get(env_name("db_path"), DEFAULT_DB_PATH))
     store = Store(db_path)
@@ -124,14 +134,14 @@ async def _keys(args: argparse.Namespace) -> int:
             for r in rows:
                 # Chosen (BULK_API_KEY) and pre-scheme keys have no public id: "-".
                 print(
-                    f"{r['id']:>4}  {r['public_id'] or '-':<14} {r['environment']:<16} "
-                    f"{r['created_at']:<28} {r['last_used_at'] or '-':<28} "
-                    f"{r['revoked_at'] or '-'}"
+                    f"{r.id:>4}  {r.public_id or '-':<14} {r.environment:<16} "
+                    f"{r.created_at:<28} {r.last_used_at or '-':<28} "
+                    f"{r.revoked_at or '-'}"
                 )
         else:
             if not await store.revoke_api_key(args.id):
                 print(f"error: no active key with id {args.id}", file=sys.stderr)
-                return 1
+                return EXIT_NOT_FOUND
             print(f"revoked key {args.id}")
     finally:
         await store.close()
@@ -139,11 +149,15 @@ async def _keys(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # First find the command with the light parser (unknown flags tolerated), then parse for
+    # real: with the bench flags only when the command is `bench`.
+    command, _ = build_parser(with_bench_arguments=False).parse_known_args(argv)
+    parser = build_parser(with_bench_arguments=command.command == "bench")
+    args = parser.parse_args(argv)
     if args.command == "keys":
         return asyncio.run(_keys(args))
     if args.command == "bench":
-        from server.bench import run_bench
+        from server.bench.cli import run_bench
 
         return run_bench(args)
     return asyncio.run(_serve(settings_from(args)))

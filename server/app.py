@@ -14,15 +14,15 @@ from server.api import bulk_requests, dashboard, data_streams, health, uploads
 from server.api import events as event_streams
 from server.api.common import HUB, POOL, SETTINGS, STORE
 from server.api.openapi import openapi_document
-from server.auth import generate_api_key, hash_api_key, make_auth_middleware
 from server.config import Settings
 from server.constants import MAX_JSON_BODY_BYTES
 from server.db.store import Store
-from server.errors import add_request_id_header, problem_middleware
 from server.events import ProgressHub
-from server.http_server import head_limit_middleware
-from server.metrics import METRICS, Metrics, metrics_endpoint, observe_requests_middleware
-from server.worker import WorkerPool
+from server.http.auth import generate_api_key, hash_api_key, make_auth_middleware
+from server.http.errors import add_request_id_header, problem_middleware
+from server.http.metrics import METRICS, Metrics, metrics_endpoint, observe_requests_middleware
+from server.http.server import head_limit_middleware
+from server.jobs.worker import WorkerPool
 
 log = logging.getLogger("server.app")
 

@@ -20,7 +20,8 @@ from server.chains import Coverage, RowMap, RunBuilder, handled_rows, identity_r
 from server.constants import PARSE_CHUNK_ROWS
 from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx, decode_items, encode_items
-from server.types import JSON, TERMINAL_STATUSES
+from server.models import DataStream
+from server.types import JSON, TERMINAL_STATUSES, Source
 
 # SPEC §7: only a request that ended without completing can be retried.
 RETRYABLE_STATUSES = frozenset({"failed", "cancelled"})
@@ -65,7 +66,7 @@ def _replay(tx: WriteTx, environment_id: int, claim: IdempotencyClaim | None) ->
     return row
 
 
-def _single_stream(tx: WriteTx, environment_id: int, keys: set[Any]) -> JSON | None:
+def _single_stream(tx: WriteTx, environment_id: int, keys: set[Any]) -> DataStream | None:
     if len(keys) != 1:
         return None
     (key,) = keys
@@ -98,15 +99,15 @@ async def submit_records(
         stream = _single_stream(tx, environment_id, keys)
         row = tx.insert_bulk_request(
             environment_id=environment_id,
-            source="bulk_api",
+            source=Source.BULK_API,
             on_conflict=on_conflict,
             total_items=len(items),
-            data_stream_id=stream["id"] if stream else None,
+            data_stream_id=stream.id if stream else None,
         )
         tx.insert_chunk(row["id"], 0, len(items), staged)
         if claim is not None:
             tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
-        row["data_stream_key"] = stream["key"] if stream else None
+        row["data_stream_key"] = stream.key if stream else None
         return row, False
 
     # urgent: the client waits for this commit, a worker's next batch can wait 1 ms more.
@@ -138,7 +139,7 @@ async def submit_upload(
             return replayed, True
         row = tx.insert_bulk_request(
             environment_id=environment_id,
-            source=upload_format,
+            source=Source(upload_format),
             on_conflict=on_conflict,
             parsing=1,
             upload_format=upload_format,
@@ -216,7 +217,7 @@ async def retry(
         latest = chain[-1]
         common = {
             "environment_id": environment_id,
-            "source": "retry",
+            "source": Source.RETRY,
             "on_conflict": latest["on_conflict"],
             "filename": latest["filename"],
             "data_stream_id": latest["data_stream_id"],

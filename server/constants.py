@@ -26,6 +26,16 @@ MAX_IDEMPOTENCY_KEY_CHARS = 255
 IDEMPOTENCY_KEY_TTL_SECONDS = 24 * 3600
 
 # --- Pagination (SPEC §5) -------------------------------------------------------------
+# A 422 lists at most this many misplaced items (non-object records, unknown fields):
+# enough to fix a body, and a hostile body cannot make the answer as large as itself.
+MAX_LISTED_FIELD_ERRORS = 50
+MAX_LISTED_UNKNOWN_FIELDS = 20
+# Ids, row positions and event-id parts are SQLite INTEGERs (signed 64-bit, at most
+# 9223372036854775807): any 18-digit number fits, so longer text cannot name anything.
+MAX_STORED_INT_DIGITS = 18
+# The first page of a newest-first listing starts below this id: above every id SQLite
+# assigns (its rowids stop at 2**63 - 1) and still exact in every integer type we use.
+ABOVE_EVERY_ID = 2**62
 DEFAULT_PAGE_LIMIT = 50
 MAX_PAGE_LIMIT = 200
 # The CSV error export reads (and holds) a page of rows at a time, each with its source
@@ -71,6 +81,16 @@ MAX_ROWS_PER_INSERT = 500
 DEFAULT_STUCK_AFTER_SECONDS = 300
 # How often the sweeper looks for orphaned requests and expired idempotency keys.
 SWEEPER_INTERVAL_SECONDS = 5.0
+# A claim that failed (the database busy or broken) is tried again after this pause, so
+# a persistent fault logs once a second instead of spinning the worker.
+CLAIM_RETRY_SECONDS = 1.0
+# Request ids given back after a time slice, remembered to log their next claim at
+# DEBUG. Ids cancelled while released are never claimed again, so the set is dropped
+# whole past this size (the cost: a few INFO lines instead of DEBUG).
+MAX_REMEMBERED_SLICED_IDS = 10_000
+# An internal error's message is kept in error_details up to this many characters: enough
+# to diagnose, and an exception holding a whole row or file stays out of every payload.
+MAX_ERROR_MESSAGE_CHARS = 500
 # Graceful shutdown: a worker finishes its current batch; a batch that takes longer than
 # this is abandoned (its transaction rolls back and the request resumes at restart).
 SHUTDOWN_GRACE_SECONDS = 8.0

@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
+from server.ids import parse_stored_int
 from server.types import JSON, TERMINAL_STATUSES
 
 # (status rank, progress, recoveries, cancellation requested). Each part only grows while
@@ -51,10 +52,12 @@ def parse_event_id(text: str | None) -> Version:
     """The version a client says it has; NO_VERSION for anything we did not issue."""
     if not text:
         return NO_VERSION
-    parts = text.strip().split(".")
-    if len(parts) != 4 or not all(p.isascii() and p.isdigit() and len(p) <= 18 for p in parts):
+    numbers = [parse_stored_int(part) for part in text.strip().split(".")]
+    if len(numbers) != 4:
         return NO_VERSION
-    a, b, c, d = (int(p) for p in parts)
+    a, b, c, d = numbers
+    if a is None or b is None or c is None or d is None:
+        return NO_VERSION
     return a, b, c, d
 
 

@@ -1,8 +1,10 @@
 """Exact money: amounts in, integer minor units stored, exact decimals out.
 
-No float arithmetic anywhere: JSON numbers reach us as `Decimal` (the request body is
-parsed with `parse_float=Decimal`) or `int`, strings are parsed as decimals, and the
-conversion to minor units is integer arithmetic on the decimal's digits.
+No float arithmetic anywhere. JSON numbers reach us as `int`, as `Decimal` (a body that
+may hold a number a double cannot carry exactly is parsed with `parse_float=Decimal`), or
+as a `float` only when its shortest repr() is the literal the client wrote (the orjson
+fast path of api.common.read_json_document): that repr() is read as a decimal. Strings are
+parsed as decimals, and the conversion to minor units is integer arithmetic on digits.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ _ZEROS = tuple("0" * n for n in range(10))
 def to_minor_units(value: object, exponent: int) -> int:
     """Convert a major-unit amount to integer minor units, exactly, or raise AmountError."""
     if value.__class__ is float:
-        # Only floats that hold their JSON literal exactly reach here (see read_json_body):
-        # the shortest repr that round-trips is that literal's value.
+        # Only floats that hold their JSON literal exactly reach here (see
+        # api.common.read_json_document): the shortest round-trip repr is that literal.
         value = repr(value)
     if isinstance(value, str) and value.isascii():
         # The common case, "-1234.56", with str methods and one int() alone: this is the

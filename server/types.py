@@ -7,14 +7,46 @@ the worker and the HTTP layer can all depend on it without cycles.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 JSON = dict[str, Any]
 
-Status = Literal["pending", "processing", "completed", "failed", "cancelled"]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
-Source = Literal["bulk_api", "csv", "nacha", "retry"]
-OnConflict = Literal["skip", "error"]
+# Each vocabulary once. StrEnum members are the strings the API and the database hold
+# (equal to them, same hash), so a row read back as plain text still compares and looks
+# up equal: `row["status"] in TERMINAL_STATUSES`, `frozenset(Status)` for checking input.
+
+
+class Status(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES: frozenset[str] = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+
+
+class Source(StrEnum):
+    """How a bulk request's rows arrived."""
+
+    BULK_API = "bulk_api"
+    CSV = "csv"
+    NACHA = "nacha"
+    RETRY = "retry"
+
+
+class OnConflict(StrEnum):
+    """What a row whose external_id already exists in its stream becomes (SPEC §6)."""
+
+    SKIP = "skip"
+    ERROR = "error"
+
+
+class UploadFormat(StrEnum):
+    CSV = "csv"
+    NACHA = "nacha"
 
 
 @dataclass(slots=True, frozen=True)

@@ -15,10 +15,10 @@ from typing import Any
 
 from server.api.common import STORE
 from server.app import create_app
-from server.auth import generate_api_key, hash_api_key
 from server.config import Settings
 from server.db.connection import prepare_database
 from server.db.migrations import MIGRATIONS, migrate
+from server.http.auth import generate_api_key, hash_api_key
 from tests.conftest import API_KEY, Api
 
 NEW_KEY = re.compile(r"bk_(?P<public_id>[a-z0-9]{12})_(?P<secret>[A-Za-z0-9_-]{43})")

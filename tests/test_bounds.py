@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from server.api.error_export import OMITTED_COLUMN, csv_line
 from server.constants import MAX_CSV_COLUMNS, PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
-from server.parsing import take_chunk
+from server.jobs.parsing import take_chunk
 from server.types import SourceRow
 from tests.conftest import Api, record
 

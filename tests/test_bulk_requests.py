@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from server.api.common import STORE
-from server.auth import generate_api_key
+from server.http.auth import generate_api_key
 from tests.conftest import Api, record
 
 

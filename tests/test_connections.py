@@ -1,6 +1,6 @@
 """Connections (SPEC §11, issue 9 item 4, issue 15 item 2), over raw sockets.
 
-The server is the real one `python run.py` serves (server.http_server.HardenedRunner on
+The server is the real one `python run.py` serves (server.http.server.HardenedRunner on
 a TCP port) with short timeouts; aiohttp's test client would hide what is tested here:
 idle and slow connections, heads too large, requests aiohttp cannot parse, clients that
 vanish, and what all of that logs.
@@ -27,8 +27,8 @@ from aiohttp import web
 from server.app import create_app
 from server.config import Settings, add_settings_arguments, settings_from
 from server.constants import MAX_REQUEST_HEAD_BYTES, PROTOCOL_WARNING_BURST
-from server.http_server import HardenedRunner
-from server.logs import RateLimitedLog
+from server.http.logs import RateLimitedLog
+from server.http.server import HardenedRunner
 from tests.conftest import API_KEY, Api
 from tests.server_process import ServerProcess
 

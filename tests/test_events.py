@@ -18,9 +18,9 @@ from aiohttp import web
 
 from server.api.common import HUB, POOL, STORE
 from server.app import create_app
-from server.auth import generate_api_key
 from server.config import Settings
 from server.events import parse_event_id
+from server.http.auth import generate_api_key
 from tests.conftest import API_KEY, Api, record, wait_until
 
 ApiFactory = Callable[[Settings], Awaitable[Api]]

@@ -1,4 +1,4 @@
-"""server/logs.py: one access-log line per HTTP request, never the API key."""
+"""server/http/logs.py: one access-log line per HTTP request, never the API key."""
 
 from __future__ import annotations
 

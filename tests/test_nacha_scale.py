@@ -1,7 +1,7 @@
 """A 500,000-entry NACHA file parses in seconds with flat memory (issue 10).
 
 Each run parses in its own interpreter, reading the file from disk in the worker's
-chunks as server/parsing.py does, so the peak RSS is the parser's alone. Flat means
+chunks as server/jobs/parsing.py does, so the peak RSS is the parser's alone. Flat means
 10x the entries costs no more than a few MB more: nothing grows with the file.
 """
 

@@ -16,7 +16,7 @@ from server.api.openapi import OPENAPI_FILE
 from server.app import create_app
 from server.config import Settings
 from server.currencies import CURRENCY_EXPONENTS
-from server.errors import _TITLES
+from server.http.errors import _TITLES
 from tests.conftest import Api
 
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})

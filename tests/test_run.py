@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from server.auth import hash_api_key
 from server.db.store import Store
+from server.http.auth import hash_api_key
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,10 +28,10 @@ from server.api.common import (
 )
 from server.api.error_export import stream_errors_csv
 from server.api.render import render_bulk_request, render_row_error, render_summary
-from server.auth import caller_of
-from server.constants import MAX_RECORDS_PER_REQUEST
-from server.errors import Problem, field_error, not_found
+from server.constants import ABOVE_EVERY_ID, MAX_LISTED_FIELD_ERRORS, MAX_RECORDS_PER_REQUEST
 from server.events import log_transition
+from server.http.auth import caller_of
+from server.http.errors import Problem, field_error, not_found
 from server.ingest.json_checks import (
     BodyIssue,
     duplicate_key_issue,
@@ -42,11 +42,8 @@ from server.ingest.json_checks import (
     shallow_count,
 )
 from server.money import canonical_amount_text
-from server.types import JSON
+from server.types import JSON, OnConflict, Source, Status
 
-STATUSES = frozenset({"pending", "processing", "completed", "failed", "cancelled"})
-SOURCES = frozenset({"bulk_api", "csv", "nacha", "retry"})
-ON_CONFLICT = frozenset({"skip", "error"})
 REPLAYED = {"Idempotent-Replayed": "true"}
 
 log = logging.getLogger("server.api.bulk_requests")
@@ -80,11 +77,11 @@ def _validate_submission(body: JSON) -> tuple[list[JSON], str]:
         bad = [i for i, r in enumerate(records) if not isinstance(r, dict)]
         errors.extend(
             field_error(f"/records/{i}", "invalid_type", "a record must be a JSON object")
-            for i in bad[:50]
+            for i in bad[:MAX_LISTED_FIELD_ERRORS]
         )
     on_conflict = body.get("on_conflict", "skip")
     # isinstance first: an unhashable value (`{}`) would raise in the set lookup (500).
-    if not isinstance(on_conflict, str) or on_conflict not in ON_CONFLICT:
+    if not isinstance(on_conflict, str) or on_conflict not in frozenset(OnConflict):
         errors.append(
             field_error("/on_conflict", "invalid_choice", 'on_conflict must be "skip" or "error"')
         )
@@ -212,10 +209,10 @@ async def list_bulk_requests(request: web.Request) -> web.Response:
     before = decode_cursor(request, "bulk_requests")
     rows = await request.app[STORE].list_bulk_requests(
         caller.environment_id,
-        status=query_choice(request, "status", STATUSES),
-        source=query_choice(request, "source", SOURCES),
+        status=query_choice(request, "status", Status),
+        source=query_choice(request, "source", Source),
         data_stream_key=request.query.get("data_stream_key"),
-        before_id=before if before is not None else 2**62,
+        before_id=before if before is not None else ABOVE_EVERY_ID,
         limit=limit,
     )
     last = rows[-1]["id"] if rows else None
@@ -238,7 +235,7 @@ async def list_row_errors(request: web.Request) -> web.StreamResponse:
         return await stream_errors_csv(request, row, after=start, limit=limit)
     limit = page_limit(request)
     errors = await request.app[STORE].list_row_errors(row["id"], start, limit)
-    last = errors[-1]["row"] if errors else None
+    last = errors[-1].row if errors else None
     return json_response(page([render_row_error(e) for e in errors], limit, "errors", last))
 
 

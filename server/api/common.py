@@ -10,24 +10,33 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
 from server.config import Settings
-from server.constants import DEFAULT_PAGE_LIMIT, MAX_IDEMPOTENCY_KEY_CHARS, MAX_PAGE_LIMIT
+from server.constants import (
+    DEFAULT_PAGE_LIMIT,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_LISTED_UNKNOWN_FIELDS,
+    MAX_PAGE_LIMIT,
+)
 from server.db.store import Store
-from server.errors import Problem, field_error, not_found, parameter_error
 from server.events import ProgressHub
+from server.http.errors import Problem, field_error, not_found, parameter_error
+from server.ids import parse_stored_int
 from server.ingest.json_checks import (
     STRUCTURAL_BYTES,
     BodyIssue,
     duplicate_key_issue,
     pointer_token,
 )
+from server.jobs.worker import WorkerPool
 from server.types import JSON
-from server.worker import WorkerPool
+
+Choice = TypeVar("Choice", bound=StrEnum)
 
 STORE = web.AppKey("store", Store)
 SETTINGS = web.AppKey("settings", Settings)
@@ -163,7 +172,7 @@ def require_object(body: Any, allowed: set[str]) -> JSON:
             "the request body has unknown fields",
             errors=[
                 field_error(f"/{pointer_token(name)}", "unknown_field", f"unknown field {name!r}")
-                for name in unknown[:20]
+                for name in unknown[:MAX_LISTED_UNKNOWN_FIELDS]
             ],
         )
     return body
@@ -172,9 +181,10 @@ def require_object(body: Any, allowed: set[str]) -> JSON:
 def path_id(request: web.Request, what: str = "bulk request") -> int:
     text = request.match_info["id"]
     # Ids are positive integers; anything else cannot name an existing object.
-    if not text.isascii() or not text.isdigit() or len(text) > 18:
+    found = parse_stored_int(text)
+    if found is None:
         raise not_found(f"{what} {text!r}")
-    return int(text)
+    return found
 
 
 def idempotency_key(request: web.Request) -> str | None:
@@ -252,18 +262,19 @@ def page(data: list[JSON], limit: int, kind: str, position: int | None) -> JSON:
     return {"data": data, "next_cursor": cursor}
 
 
-def query_choice(request: web.Request, name: str, choices: frozenset[str]) -> str | None:
+def query_choice(request: web.Request, name: str, choices: type[Choice]) -> Choice | None:
+    """The query parameter `name` as a member of `choices`; absent → None, unknown → 400."""
     value = request.query.get(name)
     if value is None:
         return None
-    if value not in choices:
+    if value not in frozenset(choices):
         raise Problem(
             400,
             "invalid-parameter",
             f"{name} must be one of {', '.join(sorted(choices))}",
             errors=[parameter_error(name, "invalid_choice", f"got {value!r}")],
         )
-    return value
+    return choices(value)
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from server.errors import not_found
+from server.http.errors import not_found
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 INDEX_FILE = "index.html"

@@ -16,9 +16,10 @@ from server.api.common import (
     require_object,
 )
 from server.api.render import render_data_stream, render_record
-from server.auth import caller_of
 from server.constants import MAX_DATA_STREAM_KEY_CHARS, MAX_DATA_STREAM_NAME_CHARS
-from server.errors import Problem, field_error, not_found, parameter_error
+from server.http.auth import caller_of
+from server.http.errors import Problem, field_error, not_found, parameter_error
+from server.ids import parse_stored_int
 from server.ingest.validation import text_problem
 from server.money import currency_exponent
 
@@ -76,7 +77,7 @@ async def list_data_streams(request: web.Request) -> web.Response:
     limit = page_limit(request)
     after = decode_cursor(request, "data_streams") or 0
     rows = await request.app[STORE].list_data_streams(caller.environment_id, after, limit)
-    last = rows[-1]["id"] if rows else None
+    last = rows[-1].id if rows else None
     return json_response(page([render_data_stream(r) for r in rows], limit, "data_streams", last))
 
 
@@ -96,14 +97,14 @@ async def list_records(request: web.Request) -> web.Response:
     bulk_text = request.query.get("bulk_request_id")
     bulk_id = None
     if bulk_text is not None:
-        if not bulk_text.isascii() or not bulk_text.isdigit() or len(bulk_text) > 18:
+        bulk_id = parse_stored_int(bulk_text)
+        if bulk_id is None:
             raise Problem(
                 400,
                 "invalid-parameter",
                 "bulk_request_id must be a positive integer",
                 errors=[parameter_error("bulk_request_id", "invalid", f"got {bulk_text!r}")],
             )
-        bulk_id = int(bulk_text)
     rows = await request.app[STORE].list_records(
         caller.environment_id,
         data_stream_key=request.query.get("data_stream_key"),
@@ -111,5 +112,5 @@ async def list_records(request: web.Request) -> web.Response:
         after_id=after,
         limit=limit,
     )
-    last = rows[-1]["id"] if rows else None
+    last = rows[-1].id if rows else None
     return json_response(page([render_record(r) for r in rows], limit, "records", last))

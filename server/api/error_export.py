@@ -25,6 +25,7 @@ from aiohttp import web
 
 from server.api.common import STORE, encode_cursor
 from server.constants import ERROR_EXPORT_PAGE_BYTES, ERROR_EXPORT_PAGE_ROWS, MAX_CSV_COLUMNS
+from server.models import RowError
 from server.types import JSON
 
 ERROR_COLUMNS = ["row", "line", "error_code", "error_message", "error_pointer"]
@@ -64,9 +65,9 @@ def csv_line(values: Sequence[Any]) -> str:
     return ",".join(map(csv_field, values)) + "\r\n"
 
 
-def _fields_and_metadata(error: JSON) -> tuple[JSON, JSON]:
+def _fields_and_metadata(error: RowError) -> tuple[JSON, JSON]:
     """The row as submitted, and its metadata (either may be missing or not an object)."""
-    fields = orjson.loads(error["source"])[1]
+    fields = error.submitted_fields()
     if not isinstance(fields, dict):
         return {}, {}
     metadata = fields.get("metadata")
@@ -83,7 +84,7 @@ class _Range:
     through: int | None = None  # and none after this row (None: no such bound)
 
 
-async def _pages(request: web.Request, chosen: _Range) -> AsyncIterator[list[JSON]]:
+async def _pages(request: web.Request, chosen: _Range) -> AsyncIterator[list[RowError]]:
     """The chosen errors in pages of about ERROR_EXPORT_PAGE_BYTES of source rows."""
     store = request.app[STORE]
     fewest, most = ERROR_EXPORT_PAGE_ROWS
@@ -95,14 +96,14 @@ async def _pages(request: web.Request, chosen: _Range) -> AsyncIterator[list[JSO
             chosen.request_id, after, size if left is None else min(left, size)
         )
         if chosen.through is not None:
-            page = [error for error in page if error["row"] <= chosen.through]
+            page = [error for error in page if error.row <= chosen.through]
         if not page:
             return
         yield page
-        after = page[-1]["row"]
+        after = page[-1].row
         if left is not None:
             left -= len(page)
-        average = sum(len(error["source"]) for error in page) // len(page) + 1
+        average = sum(len(error.source) for error in page) // len(page) + 1
         size = max(fewest, min(most, ERROR_EXPORT_PAGE_BYTES // average))
 
 
@@ -120,7 +121,7 @@ async def _scan(request: web.Request, chosen: _Range) -> _Scan:
     scan = _Scan()
     async for page in _pages(request, chosen):
         scan.rows += len(page)
-        scan.last_row = page[-1]["row"]
+        scan.last_row = page[-1].row
         if scan.overflow and chosen.limit is None:
             break  # the header is settled and no cursor is needed: stop reading early
         for error in page:
@@ -175,11 +176,11 @@ async def stream_errors_csv(
         for error in page:
             fields, metadata = _fields_and_metadata(error)
             values = [
-                error["row"],
-                error["line"],
-                error["code"],
-                error["message"],
-                error["pointer"],
+                error.row,
+                error.line,
+                error.code,
+                error.message,
+                error.pointer,
                 *[fields.get(c) for c in RECORD_COLUMNS],
                 *[metadata.get(k) for k in meta_columns],
             ]

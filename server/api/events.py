@@ -22,7 +22,6 @@ from aiohttp import web
 from server import bulk_requests as domain
 from server.api.common import HUB, SETTINGS, STORE, path_id
 from server.api.render import render_bulk_request
-from server.auth import caller_of
 from server.constants import (
     SSE_DISCONNECT_CHECK_SECONDS,
     SSE_KEEPALIVE_SECONDS,
@@ -30,7 +29,6 @@ from server.constants import (
     SSE_RETRY_MS,
     SSE_TRACKED_REQUESTS,
 )
-from server.errors import not_found
 from server.events import (
     NO_VERSION,
     Subscription,
@@ -39,7 +37,9 @@ from server.events import (
     parse_event_id,
     progress_version,
 )
-from server.metrics import LONG_LIVED
+from server.http.auth import caller_of
+from server.http.errors import not_found
+from server.http.metrics import LONG_LIVED
 from server.types import JSON, TERMINAL_STATUSES
 
 EVENT_STREAM_CONTENT_TYPE = "text/event-stream"

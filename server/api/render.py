@@ -6,6 +6,7 @@ import orjson
 
 from server.bulk_requests import can_cancel
 from server.clock import parse_rfc3339, utc_now
+from server.models import DataStream, Record, RowError
 from server.money import currency_exponent, format_major_units
 from server.types import JSON, TERMINAL_STATUSES
 
@@ -95,40 +96,40 @@ def render_summary(row: JSON) -> JSON:
     return summary
 
 
-def render_record(row: JSON) -> JSON:
-    exponent = currency_exponent(row["currency"])
-    amount = format_major_units(row["amount_minor"], exponent if exponent is not None else 0)
+def render_record(record: Record) -> JSON:
+    exponent = currency_exponent(record.currency)
+    amount = format_major_units(record.amount_minor, exponent if exponent is not None else 0)
     return {
-        "id": row["id"],
-        "data_stream_key": row["data_stream_key"],
-        "date": row["date"],
+        "id": record.id,
+        "data_stream_key": record.data_stream_key,
+        "date": record.date,
         # Emitted as a JSON number with exactly these digits (no float in between).
         "amount": orjson.Fragment(amount.encode()),
-        "currency": row["currency"],
-        "description": row["description"],
-        "external_id": row["external_id"],
-        "metadata": orjson.loads(row["metadata"]) if row["metadata"] else None,
-        "bulk_request_id": row["bulk_request_id"],
-        "created_at": row["created_at"],
+        "currency": record.currency,
+        "description": record.description,
+        "external_id": record.external_id,
+        "metadata": orjson.loads(record.metadata) if record.metadata else None,
+        "bulk_request_id": record.bulk_request_id,
+        "created_at": record.created_at,
     }
 
 
-def render_data_stream(row: JSON) -> JSON:
+def render_data_stream(stream: DataStream) -> JSON:
     return {
-        "id": row["id"],
-        "key": row["key"],
-        "name": row["name"],
-        "currency": row["currency"],
-        "created_at": row["created_at"],
+        "id": stream.id,
+        "key": stream.key,
+        "name": stream.name,
+        "currency": stream.currency,
+        "created_at": stream.created_at,
     }
 
 
-def render_row_error(row: JSON) -> JSON:
+def render_row_error(error: RowError) -> JSON:
     return {
-        "row": row["row"],
-        "line": row["line"],
-        "external_id": row["external_id"],
-        "code": row["code"],
-        "message": row["message"],
-        "pointer": row["pointer"],
+        "row": error.row,
+        "line": error.line,
+        "external_id": error.external_id,
+        "code": error.code,
+        "message": error.message,
+        "pointer": error.pointer,
     }

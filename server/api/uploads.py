@@ -28,16 +28,14 @@ from server.api.common import (
     translate_domain_errors,
 )
 from server.api.render import is_parsing, render_summary
-from server.auth import caller_of
 from server.constants import FILE_READ_BYTES, MAX_FILENAME_CHARS, MAX_PART_HEADER_BYTES
-from server.errors import Problem, field_error
+from server.http.auth import caller_of
+from server.http.errors import Problem, field_error
 from server.ingest.detect import detect_format
 from server.ingest.json_checks import replace_lone_surrogates
 from server.ingest.nacha_codes import NachaOption, UnknownNachaOptions, parse_nacha_options
-from server.types import JSON
+from server.types import JSON, OnConflict, UploadFormat
 
-FORMATS = frozenset({"csv", "nacha"})
-ON_CONFLICT = frozenset({"skip", "error"})
 TEXT_FIELDS = frozenset({"data_stream_key", "on_conflict", "format", "nacha_options"})
 MAX_TEXT_FIELD_BYTES = 1024
 DETECTION_BYTES = 4096
@@ -259,10 +257,10 @@ async def _validate(
         if fields.get(name) == ""
     )
     upload_format = fields.get("format", detect_format(received.head))
-    if upload_format not in FORMATS and upload_format != "":
+    if upload_format not in frozenset(UploadFormat) and upload_format != "":
         errors.append(field_error("/format", "invalid_choice", "format must be csv or nacha"))
     on_conflict = fields.get("on_conflict", "skip")
-    if on_conflict not in ON_CONFLICT and on_conflict != "":
+    if on_conflict not in frozenset(OnConflict) and on_conflict != "":
         errors.append(
             field_error("/on_conflict", "invalid_choice", "on_conflict must be skip or error")
         )

@@ -1,5 +1,6 @@
 -- Every SQL statement the server runs, by name. `server/db/queries.py` loads this file;
--- `server/db/store.py` is the only module that executes these. Parameters are named.
+-- only server/db/ executes these (store.py reads, tx.py writes; the benchmark's seeding
+-- borrows a few). Parameters are named.
 
 -- name: ensure_environment
 INSERT INTO environments (name, created_at) VALUES (:name, :now)
@@ -100,9 +101,6 @@ FROM records r JOIN data_streams s ON s.id = r.data_stream_id
 WHERE r.bulk_request_id = :bulk_request_id AND s.environment_id = :environment_id
   AND r.id > :after_id
 ORDER BY r.id LIMIT :limit;
-
--- name: count_records_of_request
-SELECT count(*) FROM records WHERE bulk_request_id = :bulk_request_id;
 
 -- name: insert_bulk_request
 INSERT INTO bulk_requests (environment_id, status, source, on_conflict, total_items, parsing,
@@ -341,12 +339,6 @@ SET fingerprint = excluded.fingerprint, bulk_request_id = excluded.bulk_request_
 
 -- name: delete_expired_idempotency_keys
 DELETE FROM idempotency_keys WHERE created_at <= :not_before;
-
--- name: count_requests_by_status
-SELECT status, count(*) AS n FROM bulk_requests GROUP BY status;
-
--- name: ping
-SELECT 1;
 
 -- name: list_upload_paths
 SELECT upload_path FROM bulk_requests WHERE upload_path IS NOT NULL;

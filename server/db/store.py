@@ -27,7 +27,9 @@ from server.db.connection import open_connection, open_writer_connection, prepar
 from server.db.queries import Q
 from server.db.tx import WriteTx, row_dict
 from server.db.writer import Writer
-from server.types import JSON
+from server.ingest.validation import StreamRef
+from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record, RowError
+from server.types import JSON, Source, Status
 
 T = TypeVar("T")
 log = logging.getLogger("server.db")
@@ -149,15 +151,16 @@ class Store:
 
         return await self.write(work)
 
-    async def find_api_key(self, key_hash: str) -> JSON | None:
-        return await self.read_one(Q.find_api_key, {"key_hash": key_hash})
+    async def find_api_key(self, key_hash: str) -> ActiveApiKey | None:
+        row = await self.read_one(Q.find_api_key, {"key_hash": key_hash})
+        return ActiveApiKey(**row) if row is not None else None
 
     async def touch_api_key(self, key_id: int) -> None:
         now = now_rfc3339()
         await self.write(lambda tx: tx.run(Q.touch_api_key, {"id": key_id, "now": now}))
 
-    async def list_api_keys(self) -> list[JSON]:
-        return await self.read_all(Q.list_api_keys)
+    async def list_api_keys(self) -> list[ApiKeyListing]:
+        return [ApiKeyListing(**row) for row in await self.read_all(Q.list_api_keys)]
 
     async def revoke_api_key(self, key_id: int) -> bool:
         now = now_rfc3339()
@@ -171,7 +174,7 @@ class Store:
 
     async def create_data_stream(
         self, environment_id: int, key: str, name: str | None, currency: str
-    ) -> JSON | None:
+    ) -> DataStream | None:
         """The new stream, or None when the key is taken in this environment."""
         params = {
             "environment_id": environment_id,
@@ -180,24 +183,31 @@ class Store:
             "currency": currency,
             "now": now_rfc3339(),
         }
-        return await self.write(lambda tx: tx.one(Q.insert_data_stream, params), urgent=True)
+        row = await self.write(lambda tx: tx.one(Q.insert_data_stream, params), urgent=True)
+        return DataStream(**row) if row is not None else None
 
-    async def get_data_stream(self, environment_id: int, key: str) -> JSON | None:
-        return await self.read_one(
-            Q.get_data_stream, {"environment_id": environment_id, "key": key}
-        )
+    async def get_data_stream(self, environment_id: int, key: str) -> DataStream | None:
+        row = await self.read_one(Q.get_data_stream, {"environment_id": environment_id, "key": key})
+        return DataStream(**row) if row is not None else None
 
-    async def list_data_streams(self, environment_id: int, after_id: int, limit: int) -> list[JSON]:
-        return await self.read_all(
+    async def list_data_streams(
+        self, environment_id: int, after_id: int, limit: int
+    ) -> list[DataStream]:
+        rows = await self.read_all(
             Q.list_data_streams,
             {"environment_id": environment_id, "after_id": after_id, "limit": limit},
         )
+        return [DataStream(**row) for row in rows]
 
-    async def find_data_streams(self, environment_id: int, keys: Iterable[str]) -> list[JSON]:
-        return await self.read_all(
+    async def find_data_streams(
+        self, environment_id: int, keys: Iterable[str]
+    ) -> dict[str, StreamRef]:
+        """The streams among `keys` that exist, by key: what validation needs of each."""
+        rows = await self.read_all(
             Q.find_data_streams_by_keys,
             {"environment_id": environment_id, "keys": orjson.dumps(list(keys)).decode()},
         )
+        return {row["key"]: StreamRef(row["id"], row["currency"]) for row in rows}
 
     async def list_records(
         self,
@@ -207,7 +217,7 @@ class Store:
         bulk_request_id: int | None,
         after_id: int,
         limit: int,
-    ) -> list[JSON]:
+    ) -> list[Record]:
         params = {
             "environment_id": environment_id,
             "data_stream_key": data_stream_key,
@@ -216,10 +226,12 @@ class Store:
             "limit": limit,
         }
         if data_stream_key is not None:
-            return await self.read_all(Q.list_records_by_stream, params)
-        if bulk_request_id is not None:
-            return await self.read_all(Q.list_records_by_request, params)
-        return await self.read_all(Q.list_records, params)
+            query = Q.list_records_by_stream
+        elif bulk_request_id is not None:
+            query = Q.list_records_by_request
+        else:
+            query = Q.list_records
+        return [Record(**row) for row in await self.read_all(query, params)]
 
     # --- bulk requests: reads ----------------------------------------------------------
 
@@ -235,8 +247,8 @@ class Store:
         self,
         environment_id: int,
         *,
-        status: str | None,
-        source: str | None,
+        status: Status | None,
+        source: Source | None,
         data_stream_key: str | None,
         before_id: int,
         limit: int,
@@ -265,16 +277,12 @@ class Store:
             chains.setdefault(row.pop("chain_root"), []).append(row)
         return list(chains.values())
 
-    async def list_row_errors(self, request_id: int, after_row: int, limit: int) -> list[JSON]:
-        return await self.read_all(
+    async def list_row_errors(self, request_id: int, after_row: int, limit: int) -> list[RowError]:
+        rows = await self.read_all(
             Q.list_row_errors,
             {"bulk_request_id": request_id, "after_row": after_row, "limit": limit},
         )
-
-    async def count_records_of_request(self, request_id: int) -> int:
-        return int(
-            await self.read_value(Q.count_records_of_request, {"bulk_request_id": request_id})
-        )
+        return [RowError(**row) for row in rows]
 
     async def get_chunk_at(self, request_id: int, row: int) -> JSON | None:
         return await self.read_one(Q.get_chunk_at, {"bulk_request_id": request_id, "row": row})
@@ -285,14 +293,8 @@ class Store:
     async def queue_depth(self) -> int:
         return int(await self.read_value(Q.count_runnable_requests))
 
-    async def count_requests_by_status(self) -> dict[str, int]:
-        return {r["status"]: r["n"] for r in await self.read_all(Q.count_requests_by_status)}
-
     async def referenced_upload_paths(self) -> set[str]:
         return {r["upload_path"] for r in await self.read_all(Q.list_upload_paths)}
-
-    async def ping(self) -> None:
-        await self.read_value(Q.ping)
 
     # --- live events and metrics -------------------------------------------------------
 

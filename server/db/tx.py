@@ -22,7 +22,8 @@ from server.clock import now_rfc3339, to_rfc3339, utc_now
 from server.constants import IDEMPOTENCY_KEY_TTL_SECONDS, MAX_ROWS_PER_INSERT
 from server.db.queries import Q, multi_row
 from server.ingest.json_checks import fits_storage
-from server.types import JSON
+from server.models import DataStream
+from server.types import JSON, Status
 
 # A staged input row: [line, fields, problem] where problem is [code, message, pointer].
 StagedItem = list[Any]
@@ -99,8 +100,9 @@ class WriteTx:
         assert row is not None
         return int(row["id"])
 
-    def get_data_stream(self, environment_id: int, key: str) -> JSON | None:
-        return self.one(Q.get_data_stream, {"environment_id": environment_id, "key": key})
+    def get_data_stream(self, environment_id: int, key: str) -> DataStream | None:
+        row = self.one(Q.get_data_stream, {"environment_id": environment_id, "key": key})
+        return DataStream(**row) if row is not None else None
 
     # --- idempotency --------------------------------------------------------------------
 
@@ -305,7 +307,7 @@ class WriteTx:
         self,
         job: JSON,
         worker: str,
-        status: str,
+        status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,
@@ -335,6 +337,3 @@ class WriteTx:
             },
         ).fetchall()
         return [r[0] for r in rows]
-
-    def touch_api_key(self, key_id: int) -> None:
-        self.run(Q.touch_api_key, {"id": key_id, "now": now_rfc3339()})

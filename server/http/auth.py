@@ -21,7 +21,7 @@ from aiohttp.typedefs import Handler
 
 from server.clock import parse_rfc3339, utc_now
 from server.constants import API_KEY_PUBLIC_ID_CHARS, API_KEY_SECRET_BYTES
-from server.errors import Problem
+from server.http.errors import Problem
 
 API_KEY_HEADER = "X-API-KEY"
 KEY_PREFIX = "bk_"
@@ -81,13 +81,13 @@ def make_auth_middleware(store_key: Any) -> Any:
             raise Problem(401, "unauthorized", f"send your API key in the {API_KEY_HEADER} header")
         store = request.app[store_key]
         digest = hash_api_key(presented)
-        row = await store.find_api_key(digest)
-        if row is None or not hmac.compare_digest(row["key_hash"], digest):
+        key = await store.find_api_key(digest)
+        if key is None or not hmac.compare_digest(key.key_hash, digest):
             raise Problem(401, "unauthorized", "this API key is unknown or has been revoked")
-        last_used = row["last_used_at"]
+        last_used = key.last_used_at
         if last_used is None or utc_now() - parse_rfc3339(last_used) > LAST_USED_RESOLUTION:
-            await store.touch_api_key(row["id"])
-        request[CALLER] = Caller(row["id"], row["environment_id"], row["environment"])
+            await store.touch_api_key(key.id)
+        request[CALLER] = Caller(key.id, key.environment_id, key.environment)
         return await handler(request)
 
     return auth_middleware

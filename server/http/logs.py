@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from server.auth import CALLER
-from server.errors import request_id_of
+from server.http.auth import CALLER
+from server.http.errors import request_id_of
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -50,7 +50,7 @@ access_log = logging.getLogger("server.access")
 
 
 def log_access(request: web.Request, status: int, seconds: float) -> None:
-    """The access-log line of one request (timed by server.metrics' middleware)."""
+    """The access-log line of one request (timed by server.http.metrics' middleware)."""
     resource = request.match_info.route.resource
     caller = request.get(CALLER)
     access_log.info(

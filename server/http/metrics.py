@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import get_args
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -32,9 +31,9 @@ from server.clock import parse_rfc3339, to_rfc3339, utc_now
 from server.config import Settings
 from server.db.store import Store
 from server.events import ProgressHub
-from server.logs import log_access
+from server.http.logs import log_access
+from server.jobs.worker import WorkerPool
 from server.types import JSON, Source, Status
-from server.worker import WorkerPool
 
 log = logging.getLogger("server.metrics")
 
@@ -112,7 +111,7 @@ class _Families:
     def add_database(self, snapshot: _DatabaseSnapshot) -> None:
         # Every status/source pair is present (zero when empty), so an alert on
         # `failed` works before the first failure ever happens.
-        counts = {(s, src): 0 for s in get_args(Status) for src in get_args(Source)}
+        counts: dict[tuple[str, str], int] = {(s, src): 0 for s in Status for src in Source}
         totals = {"successful": 0, "failed": 0, "skipped": 0}
         for row in snapshot.by_status_source:
             counts[(row["status"], row["source"])] = row["requests"]

@@ -15,21 +15,50 @@ import logging
 from collections.abc import Generator, Iterator
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import orjson
 
-from server.batches import FencedOut
 from server.constants import FILE_READ_BYTES, PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
+from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx, encode_items
-from server.events import log_transition
+from server.events import ProgressHub, log_transition
 from server.ingest.csv_reader import iter_csv_rows
 from server.ingest.nacha import iter_nacha_rows
 from server.ingest.nacha_codes import NachaOption
-from server.types import JSON, FileRejected, ParseReport, SourceRow
+from server.jobs.fencing import FencedOut
+from server.types import JSON, FileRejected, ParseReport, SourceRow, Status
 
-if TYPE_CHECKING:
-    from server.worker import WorkerPool
+
+class ParseHost(Protocol):
+    """What the parse job needs from the pool that runs it (WorkerPool is one)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def hub(self) -> ProgressHub: ...
+
+    @property
+    def stopping(self) -> bool:
+        """The process is shutting down: give the request back, it resumes on restart."""
+        ...
+
+    def should_cancel(self, job: JSON) -> bool: ...
+
+    async def finish(
+        self,
+        job: JSON,
+        worker: str,
+        status: Status,
+        *,
+        error_message: str | None = None,
+        error_details: JSON | None = None,
+        keep_upload: bool = True,
+    ) -> JSON:
+        """The fenced terminal transition, logged and published."""
+        ...
+
 
 log = logging.getLogger("server.parsing")
 
@@ -72,7 +101,7 @@ def _staged(row: SourceRow) -> StagedItem:
     ]
 
 
-async def parse_upload(pool: WorkerPool, job: JSON, worker: str) -> JSON | None:
+async def parse_upload(pool: ParseHost, job: JSON, worker: str) -> JSON | None:
     """Stage every row of the job's file; the updated job, or None when it ended here."""
     store = pool.store
     path = Path(job["upload_path"] or "")
@@ -102,9 +131,9 @@ async def parse_upload(pool: WorkerPool, job: JSON, worker: str) -> JSON | None:
             )
             job = {**job, "total_items": position, **progress}
             pool.hub.publish(job)
-            if pool.cancel_requested(job):
+            if pool.should_cancel(job):
                 await _discard_staged(pool, job)
-                await pool.finish(job, worker, "cancelled")
+                await pool.finish(job, worker, Status.CANCELLED)
                 return None
             if pool.stopping:
                 await store.write(partial(WriteTx.release_request, job=job, worker=worker))
@@ -114,7 +143,7 @@ async def parse_upload(pool: WorkerPool, job: JSON, worker: str) -> JSON | None:
         await pool.finish(
             job,
             worker,
-            "failed",
+            Status.FAILED,
             error_message=exc.message,
             error_details={"file": exc.details},
             keep_upload=False,
@@ -126,7 +155,7 @@ async def parse_upload(pool: WorkerPool, job: JSON, worker: str) -> JSON | None:
         await pool.finish(
             job,
             worker,
-            "failed",
+            Status.FAILED,
             keep_upload=False,
             error_message="the uploaded file is no longer on disk",
         )
@@ -137,7 +166,7 @@ async def parse_upload(pool: WorkerPool, job: JSON, worker: str) -> JSON | None:
     stream_id = None
     if len(keys) == 1:
         found = await store.find_data_streams(job["environment_id"], keys)
-        stream_id = found[0]["id"] if found else None
+        stream_id = next(iter(found.values())).id if found else None
     details = {k: v for k, v in (("warnings", report.warnings), ("notes", report.notes)) if v}
 
     def finish(tx: WriteTx) -> JSON:
@@ -149,7 +178,7 @@ async def parse_upload(pool: WorkerPool, job: JSON, worker: str) -> JSON | None:
             error_details=details or None,
         )
         if done is None:
-            raise FencedOut(f"claim on bulk request {job['id']} is stale")
+            raise FencedOut(job["id"])
         return done
 
     done = await store.write(finish)
@@ -165,11 +194,11 @@ def _stage_block(
     tx.insert_chunk(job["id"], first_row, row_count, body)
     progress = tx.record_parse_progress(job, worker, total)
     if progress is None:
-        raise FencedOut(f"claim on bulk request {job['id']} is stale")
+        raise FencedOut(job["id"])
     return progress
 
 
-async def _discard_staged(pool: WorkerPool, job: JSON) -> None:
+async def _discard_staged(pool: ParseHost, job: JSON) -> None:
     await pool.store.write(lambda tx: tx.delete_chunks(job["id"]))
 
 
@@ -189,10 +218,10 @@ def _remove_files_except(upload_dir: Path, keep: set[str]) -> int:
     return removed
 
 
-async def remove_unreferenced_uploads(pool: WorkerPool, upload_dir: Path) -> int:
+async def remove_unreferenced_uploads(store: Store, upload_dir: Path) -> int:
     """At start: delete files no request needs (a crash between commit and unlink, or
     an upload cut off mid-stream). Only this process writes there (see the DB lock)."""
-    keep = await pool.store.referenced_upload_paths()
+    keep = await store.referenced_upload_paths()
     removed = await asyncio.to_thread(_remove_files_except, upload_dir, keep)
     if removed:
         log.info("removed %d unreferenced upload file(s)", removed)

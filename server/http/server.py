@@ -36,14 +36,14 @@ from server.constants import (
     PROTOCOL_WARNING_BURST,
     PROTOCOL_WARNING_WINDOW_SECONDS,
 )
-from server.errors import (
+from server.http.errors import (
     PROBLEM_CONTENT_TYPE,
     REQUEST_ID_HEADER,
     Problem,
     problem_body,
     request_id_of,
 )
-from server.logs import RateLimitedLog
+from server.http.logs import RateLimitedLog
 
 log = logging.getLogger("server.http")
 
@@ -326,6 +326,6 @@ class HardenedRunner(web.AppRunner):
                 # No single line may be larger than the whole head may be.
                 "max_line_size": MAX_REQUEST_HEAD_BYTES,
                 "max_field_size": MAX_REQUEST_HEAD_BYTES,
-                "access_log": None,  # server.logs writes the access log, with request ids
+                "access_log": None,  # server.http.logs writes the access log, with request ids
             },
         )

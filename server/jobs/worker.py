@@ -20,15 +20,22 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from server.batches import FencedOut, commit_batch, stream_keys_of, validate_batch
 from server.config import Settings
-from server.constants import SHUTDOWN_GRACE_SECONDS, WORKER_IDLE_POLL_SECONDS
+from server.constants import (
+    CLAIM_RETRY_SECONDS,
+    MAX_ERROR_MESSAGE_CHARS,
+    MAX_REMEMBERED_SLICED_IDS,
+    SHUTDOWN_GRACE_SECONDS,
+    WORKER_IDLE_POLL_SECONDS,
+)
 from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx, decode_items
 from server.events import ProgressHub, log_transition
 from server.ingest.validation import StreamRef
-from server.parsing import parse_upload, remove_unreferenced_uploads
-from server.types import JSON
+from server.jobs.batches import commit_batch, stream_keys_of, validate_batch
+from server.jobs.fencing import FencedOut
+from server.jobs.parsing import parse_upload, remove_unreferenced_uploads
+from server.types import JSON, Status
 
 log = logging.getLogger("server.worker")
 
@@ -56,7 +63,7 @@ class WorkerPool:
     async def start(self) -> None:
         # Only one server process may use a database (see app.py's lock), so every claim
         # still recorded now belongs to a process that is gone: resume them all.
-        await remove_unreferenced_uploads(self, self.settings.upload_dir)
+        await remove_unreferenced_uploads(self.store, self.settings.upload_dir)
         recovered = await self.requeue_orphans("process restarted")
         if recovered:
             log.warning("resuming %d interrupted bulk request(s): %s", len(recovered), recovered)
@@ -133,7 +140,7 @@ class WorkerPool:
                     job = await self.store.write(partial(WriteTx.claim_next_request, worker=worker))
                 except Exception:
                     log.exception("claiming failed; retrying")
-                    await asyncio.sleep(1)
+                    await asyncio.sleep(CLAIM_RETRY_SECONDS)
                     continue
                 if job is None:
                     with contextlib.suppress(TimeoutError):
@@ -186,8 +193,8 @@ class WorkerPool:
         streams: dict[str, StreamRef] = {}
         chunk: tuple[int, list[StagedItem]] | None = None
         while job["status"] == "processing":
-            if self._should_cancel(job):
-                await self.finish(job, worker, "cancelled")
+            if self.should_cancel(job):
+                await self.finish(job, worker, Status.CANCELLED)
                 return
             if self._stopping or (
                 loop.time() >= slice_ends and await self.store.has_runnable_request()
@@ -215,7 +222,11 @@ class WorkerPool:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop_event.wait(), self.settings.batch_pause)
 
-    def _should_cancel(self, job: JSON) -> bool:
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def should_cancel(self, job: JSON) -> bool:
         return job["id"] in self._cancel_requested or job["cancellation_requested_at"] is not None
 
     async def _load_chunk(self, request_id: int, row: int) -> tuple[int, list[StagedItem]]:
@@ -231,12 +242,11 @@ class WorkerPool:
         # keys are asked again each batch in case the stream was created meanwhile.
         missing = stream_keys_of(items) - streams.keys()
         if missing:
-            for row in await self.store.find_data_streams(environment_id, missing):
-                streams[row["key"]] = StreamRef(row["id"], row["currency"])
+            streams.update(await self.store.find_data_streams(environment_id, missing))
 
     async def _release(self, job: JSON, worker: str) -> None:
         await self.store.write(lambda tx: tx.release_request(job, worker))
-        if len(self._sliced) > 10_000:  # ids cancelled while released are never claimed
+        if len(self._sliced) > MAX_REMEMBERED_SLICED_IDS:
             self._sliced.clear()
         self._sliced.add(job["id"])
         self.wake()
@@ -245,7 +255,7 @@ class WorkerPool:
         self,
         job: JSON,
         worker: str,
-        status: str,
+        status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,
@@ -261,7 +271,7 @@ class WorkerPool:
                 keep_upload=keep_upload,
             )
             if row is None:
-                raise FencedOut(f"claim on bulk request {job['id']} is stale")
+                raise FencedOut(job["id"])
             return row
 
         row = await self.store.write(work)
@@ -277,9 +287,12 @@ class WorkerPool:
             await self.finish(
                 job,
                 worker,
-                "failed",
+                Status.FAILED,
                 error_message=f"internal error while processing: {type(exc).__name__}",
-                error_details={"exception": type(exc).__name__, "message": str(exc)[:500]},
+                error_details={
+                    "exception": type(exc).__name__,
+                    "message": str(exc)[:MAX_ERROR_MESSAGE_CHARS],
+                },
             )
         except FencedOut:
             return True
@@ -287,10 +300,3 @@ class WorkerPool:
             log.exception("could not mark bulk request %s failed", job["id"])
             return False
         return True
-
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
-
-    def cancel_requested(self, job: JSON) -> bool:
-        return self._should_cancel(job)

@@ -17,11 +17,8 @@ from server.clock import now_rfc3339
 from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx
 from server.ingest.validation import StreamRef, ValidRecord, validate_row
+from server.jobs.fencing import FencedOut
 from server.types import JSON, RowProblem
-
-
-class FencedOut(Exception):
-    """The worker's claim is no longer current; its transaction was rolled back."""
 
 
 @dataclass(slots=True)
@@ -107,7 +104,7 @@ async def commit_batch(store: Store, job: JSON, worker: str, batch: Batch) -> JS
             skipped=skipped,
         )
         if updated is None:
-            raise FencedOut(f"claim on bulk request {request_id} is stale")
+            raise FencedOut(request_id)
         if updated["status"] == "completed":
             tx.delete_chunks(request_id)
         return updated

@@ -29,8 +29,8 @@ from typing import Any
 
 import orjson
 
-from server.bench_scenarios import measure_cancel, measure_ceiling, measure_ingest, measure_upload
-from server.bench_support import Api, BenchError, ServerProcess, write_csv
+from server.bench.scenarios import measure_cancel, measure_ceiling, measure_ingest, measure_upload
+from server.bench.support import Api, BenchError, ServerProcess, write_csv
 from server.config import positive_float, positive_int
 from server.types import JSON
 

@@ -28,7 +28,7 @@ import orjson
 
 from server.types import JSON
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # server/bench/support.py → the checkout
 SERVING = re.compile(r"Serving on (http://\S+)")
 STREAM_KEY = "bench"
 STREAM_CURRENCY = "USD"

@@ -1,6 +1,6 @@
 """The measurements of `python run.py bench`, one function each.
 
-Each returns a JSON-ready dict of numbers; `server/bench.py` runs them in order and
+Each returns a JSON-ready dict of numbers; `server/bench/cli.py` runs them in order and
 prints the table. Timings use the monotonic clock, except where a duration ends at a
 server-side timestamp (`completed_at`): then both ends are wall-clock, which client
 and server share since they run on the same machine.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from server.bench_support import (
+from server.bench.support import (
     STREAM_CURRENCY,
     STREAM_KEY,
     Api,

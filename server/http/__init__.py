@@ -1,0 +1,1 @@
+"""HTTP layer: middlewares (auth, problem+json, access log, metrics), the hardened server."""

@@ -1,0 +1,1 @@
+"""Background jobs: the worker pool, batch validation/commit and parsing an upload as a job."""
