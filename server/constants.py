@@ -107,6 +107,13 @@ NACHA_MAX_REPORTED_ERRORS = 100
 # Warnings that name lines (short lines padded, long lines trimmed) name at most this
 # many and count the rest: a 500,000-line file of short lines keeps bounded memory.
 NACHA_MAX_LISTED_WARNINGS = 100
+# A NACHA line (its record and the blanks past column 94 that are trimmed, without the
+# line break) is at most this many bytes. FORMAT.md sets no limit on those blanks; real
+# tools pad to a few hundred columns at most, and a record of 94 UTF-8 characters is
+# under 400 bytes. A longer line is rejected (record_length) as soon as this much is
+# read without a line break, so one endless line costs neither memory nor time (a
+# 128 MB one cost 400 MB and 32 s).
+MAX_NACHA_LINE_BYTES = 4 * 1024
 
 # --- API keys (SPEC §3, §11) -----------------------------------------------------------
 # A generated key is `bk_<public id>_<secret>`. The public id only tells keys apart in
