@@ -53,6 +53,18 @@ def encode_items(items: Sequence[StagedItem]) -> bytes:
     return zlib.compress(orjson.dumps(items, default=_json_default), 1)
 
 
+def encode_item(item: StagedItem) -> bytes:
+    """One staged row as JSON, for a chunk built row by row: its length is the row's
+    share of the chunk (server/staging.py), and join_items makes the chunk without a
+    second encoding."""
+    return orjson.dumps(item, default=_json_default)
+
+
+def join_items(encoded: Sequence[bytes]) -> bytes:
+    """A chunk from rows encoded by encode_item: the same bytes as encode_items."""
+    return zlib.compress(b"[" + b",".join(encoded) + b"]", 1)
+
+
 def decode_items(body: bytes) -> list[StagedItem]:
     # Chunks staged before compression was introduced are plain JSON arrays.
     items: list[StagedItem] = orjson.loads(body if body[:1] == b"[" else zlib.decompress(body))
