@@ -64,6 +64,27 @@ async def submit_large(api: Api, records: list[dict[str, Any]]) -> dict[str, Any
 WIDE_ROW_BYTES = 15_000  # within MAX_METADATA_BYTES: a valid, wide row
 
 
+def wide_rows() -> list[dict[str, Any]]:
+    return [
+        record(i, description=f"row {i}", metadata={"note": f"{i:05d}" + "x" * WIDE_ROW_BYTES})
+        for i in range(1000)
+    ]
+
+
+async def test_a_large_post_is_staged_in_chunks_bounded_in_bytes(
+    api: Api, settings: Settings
+) -> None:
+    """Regression (issue 9.3): a 15 MB POST was one chunk, decoded whole by a worker."""
+    await api.create_stream()
+    accepted = await submit_large(api, wide_rows())
+    chunks = staged_chunk_sizes(settings, accepted["id"])
+    assert [sum(count for count, _ in chunks), len(chunks) > 1] == [1000, True]
+    assert max(size for _, size in chunks) <= PARSE_CHUNK_BYTES + WIDE_ROW_BYTES + 1000
+    done = await api.wait_terminal(accepted["id"])
+    assert (done["status"], done["successful_items"]) == ("completed", 1000)
+    assert len(await api.all_pages("/v1/records")) == 1000
+
+
 async def test_a_retry_stages_wide_rows_in_chunks_bounded_in_bytes(
     make_api: ApiFactory, settings: Settings
 ) -> None:
@@ -71,11 +92,7 @@ async def test_a_retry_stages_wide_rows_in_chunks_bounded_in_bytes(
     with rows of up to 64 KiB its peak RSS went from 123 to 537 MB."""
     api = await make_api(slow(settings, batch_size=10, batch_pause=0.05))
     await api.create_stream()
-    rows = [
-        record(i, description=f"row {i}", metadata={"note": f"{i:05d}" + "x" * WIDE_ROW_BYTES})
-        for i in range(1000)
-    ]
-    origin = await submit_large(api, rows)
+    origin = await submit_large(api, wide_rows())
     await _cancel_mid_way(api, origin["id"])
     child = await api.post(f"/v1/bulk_requests/{origin['id']}/retry", expect=201)
     chunks = staged_chunk_sizes(settings, child["id"])

@@ -54,15 +54,13 @@ def encode_items(items: Sequence[StagedItem]) -> bytes:
 
 
 def encode_item(item: StagedItem) -> bytes:
-    """One staged row as JSON, for a chunk built row by row: its length is the row's
-    share of the chunk (server/staging.py), and join_items makes the chunk without a
-    second encoding."""
+    """One staged row as JSON, for a chunk built row by row (server/staging.py)."""
     return orjson.dumps(item, default=_json_default)
 
 
-def join_items(encoded: Sequence[bytes]) -> bytes:
-    """A chunk from rows encoded by encode_item: the same bytes as encode_items."""
-    return zlib.compress(b"[" + b",".join(encoded) + b"]", 1)
+def pack_items(json_array: bytes | bytearray) -> bytes:
+    """A chunk from the JSON array of its rows: the same bytes as encode_items."""
+    return zlib.compress(json_array, 1)
 
 
 def decode_items(body: bytes) -> list[StagedItem]:
