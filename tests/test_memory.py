@@ -199,3 +199,36 @@ def test_rss_stays_bounded_with_concurrent_max_size_json_bodies(tmp_path: Path) 
         server.close()
     print(f"VmHWM after accepting {accepted_mb:.0f} MB, after processing {peak_mb:.0f} MB")
     assert peak_mb < RSS_LIMIT_MB, f"server peak RSS {peak_mb:.0f} MB"
+
+
+def test_rss_stays_bounded_when_a_request_of_wide_rows_is_retried(tmp_path: Path) -> None:
+    """Regression (issue 9.3): the retry buffered 2000 row sources of up to 64 KiB each
+    before writing a chunk; peak RSS went from 123 to 537 MB."""
+    server = ServerProcess(
+        tmp_path / "bulk.db",
+        api_key=API_KEY,
+        log_dir=tmp_path,
+        args=["--workers", "1", "--batch-size", "10", "--batch-pause", "0.05"],
+    )
+    try:
+        server.start()
+        pid = server.proc.pid if server.proc else 0
+        server.post("/v1/data_streams", {"key": "bank", "currency": "USD"}, expect=201)
+        accepted = server.upload(widest_rows_csv(2500), {"data_stream_key": "bank"})
+        poll(
+            lambda: server.get(f"/v1/bulk_requests/{accepted['id']}"),
+            lambda r: r["status"] == "processing" and r["processed_items"] > 0,
+            120.0,
+            "processing began",
+        )
+        server.post(f"/v1/bulk_requests/{accepted['id']}/cancel", {}, expect=202)
+        cancelled = wait_terminal(server, accepted["id"])
+        before_mb = vm_kb(pid, "VmHWM") / 1024
+        child = server.post(f"/v1/bulk_requests/{accepted['id']}/retry", {}, expect=201)
+        peak_mb = vm_kb(pid, "VmHWM") / 1024
+    finally:
+        server.close()
+    assert cancelled["status"] == "cancelled"
+    assert child["total_items"] == 2500 - cancelled["successful_items"]
+    print(f"VmHWM before the retry {before_mb:.0f} MB, after {peak_mb:.0f} MB")
+    assert peak_mb < RSS_LIMIT_MB, f"server peak RSS {peak_mb:.0f} MB"
