@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -12,10 +13,10 @@ from aiohttp import web
 
 from server.api import bulk_requests, dashboard, data_streams, health, uploads
 from server.api import events as event_streams
-from server.api.common import HUB, POOL, SETTINGS, STORE
+from server.api.common import HUB, LARGE_BODIES, POOL, SETTINGS, STORE
 from server.api.openapi import openapi_document
 from server.config import Settings
-from server.constants import MAX_JSON_BODY_BYTES
+from server.constants import LARGE_JSON_BODY_SLOTS, MAX_JSON_BODY_BYTES
 from server.db.store import Store
 from server.events import ProgressHub
 from server.http.auth import generate_api_key, hash_api_key, make_auth_middleware
@@ -85,6 +86,7 @@ def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> w
     app[SETTINGS] = settings
     app[STORE] = store
     app[HUB] = hub
+    app[LARGE_BODIES] = asyncio.Semaphore(LARGE_JSON_BODY_SLOTS)
     app[POOL] = WorkerPool(store, settings, hub)
     app[METRICS] = Metrics(store, app[POOL], hub, settings)
 

@@ -8,6 +8,12 @@ MAX_RECORDS_PER_REQUEST = 1000
 # 1000 rows x (16 KiB metadata + 1000-char description + the rest) fits in ~20 MiB;
 # anything larger cannot be a valid request, so refuse it before parsing (413).
 MAX_JSON_BODY_BYTES = 24 * 1024 * 1024
+# A parsed body costs ~10× its size as Python objects (a 23 MB body of 1000 records ×
+# 1350 metadata keys measured ~230 MB), so bodies larger than this (or of unknown
+# length) are read, parsed and staged LARGE_JSON_BODY_SLOTS at a time: four at once
+# would be ~1 GB. Smaller bodies (every usual POST) never wait.
+LARGE_JSON_BODY_BYTES = 4 * 1024 * 1024
+LARGE_JSON_BODY_SLOTS = 1
 MAX_DESCRIPTION_CHARS = 1000
 MAX_EXTERNAL_ID_CHARS = 255
 MAX_METADATA_BYTES = 16 * 1024
@@ -127,6 +133,13 @@ NACHA_MAX_REPORTED_ERRORS = 100
 # Warnings that name lines (short lines padded, long lines trimmed) name at most this
 # many and count the rest: a 500,000-line file of short lines keeps bounded memory.
 NACHA_MAX_LISTED_WARNINGS = 100
+# A NACHA line (its record and the blanks past column 94 that are trimmed, without the
+# line break) is at most this many bytes. FORMAT.md sets no limit on those blanks; real
+# tools pad to a few hundred columns at most, and a record of 94 UTF-8 characters is
+# under 400 bytes. A longer line is rejected (record_length) as soon as this much is
+# read without a line break, so one endless line costs neither memory nor time (a
+# 128 MB one cost 400 MB and 32 s).
+MAX_NACHA_LINE_BYTES = 4 * 1024
 
 # --- API keys (SPEC §3, §11) -----------------------------------------------------------
 # A generated key is `bk_<public id>_<secret>`. The public id only tells keys apart in

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import io
+import sqlite3
+import zlib
 from typing import Any
 
 import orjson
@@ -16,10 +18,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from server.api.error_export import OMITTED_COLUMN, csv_line
+from server.config import Settings
 from server.constants import MAX_CSV_COLUMNS, PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
 from server.jobs.parsing import take_chunk
 from server.types import SourceRow
 from tests.conftest import Api, record
+from tests.test_cancel_retry import ApiFactory, slow
+from tests.test_chains import _cancel_mid_way
 
 ERRORS = "/v1/bulk_requests/{}/errors"
 
@@ -33,6 +38,68 @@ def test_staged_chunks_are_bounded_in_bytes_as_well_as_rows() -> None:
     assert max(sizes) <= PARSE_CHUNK_BYTES + 60 * 1024
     narrow = iter([SourceRow({}, n, None, 50) for n in range(PARSE_CHUNK_ROWS + 1)])
     assert len(take_chunk(narrow)) == PARSE_CHUNK_ROWS
+
+
+def staged_chunk_sizes(settings: Settings, request_id: int) -> list[tuple[int, int]]:
+    """(rows, bytes of JSON) of each chunk staged for the request, straight from SQLite."""
+    with sqlite3.connect(settings.db_path) as conn:
+        found = conn.execute(
+            "SELECT row_count, body FROM request_chunks WHERE bulk_request_id = ? "
+            "ORDER BY first_row",
+            (request_id,),
+        ).fetchall()
+    return [(count, len(zlib.decompress(body))) for count, body in found]
+
+
+async def submit_large(api: Api, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """POST a body over 1 MB as a stream (aiohttp warns about large raw bytes)."""
+    body = io.BytesIO(orjson.dumps({"records": records}))
+    headers = api.headers({"Content-Type": "application/json"})
+    async with api.client.post("/v1/records/bulk", data=body, headers=headers) as resp:
+        assert resp.status == 202, await resp.text()
+        accepted: dict[str, Any] = await resp.json()
+    return accepted
+
+
+WIDE_ROW_BYTES = 15_000  # within MAX_METADATA_BYTES: a valid, wide row
+
+
+def wide_rows() -> list[dict[str, Any]]:
+    return [
+        record(i, description=f"row {i}", metadata={"note": f"{i:05d}" + "x" * WIDE_ROW_BYTES})
+        for i in range(1000)
+    ]
+
+
+async def test_a_large_post_is_staged_in_chunks_bounded_in_bytes(
+    api: Api, settings: Settings
+) -> None:
+    """Regression (issue 9.3): a 15 MB POST was one chunk, decoded whole by a worker."""
+    await api.create_stream()
+    accepted = await submit_large(api, wide_rows())
+    chunks = staged_chunk_sizes(settings, accepted["id"])
+    assert [sum(count for count, _ in chunks), len(chunks) > 1] == [1000, True]
+    assert max(size for _, size in chunks) <= PARSE_CHUNK_BYTES + WIDE_ROW_BYTES + 1000
+    done = await api.wait_terminal(accepted["id"])
+    assert (done["status"], done["successful_items"]) == ("completed", 1000)
+    assert len(await api.all_pages("/v1/records")) == 1000
+
+
+async def test_a_retry_stages_wide_rows_in_chunks_bounded_in_bytes(
+    make_api: ApiFactory, settings: Settings
+) -> None:
+    """Regression (issue 9.3): a retry buffered up to 2000 rows before writing a chunk;
+    with rows of up to 64 KiB its peak RSS went from 123 to 537 MB."""
+    api = await make_api(slow(settings, batch_size=10, batch_pause=0.05))
+    await api.create_stream()
+    origin = await submit_large(api, wide_rows())
+    await _cancel_mid_way(api, origin["id"])
+    child = await api.post(f"/v1/bulk_requests/{origin['id']}/retry", expect=201)
+    chunks = staged_chunk_sizes(settings, child["id"])
+    assert sum(count for count, _ in chunks) == child["total_items"]
+    assert len(chunks) > 1
+    assert max(size for _, size in chunks) <= PARSE_CHUNK_BYTES + WIDE_ROW_BYTES + 1000
+    await api.post(f"/v1/bulk_requests/{child['id']}/cancel")  # not needed to finish
 
 
 @given(st.lists(st.one_of(st.none(), st.text(), st.integers()), min_size=1, max_size=12))

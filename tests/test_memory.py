@@ -9,13 +9,16 @@ Now wide files fail at their header, and the widest and longest rows the limits 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from server.constants import MAX_JSON_BODY_BYTES
 from tests.conftest import API_KEY
 from tests.server_process import _OPENER, ServerProcess, poll
 
@@ -130,3 +133,102 @@ def test_rss_stays_bounded_whatever_the_csv_and_healthz_stays_responsive(
     assert (probe.calls > 10, probe.failures) == (True, 0)
     assert probe.slowest < HEALTHZ_MAX_SECONDS, f"/healthz took {probe.slowest:.2f} s"
     assert seconds < 30, f"exporting {size / 1e6:.0f} MB of errors took {seconds:.1f} s"
+
+
+def max_size_json_body(copy: int) -> bytes:
+    """Issue 9.3's body: 1000 valid records × 1350 metadata keys (20 MB)."""
+    metadata = {f"k{j:04d}": "v" for j in range(1350)}  # 16.2 KB: within 16 KiB
+    records = [
+        {
+            "date": "2024-01-01",
+            "amount": "1.00",
+            "description": "d" * 1000,
+            "data_stream_key": "bank",
+            "external_id": f"c{copy}-{i}",
+            "metadata": metadata,
+        }
+        for i in range(1000)
+    ]
+    return json.dumps({"records": records}, indent=0).encode()
+
+
+CONCURRENT_BODIES = 4
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="not yet under 300 MB: parsing one 20 MB body costs ~240 MB by itself "
+    "(orjson's objects and its document tree); four at once measured 931 MB before large "
+    "bodies were admitted one at a time, 403-431 MB after",
+)
+def test_rss_stays_bounded_with_concurrent_max_size_json_bodies(tmp_path: Path) -> None:
+    """Issue 9.3: one 23 MB body took the server to 281 MB right after it was accepted
+    and 329 MB while processing; four at once multiplied that (931 MB measured)."""
+    bodies = [max_size_json_body(n) for n in range(CONCURRENT_BODIES)]
+    assert min(map(len, bodies)) > 20_000_000
+    assert max(map(len, bodies)) < MAX_JSON_BODY_BYTES
+    server = ServerProcess(tmp_path / "bulk.db", api_key=API_KEY, log_dir=tmp_path)
+    try:
+        server.start()
+        pid = server.proc.pid if server.proc else 0
+        server.post("/v1/data_streams", {"key": "bank", "currency": "USD"}, expect=201)
+        answers: list[tuple[int, Any]] = []
+
+        def send(body: bytes) -> None:
+            request = urllib.request.Request(
+                f"{server.url}/v1/records/bulk",
+                data=body,
+                headers={"X-API-KEY": API_KEY, "Content-Type": "application/json"},
+            )
+            # Large bodies are parsed one at a time: the last one waits for the others.
+            with _OPENER.open(request, timeout=120) as response:
+                answers.append((response.status, json.loads(response.read())))
+
+        threads = [threading.Thread(target=send, args=(body,)) for body in bodies]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        accepted_mb = vm_kb(pid, "VmHWM") / 1024
+        assert sorted(status for status, _ in answers) == [202] * CONCURRENT_BODIES, answers
+        for _, summary in answers:
+            done = wait_terminal(server, summary["id"])
+            assert (done["status"], done["successful_items"]) == ("completed", 1000), done
+        peak_mb = vm_kb(pid, "VmHWM") / 1024
+    finally:
+        server.close()
+    print(f"VmHWM after accepting {accepted_mb:.0f} MB, after processing {peak_mb:.0f} MB")
+    assert peak_mb < RSS_LIMIT_MB, f"server peak RSS {peak_mb:.0f} MB"
+
+
+def test_rss_stays_bounded_when_a_request_of_wide_rows_is_retried(tmp_path: Path) -> None:
+    """Regression (issue 9.3): the retry buffered 2000 row sources of up to 64 KiB each
+    before writing a chunk; peak RSS went from 123 to 537 MB."""
+    server = ServerProcess(
+        tmp_path / "bulk.db",
+        api_key=API_KEY,
+        log_dir=tmp_path,
+        args=["--workers", "1", "--batch-size", "10", "--batch-pause", "0.05"],
+    )
+    try:
+        server.start()
+        pid = server.proc.pid if server.proc else 0
+        server.post("/v1/data_streams", {"key": "bank", "currency": "USD"}, expect=201)
+        accepted = server.upload(widest_rows_csv(2500), {"data_stream_key": "bank"})
+        poll(
+            lambda: server.get(f"/v1/bulk_requests/{accepted['id']}"),
+            lambda r: r["status"] == "processing" and r["processed_items"] > 0,
+            120.0,
+            "processing began",
+        )
+        server.post(f"/v1/bulk_requests/{accepted['id']}/cancel", {}, expect=202)
+        cancelled = wait_terminal(server, accepted["id"])
+        before_mb = vm_kb(pid, "VmHWM") / 1024
+        child = server.post(f"/v1/bulk_requests/{accepted['id']}/retry", {}, expect=201)
+        peak_mb = vm_kb(pid, "VmHWM") / 1024
+    finally:
+        server.close()
+    assert cancelled["status"] == "cancelled"
+    assert child["total_items"] == 2500 - cancelled["successful_items"]
+    print(f"VmHWM before the retry {before_mb:.0f} MB, after {peak_mb:.0f} MB")
+    assert peak_mb < RSS_LIMIT_MB, f"server peak RSS {peak_mb:.0f} MB"

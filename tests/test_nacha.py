@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from server.constants import NACHA_MAX_REPORTED_ERRORS
+from server.constants import MAX_NACHA_LINE_BYTES, NACHA_MAX_REPORTED_ERRORS
 from server.ingest.nacha import iter_nacha_rows
 from server.ingest.nacha_codes import NachaOption
 from server.types import FileRejected, ParseReport, SourceRow
@@ -186,6 +186,49 @@ def test_a_long_line_and_a_bad_unbroken_length() -> None:
     error = rejected(encode(build(sample_batches()), "")[:-5])
     assert error.details["rule"] == "record_length"
     assert "no line breaks" in error.message
+
+
+def test_an_endless_line_is_rejected_once_it_is_longer_than_any_line_can_be() -> None:
+    """Regression (issue 9.3): a 128 MB file whose second line never ends was buffered
+    whole and re-split at every chunk: 32 s and 400 MB. Now reading stops as soon as
+    more than MAX_NACHA_LINE_BYTES are held without a line break."""
+    header = encode(build(sample_batches()))[:95]  # the file header and its line break
+    pulled = 0
+
+    def endless(chunk: int) -> Iterable[bytes]:
+        nonlocal pulled
+        yield header
+        for _ in range((128 << 20) // chunk):  # 128 MB, never materialised
+            pulled += 1
+            yield b"6" * chunk
+
+    for chunk in (1, 1000, 65536):
+        pulled = 0
+        with pytest.raises(FileRejected) as info:
+            list(iter_nacha_rows(endless(chunk), data_stream_key="ach", report=ParseReport()))
+        assert (info.value.details["rule"], info.value.details["line"]) == ("record_length", 2)
+        assert f"more than {MAX_NACHA_LINE_BYTES} bytes without a line break" in info.value.message
+        assert pulled * chunk <= MAX_NACHA_LINE_BYTES + chunk  # stopped at the bound
+
+
+def test_line_length_bound_with_blanks_and_unbroken_files_of_any_size() -> None:
+    records = build(sample_batches())
+    padded = list(records)
+    padded[2] += " " * (MAX_NACHA_LINE_BYTES - 94)  # the line break aside: at the bound
+    report = ParseReport()
+    assert len(parse(encode(padded), chunk=1000, report=report)) == 5
+    assert "line 3 carries blanks past column 94: trimmed" in report.warnings
+    padded[2] += " "  # one byte more than a line may hold, even if only blanks
+    for chunk in (1000, 1 << 20):  # spanning chunks, or whole in one
+        with pytest.raises(FileRejected) as info:
+            parse(encode(padded), chunk=chunk)
+        error = info.value
+        assert (error.details["rule"], error.details["line"]) == ("record_length", 3)
+    # A file with no line breaks at all is one long stream of records: any length is fine.
+    many = build([Batch([Entry(cents=100 + i) for i in range(2000)])])
+    unbroken = encode(many, "")
+    assert len(unbroken) > 64 * 1024 > MAX_NACHA_LINE_BYTES
+    assert len(parse(unbroken)) == len(parse(unbroken + b"\n")) == 2000
 
 
 def test_missing_file_control_data_after_it_blank_lines_and_empty_batches() -> None:

@@ -75,6 +75,20 @@ async def test_a_file_repeating_batch_and_trace_numbers_fails_and_stores_nothing
     assert await api.all_pages("/v1/records") == []
 
 
+async def test_a_file_with_an_endless_line_fails_at_that_line_and_stores_nothing(
+    api: Api,
+) -> None:
+    """Regression (issue 9.3): 8 MB after the file header with no line break."""
+    await api.create_stream("ach")
+    content = encode(build([Batch([Entry()])]))[:95] + b"6" * (8 << 20)
+    done = await api.wait_terminal((await nacha_upload(api, content))["id"])
+    assert (done["status"], done["total_items"], done["processed_items"]) == ("failed", 0, 0)
+    rejected = done["error_details"]["file"]
+    assert (rejected["rule"], rejected["line"]) == ("record_length", 2)
+    assert "without a line break" in done["error_message"]
+    assert await api.all_pages("/v1/records") == []
+
+
 @pytest.mark.parametrize("name", sorted(MANIFEST["relaxed"]))
 async def test_a_relaxed_file_needs_its_named_relaxation(api: Api, name: str) -> None:
     expected = MANIFEST["relaxed"][name]

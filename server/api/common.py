@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -42,6 +43,8 @@ STORE = web.AppKey("store", Store)
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", WorkerPool)
 HUB = web.AppKey("hub", ProgressHub)
+# Admits one large JSON body at a time (constants.LARGE_JSON_BODY_BYTES).
+LARGE_BODIES = web.AppKey("large_bodies", asyncio.Semaphore)
 
 JSON_CONTENT_TYPES = frozenset({"application/json"})
 
@@ -82,11 +85,12 @@ class JsonDocument:
     raw: bytes
     # True when numbers may be Decimals or integers beyond 64 bits (the exact parser ran).
     may_hold_decimals: bool
-    shape: bytes
+    # How many of the bytes `: { [` the body holds. Counted before parsing, so that the
+    # body's shape (a copy of its size) is gone before the parsed objects exist.
+    structural: int
 
     def structural_count(self) -> int:
-        """How many of the bytes `: { [` the body holds."""
-        return self.shape.count(b"x")
+        return self.structural
 
 
 def _reject_constant(name: str) -> Any:
@@ -130,13 +134,16 @@ async def read_json_document(request: web.Request) -> JsonDocument:
     if not raw:
         raise Problem(400, "invalid-json", "the request body is empty")
     shape = raw.translate(_SHAPE)
-    if _LONG_NUMBER not in shape and _EXPONENT not in shape:
+    structural = shape.count(b"x")
+    maybe_inexact = _LONG_NUMBER in shape or _EXPONENT in shape
+    del shape
+    if not maybe_inexact:
         # orjson is ~3× faster than json+Decimal (most of a bulk POST's accept time) and
         # exact here: with no exponent and at most 15 significant digits, a decimal
         # literal survives float → repr() unchanged (DBL_DIG is 15). Anything it rejects
         # goes on to the exact parser below, which also words the 400.
         with contextlib.suppress(orjson.JSONDecodeError):
-            return JsonDocument(orjson.loads(raw), raw, False, shape)
+            return JsonDocument(orjson.loads(raw), raw, False, structural)
     try:
         value = json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
@@ -153,7 +160,7 @@ async def read_json_document(request: web.Request) -> JsonDocument:
         ) from None
     except ValueError as exc:
         raise Problem(400, "invalid-json", f"the request body is not valid JSON: {exc}") from None
-    return JsonDocument(value, raw, True, shape)
+    return JsonDocument(value, raw, True, structural)
 
 
 def require_object(body: Any, allowed: set[str]) -> JSON:

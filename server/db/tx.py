@@ -54,6 +54,16 @@ def encode_items(items: Sequence[StagedItem]) -> bytes:
     return zlib.compress(orjson.dumps(items, default=_json_default), 1)
 
 
+def encode_item(item: StagedItem) -> bytes:
+    """One staged row as JSON, for a chunk built row by row (server/staging.py)."""
+    return orjson.dumps(item, default=_json_default)
+
+
+def pack_items(json_array: bytes | bytearray) -> bytes:
+    """A chunk from the JSON array of its rows: the same bytes as encode_items."""
+    return zlib.compress(json_array, 1)
+
+
 def decode_items(body: bytes) -> list[StagedItem]:
     # Chunks staged before compression was introduced are plain JSON arrays.
     items: list[StagedItem] = orjson.loads(body if body[:1] == b"[" else zlib.decompress(body))

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Iterable, Iterator
+from itertools import chain
+from typing import NoReturn
 
-from server.constants import NACHA_MAX_LISTED_WARNINGS
+from server.constants import MAX_NACHA_LINE_BYTES, NACHA_MAX_LISTED_WARNINGS
 from server.ingest.nacha_codes import Rule
 from server.ingest.nacha_findings import Findings
 from server.types import ParseReport
@@ -93,13 +95,30 @@ class _Lines:
         self.long = _ListedLines()
 
     def records(self, head: bytes, rest: Iterator[bytes]) -> Iterator[tuple[int, str]]:
-        buffer = head
-        for chunk in rest:
-            buffer += chunk
-            *complete, buffer = buffer.split(b"\n")
-            yield from self._each(complete)
-        *complete, last = buffer.split(b"\n")
-        yield from self._each([*complete, last] if last else complete)
+        # Each chunk is searched once from where the last line ended; only the part of a
+        # line that spans chunks is kept, and never more than a line may hold: reading
+        # stays linear in the file and memory bounded however long a line is.
+        pending = bytearray()
+        for chunk in chain((head,), rest):
+            start = 0
+            while (end := chunk.find(b"\n", start)) >= 0:
+                if pending:
+                    pending += chunk[start:end]
+                    raw = bytes(pending)
+                    pending.clear()
+                else:
+                    raw = chunk[start:end]
+                found = self._record(raw)
+                if found is not None:
+                    yield found
+                start = end + 1
+            if len(pending) + len(chunk) - start > MAX_NACHA_LINE_BYTES:
+                self._too_long(self.number + 1)
+            pending += chunk[start:]
+        if pending:
+            found = self._record(bytes(pending))
+            if found is not None:
+                yield found
         if self.short.count > len(self.short.lines):
             more = self.short.count - len(self.short.lines)
             self.report.warnings.append(f"{more} more short lines padded")
@@ -109,34 +128,44 @@ class _Lines:
                 f"{self.long.phrase()} {verb} blanks past column {RECORD_LENGTH}: trimmed"
             )
 
-    def _each(self, raw_lines: list[bytes]) -> Iterator[tuple[int, str]]:
-        for raw in raw_lines:
-            self.number += 1
-            number = self.number
-            text = decode(raw.rstrip(b"\r"))
-            if not text.strip():
-                self.blank_run.append(number)  # allowed only at the end of the file
-                continue
-            if self.blank_run:
+    def _too_long(self, number: int) -> NoReturn:
+        raise self.findings.fatal(
+            number,
+            Rule.RECORD_LENGTH,
+            f"more than {MAX_NACHA_LINE_BYTES} bytes without a line break "
+            f"(a record is {RECORD_LENGTH} characters)",
+        )
+
+    def _record(self, raw: bytes) -> tuple[int, str] | None:
+        """The line's record, or None for a blank line (allowed only at the end)."""
+        self.number += 1
+        number = self.number
+        if len(raw) > MAX_NACHA_LINE_BYTES:
+            self._too_long(number)
+        text = decode(raw.rstrip(b"\r"))
+        if not text.strip():
+            self.blank_run.append(number)
+            return None
+        if self.blank_run:
+            raise self.findings.fatal(
+                self.blank_run[0], Rule.BLANK_LINE, "blank line inside the file"
+            )
+        if len(text) > RECORD_LENGTH:
+            if text[RECORD_LENGTH:].strip(" "):
                 raise self.findings.fatal(
-                    self.blank_run[0], Rule.BLANK_LINE, "blank line inside the file"
+                    number,
+                    Rule.RECORD_LENGTH,
+                    f"length {len(text)} > {RECORD_LENGTH}, with characters past "
+                    f"column {RECORD_LENGTH} that are not blanks",
+                    length=len(text),
                 )
-            if len(text) > RECORD_LENGTH:
-                if text[RECORD_LENGTH:].strip(" "):
-                    raise self.findings.fatal(
-                        number,
-                        Rule.RECORD_LENGTH,
-                        f"length {len(text)} > {RECORD_LENGTH}, with characters past "
-                        f"column {RECORD_LENGTH} that are not blanks",
-                        length=len(text),
-                    )
-                self.long.add(number)
-                text = text[:RECORD_LENGTH]
-            elif len(text) < RECORD_LENGTH:
-                if self.short.add(number):
-                    self.report.warnings.append(f"line {number}: short ({len(text)}), padded")
-                text = text.ljust(RECORD_LENGTH)
-            yield number, text
+            self.long.add(number)
+            text = text[:RECORD_LENGTH]
+        elif len(text) < RECORD_LENGTH:
+            if self.short.add(number):
+                self.report.warnings.append(f"line {number}: short ({len(text)}), padded")
+            text = text.ljust(RECORD_LENGTH)
+        return number, text
 
 
 def _unbroken(head: bytes, rest: Iterator[bytes], findings: Findings) -> Iterator[tuple[int, str]]:

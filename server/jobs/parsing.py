@@ -19,7 +19,7 @@ from typing import Protocol
 
 import orjson
 
-from server.constants import FILE_READ_BYTES, PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
+from server.constants import FILE_READ_BYTES
 from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx, encode_items
 from server.events import ProgressHub, log_transition
@@ -27,6 +27,7 @@ from server.ingest.csv_reader import iter_csv_rows
 from server.ingest.nacha import iter_nacha_rows
 from server.ingest.nacha_codes import NachaOption
 from server.jobs.fencing import FencedOut
+from server.staging import ChunkFill
 from server.types import JSON, FileRejected, ParseReport, SourceRow, Status
 
 
@@ -83,11 +84,10 @@ def _file_rows(job: JSON, report: ParseReport) -> Generator[SourceRow, None, Non
 def take_chunk(rows: Iterator[SourceRow]) -> list[SourceRow]:
     """The next chunk: PARSE_CHUNK_ROWS rows, or fewer once they hold PARSE_CHUNK_BYTES."""
     block: list[SourceRow] = []
-    size = 0
+    fill = ChunkFill()
     for row in rows:
         block.append(row)
-        size += row.size
-        if len(block) == PARSE_CHUNK_ROWS or size >= PARSE_CHUNK_BYTES:
+        if fill.add(row.size):
             break
     return block
 
