@@ -21,6 +21,7 @@ from server.constants import PARSE_CHUNK_ROWS
 from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx, decode_items, encode_items
 from server.models import DataStream
+from server.outcomes import Transition
 from server.types import JSON, TERMINAL_STATUSES, Source
 
 # SPEC §7: only a request that ended without completing can be retried.
@@ -108,6 +109,7 @@ async def submit_records(
         if claim is not None:
             tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
         row["data_stream_key"] = stream.key if stream else None
+        tx.emit(row, Transition.CREATED)
         return row, False
 
     # urgent: the client waits for this commit, a worker's next batch can wait 1 ms more.
@@ -151,6 +153,7 @@ async def submit_upload(
         if claim is not None:
             tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
         row["data_stream_key"] = None
+        tx.emit(row, Transition.CREATED)
         return row, False
 
     return await store.write(work, urgent=True)
@@ -188,6 +191,10 @@ async def cancel(store: Store, environment_id: int, request_id: int) -> tuple[JS
             outcome = "requested"
         updated = tx.get_bulk_request(environment_id, request_id)
         assert updated is not None
+        if outcome == "cancelled":
+            tx.emit(updated, Transition.CANCELLED, by="api")
+        else:
+            tx.emit(updated, Transition.CANCEL_REQUESTED)
         return updated, outcome
 
     return await store.write(work, urgent=True)
@@ -232,6 +239,7 @@ async def retry(
         if claim is not None:
             tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
         row["data_stream_key"] = latest["data_stream_key"]
+        tx.emit(row, Transition.CREATED)
         return row, False
 
     return await store.write(work, urgent=True)
