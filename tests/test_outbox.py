@@ -1,4 +1,4 @@
-"""The outbox and the one place after every commit (server/outcomes.py, README "Outbox").
+"""The outbox and the one place after every commit (server/outcomes.py, README "After a commit").
 
 Every state change of a request leaves its event in the `outbox` table, written in the
 transaction that made the change; the in-process hub is fed exactly those events, and

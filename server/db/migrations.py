@@ -158,7 +158,7 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE bulk_requests ADD COLUMN nacha_options TEXT;
     """,
-    # 5: the outbox (README, "Outbox"): every state change of a bulk request, written in
+    # 5: the outbox (README, "After a commit"): every state change of a bulk request, written in
     # the transaction that made it, for webhooks and multi-process event streams to read.
     # AUTOINCREMENT: an id is never reused after pruning, so "events after id N" stays a
     # valid cursor for a reader. Pruned by age (constants.OUTBOX_RETENTION_SECONDS).
