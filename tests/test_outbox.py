@@ -20,7 +20,9 @@ from server.api.common import POOL, STORE
 from server.config import Settings
 from server.constants import OUTBOX_PRUNE_BATCH
 from server.db.store import Store
-from server.db.tx import WriteTx
+from server.db.tx import WriteTx, decode_items
+from server.jobs.batches import commit_batch, stream_keys_of, validate_batch
+from server.jobs.fencing import FencedOut
 from server.outcomes import RequestChanged, Transition
 from server.types import Source
 from tests.conftest import Api, record, wait_until
@@ -205,6 +207,33 @@ async def test_crash_recovery_requeue_leaves_a_requeued_event(
     # The payload is the row as stored: its JSON columns are JSON text.
     recovery = orjson.loads(requeued["error_details"])["recoveries"][0]
     assert recovery["reason"] == "process restarted"
+
+
+async def test_a_fenced_out_batch_leaves_neither_records_nor_event(
+    make_api: ApiFactory, settings: Settings
+) -> None:
+    """The batch path itself: a batch whose claim went stale rolls back with its event,
+    and the current holder's batch commits both."""
+    api = await make_api(dataclasses.replace(settings, workers=0))
+    await api.create_stream()
+    summary = await api.submit([record(i) for i in range(3)])
+    store = api.app[STORE]
+    job = await store.write(lambda tx: tx.claim_next_request("holder:0:0000"))
+    assert job is not None
+    chunk = await store.get_chunk_at(summary["id"], 0)
+    assert chunk is not None
+    items = decode_items(chunk["body"])
+    streams = await store.find_data_streams(job["environment_id"], stream_keys_of(items))
+    batch = validate_batch(0, items, streams)
+    with pytest.raises(FencedOut):
+        await commit_batch(store, job, "zombie:0:0000", batch)
+    assert types_of(await outbox(api, summary["id"])) == ["created"]
+    assert await count(api, "SELECT count(*) FROM records") == 0
+    await commit_batch(store, job, "holder:0:0000", batch)
+    events = await outbox(api, summary["id"])
+    assert types_of(events) == ["created", "completed"]
+    assert events[-1][1]["successful_items"] == await count(api, "SELECT count(*) FROM records")
+    assert events[-1][1]["successful_items"] == 3
 
 
 async def test_a_rolled_back_transaction_leaves_no_event(tmp_path: Path) -> None:
