@@ -24,6 +24,7 @@ from server.http.errors import add_request_id_header, problem_middleware
 from server.http.metrics import METRICS, Metrics, metrics_endpoint, observe_requests_middleware
 from server.http.server import head_limit_middleware
 from server.jobs.worker import WorkerPool
+from server.outcomes import AfterCommit
 
 log = logging.getLogger("server.app")
 
@@ -87,7 +88,8 @@ def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> w
     app[STORE] = store
     app[HUB] = hub
     app[LARGE_BODIES] = asyncio.Semaphore(LARGE_JSON_BODY_SLOTS)
-    app[POOL] = WorkerPool(store, settings, hub)
+    app[POOL] = pool = WorkerPool(store, settings)
+    store.after_commit = AfterCommit(hub, pool.wake, pool.notify_cancel_requested).apply
     app[METRICS] = Metrics(store, app[POOL], hub, settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

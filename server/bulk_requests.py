@@ -21,6 +21,7 @@ from server.constants import PARSE_CHUNK_BYTES
 from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx, decode_items, encode_items
 from server.models import DataStream
+from server.outcomes import Transition
 from server.staging import ChunkWriter, encode_in_chunks
 from server.types import JSON, TERMINAL_STATUSES, Source
 
@@ -120,6 +121,7 @@ async def submit_records(
         if claim is not None:
             tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
         row["data_stream_key"] = stream.key if stream else None
+        tx.emit(row, Transition.CREATED)
         return row, False
 
     # urgent: the client waits for this commit, a worker's next batch can wait 1 ms more.
@@ -163,6 +165,7 @@ async def submit_upload(
         if claim is not None:
             tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
         row["data_stream_key"] = None
+        tx.emit(row, Transition.CREATED)
         return row, False
 
     return await store.write(work, urgent=True)
@@ -200,6 +203,10 @@ async def cancel(store: Store, environment_id: int, request_id: int) -> tuple[JS
             outcome = "requested"
         updated = tx.get_bulk_request(environment_id, request_id)
         assert updated is not None
+        if outcome == "cancelled":
+            tx.emit(updated, Transition.CANCELLED, by="api")
+        else:
+            tx.emit(updated, Transition.CANCEL_REQUESTED)
         return updated, outcome
 
     return await store.write(work, urgent=True)
@@ -244,6 +251,7 @@ async def retry(
         if claim is not None:
             tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
         row["data_stream_key"] = latest["data_stream_key"]
+        tx.emit(row, Transition.CREATED)
         return row, False
 
     return await store.write(work, urgent=True)

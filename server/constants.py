@@ -30,6 +30,11 @@ MAX_IDEMPOTENCY_KEY_CHARS = 255
 # An Idempotency-Key protects a client's retries for a day (as Stripe does); after that
 # the same key may create a new request. Expired keys are pruned by the sweeper.
 IDEMPOTENCY_KEY_TTL_SECONDS = 24 * 3600
+# Outbox events (README, "After a commit") are kept three days, the window over which webhook
+# senders commonly retry a delivery (Stripe retries for up to three days); the sweeper
+# deletes older ones, at most OUTBOX_PRUNE_BATCH per transaction.
+OUTBOX_RETENTION_SECONDS = 3 * 24 * 3600
+OUTBOX_PRUNE_BATCH = 5000
 
 # --- Pagination (SPEC §5) -------------------------------------------------------------
 # A 422 lists at most this many misplaced items (non-object records, unknown fields):

@@ -1,8 +1,9 @@
 """In-process publish/subscribe of bulk-request changes, and the job-transition log.
 
-Workers and API operations publish the request row right after each commit; event
-streams subscribe to one request or to a whole environment. Nobody polls the database
-per connected client: a stream reads one snapshot when it connects, then only listens.
+Each committed change of a request is published here by the one after-commit step
+(server/outcomes.py), in commit order; event streams subscribe to one request or to a
+whole environment. Nobody polls the database per connected client: a stream reads one
+snapshot when it connects, then only listens.
 
 Every published row is ordered by `progress_version`, a tuple that only grows over a
 request's life. It is the SSE event id (so `Last-Event-ID` means "I have this state"),

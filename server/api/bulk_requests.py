@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from decimal import Decimal
 
 import orjson
@@ -10,9 +9,7 @@ from aiohttp import web
 
 from server import bulk_requests as domain
 from server.api.common import (
-    HUB,
     LARGE_BODIES,
-    POOL,
     SETTINGS,
     STORE,
     JsonDocument,
@@ -35,7 +32,6 @@ from server.constants import (
     MAX_LISTED_FIELD_ERRORS,
     MAX_RECORDS_PER_REQUEST,
 )
-from server.events import log_transition
 from server.http.auth import caller_of
 from server.http.errors import Problem, field_error, not_found
 from server.ingest.json_checks import (
@@ -51,8 +47,6 @@ from server.money import canonical_amount_text
 from server.types import JSON, OnConflict, Source, Status
 
 REPLAYED = {"Idempotent-Replayed": "true"}
-
-log = logging.getLogger("server.api.bulk_requests")
 
 
 def _claim(key: str | None, operation: str, payload: object) -> domain.IdempotencyClaim | None:
@@ -187,8 +181,6 @@ async def _submit_records(request: web.Request) -> web.Response:
         raise _body_problem(issues) from None
     if replayed:
         return json_response(render_summary(row), status=200, headers=REPLAYED)
-    request.app[HUB].publish(row)  # right after the commit: streams see commit order
-    request.app[POOL].wake()
     return json_response(
         render_summary(row), status=202, headers={"Location": f"/v1/bulk_requests/{row['id']}"}
     )
@@ -264,13 +256,8 @@ async def cancel_bulk_request(request: web.Request) -> web.Response:
     if result is None:
         raise not_found(f"bulk request {request_id}")
     row, outcome = result
-    if outcome != "unchanged":
-        request.app[HUB].publish(row)
     if outcome == "requested":
-        request.app[POOL].notify_cancel_requested(request_id)
         return json_response(await _payload(request, row), status=202)
-    if outcome == "cancelled":
-        log_transition(log, "cancelled", row, by="api")
     return json_response(await _payload(request, row), status=200)
 
 
@@ -285,8 +272,6 @@ async def retry_bulk_request(request: web.Request) -> web.Response:
     row, replayed = result
     if replayed:
         return json_response(await _payload(request, row), status=200, headers=REPLAYED)
-    request.app[HUB].publish(row)
-    request.app[POOL].wake()
     return json_response(
         await _payload(request, row),
         status=201,

@@ -19,8 +19,6 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from server import bulk_requests as domain
 from server.api.common import (
-    HUB,
-    POOL,
     SETTINGS,
     STORE,
     idempotency_key,
@@ -196,8 +194,6 @@ async def create_upload(request: web.Request) -> web.Response:
     if replayed:
         received.path.unlink(missing_ok=True)
         return json_response(body, status=200, headers={"Idempotent-Replayed": "true"})
-    request.app[HUB].publish(row)
-    request.app[POOL].wake()
     return json_response(body, status=202, headers={"Location": body["url"]})
 
 

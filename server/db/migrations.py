@@ -158,6 +158,21 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE bulk_requests ADD COLUMN nacha_options TEXT;
     """,
+    # 5: the outbox (README, "After a commit"): every state change of a bulk request, written in
+    # the transaction that made it, for webhooks and multi-process event streams to read.
+    # AUTOINCREMENT: an id is never reused after pruning, so "events after id N" stays a
+    # valid cursor for a reader. Pruned by age (constants.OUTBOX_RETENTION_SECONDS).
+    """
+    CREATE TABLE outbox (
+        id               INTEGER PRIMARY KEY AUTOINCREMENT,
+        bulk_request_id  INTEGER NOT NULL REFERENCES bulk_requests(id),
+        environment_id   INTEGER NOT NULL REFERENCES environments(id),
+        event_type       TEXT NOT NULL,   -- server/outcomes.py Transition
+        payload          TEXT NOT NULL,   -- the request row after the change, as JSON
+        created_at       TEXT NOT NULL
+    );
+    CREATE INDEX outbox_created_at ON outbox (created_at);
+    """,
 ]
 
 

@@ -233,7 +233,8 @@ SELECT count(*) FROM bulk_requests WHERE status IN ('pending', 'processing');
 
 -- name: release_request
 UPDATE bulk_requests SET claimed_by = NULL, queued_at = :now
-WHERE id = :id AND attempt = :attempt AND claimed_by = :worker AND status = 'processing';
+WHERE id = :id AND attempt = :attempt AND claimed_by = :worker AND status = 'processing'
+RETURNING *;
 
 -- name: record_batch
 -- The heartbeat. Fenced by attempt and claimed_by: a zombie worker's batch matches
@@ -339,6 +340,16 @@ SET fingerprint = excluded.fingerprint, bulk_request_id = excluded.bulk_request_
 
 -- name: delete_expired_idempotency_keys
 DELETE FROM idempotency_keys WHERE created_at <= :not_before;
+
+-- name: insert_outbox_event
+INSERT INTO outbox (bulk_request_id, environment_id, event_type, payload, created_at)
+VALUES (:bulk_request_id, :environment_id, :event_type, :payload, :now);
+
+-- name: delete_old_outbox_events
+-- At most :limit rows per transaction, so pruning a backlog never holds the writer long.
+DELETE FROM outbox WHERE id IN (
+    SELECT id FROM outbox WHERE created_at < :not_before ORDER BY created_at LIMIT :limit
+);
 
 -- name: list_upload_paths
 SELECT upload_path FROM bulk_requests WHERE upload_path IS NOT NULL;

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +29,7 @@ from server.db.tx import WriteTx, row_dict
 from server.db.writer import Writer
 from server.ingest.validation import StreamRef
 from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record, RowError
+from server.outcomes import RequestChanged
 from server.types import JSON, Source, Status
 
 T = TypeVar("T")
@@ -48,6 +49,9 @@ class Store:
         self._checkpointer: asyncio.Task[None] | None = None
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
+        # The one place that acts on committed events (server/outcomes.py AfterCommit),
+        # set by the app. Without one (a bare store), events are only in the outbox.
+        self.after_commit: Callable[[Sequence[RequestChanged]], None] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -100,9 +104,23 @@ class Store:
 
         Commits when it returns, rolls back when it raises (the exception propagates).
         `urgent`: a client is waiting for this (see server/db/writer.py).
+        The events `work` emitted go to `after_commit` once committed, on this loop and
+        in commit order, even when the caller stops waiting (a client hung up).
         """
         assert self._writer is not None, "store is not open"
-        return await self._writer.transaction(work, urgent=urgent)
+        apply = self.after_commit
+        if apply is None:
+            return await self._writer.transaction(work, urgent=urgent)
+        loop = asyncio.get_running_loop()
+
+        def committed(tx: WriteTx) -> None:
+            if tx.events:
+                # Scheduled before the caller's result, so it runs first. A closed loop
+                # (an abandoned write at exit) has nobody left to tell.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(apply, tuple(tx.events))
+
+        return await self._writer.transaction(work, urgent=urgent, committed=committed)
 
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[aiosqlite.Connection]:

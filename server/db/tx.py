@@ -4,10 +4,15 @@ Callers (the domain module and the worker) decide *what* to do; this class knows
 in SQL. A transaction is a plain function of a WriteTx that `Store.write()` runs on the
 writer thread (server/db/writer.py), so these methods are synchronous; never keep a
 WriteTx past the function it was given to.
+
+A transaction that changes a bulk request's state calls `emit`: the event is written to
+the outbox here, in the same transaction, and handed to server/outcomes.py's AfterCommit
+once the transaction has committed (see Store.write). Nothing else follows a commit.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import zlib
 from collections.abc import Iterable, Sequence
@@ -19,10 +24,16 @@ import orjson
 
 from server.chains import RowRun
 from server.clock import now_rfc3339, to_rfc3339, utc_now
-from server.constants import IDEMPOTENCY_KEY_TTL_SECONDS, MAX_ROWS_PER_INSERT
+from server.constants import (
+    IDEMPOTENCY_KEY_TTL_SECONDS,
+    MAX_ROWS_PER_INSERT,
+    OUTBOX_PRUNE_BATCH,
+    OUTBOX_RETENTION_SECONDS,
+)
 from server.db.queries import Q, multi_row
 from server.ingest.json_checks import fits_storage
 from server.models import DataStream
+from server.outcomes import RequestChanged, Transition
 from server.types import JSON, Status
 
 # A staged input row: [line, fields, problem] where problem is [code, message, pointer].
@@ -77,6 +88,8 @@ def idempotency_not_before() -> str:
 class WriteTx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        # What this transaction changed, in order; applied only after it commits.
+        self.events: list[RequestChanged] = []
 
     # --- low level (db package only) ---------------------------------------------------
 
@@ -88,6 +101,37 @@ class WriteTx:
 
     def run(self, sql: str, params: Any = ()) -> int:
         return self.conn.execute(sql, params).rowcount
+
+    # --- the outbox ---------------------------------------------------------------------
+
+    def emit(
+        self,
+        row: JSON,
+        transition: Transition,
+        *,
+        log_level: int = logging.INFO,
+        **log_fields: Any,
+    ) -> RequestChanged:
+        """Record a state change of the request `row` (as this transaction left it)."""
+        event = RequestChanged(row, transition, log_level, log_fields)
+        self.run(
+            Q.insert_outbox_event,
+            {
+                "bulk_request_id": row["id"],
+                "environment_id": row["environment_id"],
+                "event_type": transition.value,
+                "payload": orjson.dumps(row).decode(),
+                "now": now_rfc3339(),
+            },
+        )
+        self.events.append(event)
+        return event
+
+    def delete_old_outbox_events(self) -> int:
+        not_before = to_rfc3339(utc_now() - timedelta(seconds=OUTBOX_RETENTION_SECONDS))
+        return self.run(
+            Q.delete_old_outbox_events, {"not_before": not_before, "limit": OUTBOX_PRUNE_BATCH}
+        )
 
     # --- environments, keys, streams ----------------------------------------------------
 
@@ -162,6 +206,9 @@ class WriteTx:
     def get_bulk_request(self, environment_id: int, request_id: int) -> JSON | None:
         return self.one(Q.get_bulk_request, {"id": request_id, "environment_id": environment_id})
 
+    def get_bulk_request_any_environment(self, request_id: int) -> JSON | None:
+        return self.one(Q.get_bulk_request_any_environment, {"id": request_id})
+
     def insert_chunk(self, request_id: int, first_row: int, row_count: int, body: bytes) -> None:
         """Stage rows; `body` comes from encode_items, made before the transaction."""
         self.run(
@@ -222,8 +269,9 @@ class WriteTx:
     def claim_next_request(self, worker: str) -> JSON | None:
         return self.one(Q.claim_next_request, {"worker": worker, "now": now_rfc3339()})
 
-    def release_request(self, job: JSON, worker: str) -> None:
-        self.run(
+    def release_request(self, job: JSON, worker: str) -> JSON | None:
+        """Give the claim back (runnable again); the row, or None if the claim is stale."""
+        return self.one(
             Q.release_request,
             {"id": job["id"], "attempt": job["attempt"], "worker": worker, "now": now_rfc3339()},
         )

@@ -81,13 +81,24 @@ class Writer:
             self._ready.notify()
         return await future
 
-    async def transaction(self, fn: Callable[[WriteTx], T], *, urgent: bool = False) -> T:
-        """Run fn in one BEGIN IMMEDIATE transaction; commits, or rolls back if fn raises."""
+    async def transaction(
+        self,
+        fn: Callable[[WriteTx], T],
+        *,
+        urgent: bool = False,
+        committed: Callable[[WriteTx], None] | None = None,
+    ) -> T:
+        """Run fn in one BEGIN IMMEDIATE transaction; commits, or rolls back if fn raises.
+
+        `committed` runs on this thread right after COMMIT, before the caller is told,
+        so whatever it schedules on the caller's loop runs in commit order.
+        """
 
         def run(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                result = fn(WriteTx(conn))
+                tx = WriteTx(conn)
+                result = fn(tx)
             except BaseException:
                 # Some errors (a full disk, say) end the transaction themselves; a second
                 # ROLLBACK would then raise and hide the original error.
@@ -95,6 +106,8 @@ class Writer:
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            if committed is not None:
+                committed(tx)
             return result
 
         return await self.call(run, urgent=urgent)

@@ -18,6 +18,7 @@ from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx
 from server.ingest.validation import StreamRef, ValidRecord, validate_row
 from server.jobs.fencing import FencedOut
+from server.outcomes import Transition
 from server.types import JSON, RowProblem
 
 
@@ -107,6 +108,9 @@ async def commit_batch(store: Store, job: JSON, worker: str, batch: Batch) -> JS
             raise FencedOut(request_id)
         if updated["status"] == "completed":
             tx.delete_chunks(request_id)
+            tx.emit(updated, Transition.COMPLETED)
+        else:
+            tx.emit(updated, Transition.PROGRESS)
         return updated
 
     return await store.write(work)

@@ -22,11 +22,11 @@ import orjson
 from server.constants import FILE_READ_BYTES
 from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx, encode_items
-from server.events import ProgressHub, log_transition
 from server.ingest.csv_reader import iter_csv_rows
 from server.ingest.nacha import iter_nacha_rows
 from server.ingest.nacha_codes import NachaOption
 from server.jobs.fencing import FencedOut
+from server.outcomes import Transition
 from server.staging import ChunkFill
 from server.types import JSON, FileRejected, ParseReport, SourceRow, Status
 
@@ -36,9 +36,6 @@ class ParseHost(Protocol):
 
     @property
     def store(self) -> Store: ...
-
-    @property
-    def hub(self) -> ProgressHub: ...
 
     @property
     def stopping(self) -> bool:
@@ -129,14 +126,13 @@ async def parse_upload(pool: ParseHost, job: JSON, worker: str) -> JSON | None:
             progress = await store.write(
                 partial(_stage_block, job, worker, first, len(fresh), body, position)
             )
-            job = {**job, "total_items": position, **progress}
-            pool.hub.publish(job)
+            job = progress
             if pool.should_cancel(job):
                 await _discard_staged(pool, job)
                 await pool.finish(job, worker, Status.CANCELLED)
                 return None
             if pool.stopping:
-                await store.write(partial(WriteTx.release_request, job=job, worker=worker))
+                await store.write(partial(_release, job, worker))
                 return None
     except FileRejected as exc:
         await _discard_staged(pool, job)
@@ -179,12 +175,11 @@ async def parse_upload(pool: ParseHost, job: JSON, worker: str) -> JSON | None:
         )
         if done is None:
             raise FencedOut(job["id"])
+        tx.emit(done, Transition.PARSED, rows=position)
         return done
 
     done = await store.write(finish)
     _remove(path)
-    log_transition(log, "parsed", done, rows=position)
-    pool.hub.publish(done)
     return done
 
 
@@ -195,7 +190,17 @@ def _stage_block(
     progress = tx.record_parse_progress(job, worker, total)
     if progress is None:
         raise FencedOut(job["id"])
-    return progress
+    # The job keeps what the claim read with it (the joined stream key) under the new state.
+    job = {**job, "total_items": total, **progress}
+    tx.emit(job, Transition.PARSE_PROGRESS)
+    return job
+
+
+def _release(job: JSON, worker: str, tx: WriteTx) -> None:
+    """Shutting down mid-parse: give the request back; it resumes on restart."""
+    released = tx.release_request(job, worker)
+    if released is not None:
+        tx.emit({**job, **released}, Transition.RELEASED)
 
 
 async def _discard_staged(pool: ParseHost, job: JSON) -> None:

@@ -25,26 +25,26 @@ from server.constants import (
     CLAIM_RETRY_SECONDS,
     MAX_ERROR_MESSAGE_CHARS,
     MAX_REMEMBERED_SLICED_IDS,
+    OUTBOX_PRUNE_BATCH,
     SHUTDOWN_GRACE_SECONDS,
     WORKER_IDLE_POLL_SECONDS,
 )
 from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx, decode_items
-from server.events import ProgressHub, log_transition
 from server.ingest.validation import StreamRef
 from server.jobs.batches import commit_batch, stream_keys_of, validate_batch
 from server.jobs.fencing import FencedOut
 from server.jobs.parsing import parse_upload, remove_unreferenced_uploads
+from server.outcomes import Transition, terminal_transition
 from server.types import JSON, Status
 
 log = logging.getLogger("server.worker")
 
 
 class WorkerPool:
-    def __init__(self, store: Store, settings: Settings, hub: ProgressHub) -> None:
+    def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self.hub = hub
         # A fresh id per process start tells this process's claims from a dead one's.
         self.boot_id = secrets.token_hex(4)
         self._wake = asyncio.Event()
@@ -87,7 +87,8 @@ class WorkerPool:
         self._tasks.clear()
 
     def wake(self) -> None:
-        """New work was committed: idle workers claim it now instead of polling."""
+        """New work was committed: idle workers claim it now instead of polling.
+        Called by server/outcomes.py AfterCommit only, after the commit that made it."""
         self._wake.set()
 
     def notify_cancel_requested(self, request_id: int) -> None:
@@ -104,16 +105,18 @@ class WorkerPool:
 
     async def requeue_orphans(self, reason: str) -> list[int]:
         live = set(self._live)
-        ids = await self.store.write(lambda tx: tx.requeue_orphans(live, reason))
+
+        def work(tx: WriteTx) -> list[int]:
+            ids = tx.requeue_orphans(live, reason)
+            for request_id in ids:
+                # Rare (a restart or a dead task): one read each for the event's row.
+                row = tx.get_bulk_request_any_environment(request_id)
+                if row is not None:
+                    tx.emit(row, Transition.REQUEUED, log_level=logging.WARNING, reason=reason)
+            return ids
+
+        ids = await self.store.write(work)
         self.recovered_total += len(ids)
-        if ids:
-            self.wake()
-        for request_id in ids:
-            # Rare (a restart or a dead task): one read each to log and publish the row.
-            row = await self.store.get_bulk_request_any_environment(request_id)
-            if row is not None:
-                log_transition(log, "requeued", row, level=logging.WARNING, reason=reason)
-                self.hub.publish(row)
         return ids
 
     # --- loops ---------------------------------------------------------------------------
@@ -129,15 +132,26 @@ class WorkerPool:
                 if ids:
                     log.warning("requeued orphaned bulk request(s) %s", ids)
                 await self.store.write(lambda tx: tx.delete_expired_idempotency_keys())
+                await self._prune_outbox()
             except Exception:
                 log.exception("sweeper pass failed; trying again next interval")
+
+    async def _prune_outbox(self) -> None:
+        """Delete outbox events past their retention, a bounded batch per transaction
+        so a backlog never holds the writer long."""
+        while not self._stopping:
+            deleted = await self.store.write(lambda tx: tx.delete_old_outbox_events())
+            if deleted < OUTBOX_PRUNE_BATCH:
+                return
 
     async def _worker_loop(self, n: int) -> None:
         worker = self._new_worker_id(n)
         try:
             while not self._stopping:
                 try:
-                    job = await self.store.write(partial(WriteTx.claim_next_request, worker=worker))
+                    job = await self.store.write(
+                        partial(_claim, worker=worker, sliced=frozenset(self._sliced))
+                    )
                 except Exception:
                     log.exception("claiming failed; retrying")
                     await asyncio.sleep(CLAIM_RETRY_SECONDS)
@@ -172,17 +186,7 @@ class WorkerPool:
     # --- one claim -------------------------------------------------------------------------
 
     async def _run(self, job: JSON, worker: str) -> None:
-        sliced = job["id"] in self._sliced
         self._sliced.discard(job["id"])
-        log_transition(
-            log,
-            "resumed" if job["attempt"] > 1 else "claimed",
-            job,
-            level=logging.DEBUG if sliced else logging.INFO,
-            worker=worker,
-            next_row=job["next_row"],
-        )
-        self.hub.publish(job)
         loop = asyncio.get_running_loop()
         slice_ends = loop.time() + self.settings.time_slice
         if job["parsing"]:
@@ -210,11 +214,9 @@ class WorkerPool:
             await self._resolve_streams(job["environment_id"], items, streams)
             batch = validate_batch(start, items, streams)
             job = await commit_batch(self.store, job, worker, batch)
-            self.hub.publish(job)
             if self.settings.batch_pause and job["status"] == "processing":
                 await self._pause_between_batches()
         self._cancel_requested.discard(job["id"])
-        log_transition(log, job["status"], job)
 
     async def _pause_between_batches(self) -> None:
         # Between heartbeats, so a cancel or a shutdown meanwhile is seen right after it;
@@ -245,11 +247,16 @@ class WorkerPool:
             streams.update(await self.store.find_data_streams(environment_id, missing))
 
     async def _release(self, job: JSON, worker: str) -> None:
-        await self.store.write(lambda tx: tx.release_request(job, worker))
+        def work(tx: WriteTx) -> None:
+            released = tx.release_request(job, worker)
+            if released is not None:
+                tx.emit({**job, **released}, Transition.RELEASED)
+
         if len(self._sliced) > MAX_REMEMBERED_SLICED_IDS:
             self._sliced.clear()
+        # Before the release commits: the wake-up it causes may claim the request at once.
         self._sliced.add(job["id"])
-        self.wake()
+        await self.store.write(work)
 
     async def finish(
         self,
@@ -272,13 +279,12 @@ class WorkerPool:
             )
             if row is None:
                 raise FencedOut(job["id"])
+            extra: dict[str, Any] = {"error": error_message} if error_message else {}
+            tx.emit(row, terminal_transition(status), **extra)
             return row
 
         row = await self.store.write(work)
         self._cancel_requested.discard(job["id"])
-        extra: dict[str, Any] = {"error": error_message} if error_message else {}
-        log_transition(log, status, row, **extra)
-        self.hub.publish(row)
         return row
 
     async def _fail(self, job: JSON, worker: str, exc: Exception) -> bool:
@@ -300,3 +306,18 @@ class WorkerPool:
             log.exception("could not mark bulk request %s failed", job["id"])
             return False
         return True
+
+
+def _claim(tx: WriteTx, *, worker: str, sliced: frozenset[int]) -> JSON | None:
+    """Claim the next runnable request. `sliced`: ids given back after a time slice,
+    whose reclaim is routine and logged at DEBUG."""
+    job = tx.claim_next_request(worker)
+    if job is not None:
+        tx.emit(
+            job,
+            Transition.RESUMED if job["attempt"] > 1 else Transition.CLAIMED,
+            log_level=logging.DEBUG if job["id"] in sliced else logging.INFO,
+            worker=worker,
+            next_row=job["next_row"],
+        )
+    return job
