@@ -33,6 +33,7 @@ class Host:
         self.cancel = cancel
         self._stopping = stopping
         self.finished: list[Status] = []
+        self.staged_totals: list[int] = []  # total_items after each staged chunk
 
     @property
     def store(self) -> Store:
@@ -43,6 +44,8 @@ class Host:
         return self._stopping
 
     def should_cancel(self, job: JSON) -> bool:
+        # The job asks after each chunk it staged: a place to watch its progress.
+        self.staged_totals.append(job["total_items"])
         return self.cancel
 
     async def finish(
@@ -208,8 +211,10 @@ async def test_a_small_nacha_file_stages_one_row_per_entry(store: Store, tmp_pat
 async def test_a_rejected_file_leaves_nothing_staged(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Small chunks, so rows are staged (and committed) before the bad bytes are reached.
+    # Small chunks and small reads, so rows are staged (and committed) before the bad
+    # bytes are even read.
     monkeypatch.setattr("server.staging.PARSE_CHUNK_ROWS", 2)
+    monkeypatch.setattr("server.jobs.parsing.FILE_READ_BYTES", 64)
     path = tmp_path / "bad.csv"
     _env, job = await claimed_upload(store, path, csv_rows(6) + b"2024-01-31,bank,\xff\n")
     host = Host(store)
@@ -217,6 +222,7 @@ async def test_a_rejected_file_leaves_nothing_staged(
     assert await parse_upload(host, job, WORKER) is None
 
     assert host.finished == [Status.FAILED]
+    assert host.staged_totals == [2, 4, 6]
     assert await staged_chunks(store, job["id"]) == []
     row = await store.get_bulk_request(job["environment_id"], job["id"])
     assert row is not None
@@ -233,6 +239,7 @@ async def test_a_cancelled_parse_discards_what_it_staged(store: Store, tmp_path:
     assert await parse_upload(host, job, WORKER) is None
 
     assert host.finished == [Status.CANCELLED]
+    assert host.staged_totals == [3]  # it had staged the rows before it stopped
     assert await staged_chunks(store, job["id"]) == []
 
 
