@@ -7,6 +7,7 @@ store, flags a test sets, and the same fenced terminal transition as the worker 
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -108,13 +109,17 @@ async def staged_chunks(store: Store, request_id: int) -> list[tuple[int, list[S
     chunks: list[tuple[int, list[StagedItem]]] = []
     row = 0
     while True:
-        found = await store.write(lambda tx, at=row: tx.next_chunk_from(request_id, at))
+        found = await store.write(partial(_next_chunk, request_id, row))
         if found is None:
             return chunks
         items = decode_items(found["body"])
         assert len(items) == found["row_count"]
         chunks.append((found["first_row"], items))
         row = found["first_row"] + found["row_count"]
+
+
+def _next_chunk(request_id: int, row: int, tx: WriteTx) -> JSON | None:
+    return tx.next_chunk_from(request_id, row)
 
 
 def csv_rows(count: int) -> bytes:

@@ -15,6 +15,7 @@ from server.db.tx import encode_items
 from server.ingest.validation import StreamRef
 from server.jobs.batches import commit_batch, validate_batch
 from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record, RowError
+from server.types import Status
 from tests.conftest import claim_next, make_environment, make_stream
 
 WORKER = "unit-store-1"
@@ -124,7 +125,7 @@ async def test_bulk_requests_page_newest_first_with_filters(store: Store) -> Non
     )
     assert [r["id"] for r in older] == [ids[1], ids[0]]
     done = await store.list_bulk_requests(
-        env, status="completed", source=None, data_stream_key="bank", before_id=2**62, limit=9
+        env, status=Status.COMPLETED, source=None, data_stream_key="bank", before_id=2**62, limit=9
     )
     assert [r["id"] for r in done] == ids[::-1]
     assert all(r["data_stream_key"] == "bank" for r in done)
