@@ -1,11 +1,12 @@
-"""Fixtures: the real app on a real SQLite file in tmp_path, driven over HTTP."""
+"""Fixtures: the real app on a real SQLite file in tmp_path, driven over HTTP; and, for
+domain tests that need no HTTP server, the real store alone on such a file (`store`)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ from hypothesis import settings as hypothesis_settings
 
 from server.app import create_app
 from server.config import Settings
+from server.db.store import Store
+from server.db.tx import WriteTx
+from server.models import DataStream
 from server.types import TERMINAL_STATUSES
 
 # Property tests: the normal suite runs a bounded, reproducible profile (fixed seed, so a
@@ -154,3 +158,39 @@ async def make_api(aiohttp_client: Any) -> Callable[..., Awaitable[Api]]:
 @pytest.fixture
 async def api(make_api: Callable[..., Awaitable[Api]], settings: Settings) -> Api:
     return await make_api(settings)
+
+
+# --- the fast store: a real Store on a SQLite file, no aiohttp app ---------------------
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """The real store (migrations, writer thread, reader pool) on tmp_path, closed after.
+
+    No app and no workers run: nothing claims a request unless the test does, so a
+    domain test drives each step itself and sees exactly what that step committed.
+    """
+    opened = Store(tmp_path / "unit.db")
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def make_environment(store: Store, name: str = "default") -> int:
+    """The id of environment `name`, created through the store's own transaction."""
+    return await store.write(lambda tx: tx.ensure_environment(name))
+
+
+async def make_stream(
+    store: Store, environment_id: int, key: str = "bank", currency: str = "USD"
+) -> DataStream:
+    stream = await store.create_data_stream(environment_id, key, None, currency)
+    assert stream is not None, f"stream {key!r} already exists"
+    return stream
+
+
+def claim_next(worker: str) -> Callable[[WriteTx], Any]:
+    """A transaction that claims the next runnable request for `worker`, as a worker does."""
+    return lambda tx: tx.claim_next_request(worker)
