@@ -16,7 +16,7 @@ from server.bulk_requests import submit_upload
 from server.constants import PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
 from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx, decode_items
-from server.jobs.fencing import FencedOut
+from server.jobs.fencing import finish_fenced
 from server.jobs.parsing import ParseHost, parse_upload, take_chunk
 from server.types import JSON, SourceRow, Status
 from tests.conftest import claim_next, make_environment, make_stream
@@ -59,20 +59,16 @@ class Host:
         error_details: JSON | None = None,
         keep_upload: bool = True,
     ) -> JSON:
-        def work(tx: WriteTx) -> JSON:
-            row = tx.finish_request(
-                job,
-                worker,
-                status,
-                error_message=error_message,
-                error_details=error_details,
-                keep_upload=keep_upload,
-            )
-            if row is None:
-                raise FencedOut(job["id"])
-            return row
-
-        row = await self._store.write(work)
+        # The same fenced terminal write as the worker pool's (event included).
+        row = await finish_fenced(
+            self._store,
+            job,
+            worker,
+            status,
+            error_message=error_message,
+            error_details=error_details,
+            keep_upload=keep_upload,
+        )
         self.finished.append(status)
         return row
 

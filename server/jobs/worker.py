@@ -18,7 +18,6 @@ import logging
 import secrets
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 from server.config import Settings
 from server.constants import (
@@ -33,9 +32,9 @@ from server.db.store import Store
 from server.db.tx import StagedItem, WriteTx, decode_items
 from server.ingest.validation import StreamRef
 from server.jobs.batches import commit_batch, stream_keys_of, validate_batch
-from server.jobs.fencing import FencedOut
+from server.jobs.fencing import FencedOut, finish_fenced
 from server.jobs.parsing import parse_upload, remove_unreferenced_uploads
-from server.outcomes import Transition, terminal_transition
+from server.outcomes import Transition
 from server.types import JSON, Status
 
 log = logging.getLogger("server.worker")
@@ -268,22 +267,15 @@ class WorkerPool:
         error_details: JSON | None = None,
         keep_upload: bool = True,
     ) -> JSON:
-        def work(tx: WriteTx) -> JSON:
-            row = tx.finish_request(
-                job,
-                worker,
-                status,
-                error_message=error_message,
-                error_details=error_details,
-                keep_upload=keep_upload,
-            )
-            if row is None:
-                raise FencedOut(job["id"])
-            extra: dict[str, Any] = {"error": error_message} if error_message else {}
-            tx.emit(row, terminal_transition(status), **extra)
-            return row
-
-        row = await self.store.write(work)
+        row = await finish_fenced(
+            self.store,
+            job,
+            worker,
+            status,
+            error_message=error_message,
+            error_details=error_details,
+            keep_upload=keep_upload,
+        )
         self._cancel_requested.discard(job["id"])
         return row
 
