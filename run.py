@@ -114,7 +114,7 @@ async def _serve(settings: Settings) -> int:
 
 
 async def _keys(args: argparse.Namespace) -> int:
-    from server.db.store import Store
+    from server.db.sqlite.store import Store
     from server.http.auth import generate_api_key
 
     db_path = args.db_path or Path(os.environ.get(env_name("db_path"), DEFAULT_DB_PATH))

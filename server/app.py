@@ -17,7 +17,7 @@ from server.api.common import HUB, LARGE_BODIES, POOL, SETTINGS, STORE
 from server.api.openapi import openapi_document
 from server.config import Settings
 from server.constants import LARGE_JSON_BODY_SLOTS, MAX_JSON_BODY_BYTES
-from server.db.store import Store
+from server.db.sqlite.store import Store
 from server.events import ProgressHub
 from server.http.auth import generate_api_key, hash_api_key, make_auth_middleware
 from server.http.errors import add_request_id_header, problem_middleware

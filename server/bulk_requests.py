@@ -18,8 +18,8 @@ import orjson
 
 from server.chains import Coverage, RowMap, RunBuilder, handled_rows, identity_runs, remainder_runs
 from server.constants import PARSE_CHUNK_BYTES
-from server.db.store import Store
-from server.db.tx import StagedItem, WriteTx, decode_items, encode_items
+from server.db.sqlite.store import Store
+from server.db.sqlite.tx import StagedItem, WriteTx, decode_items, encode_items
 from server.models import DataStream
 from server.outcomes import Transition
 from server.staging import ChunkWriter, encode_in_chunks

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from server.constants import PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
-from server.db.tx import StagedItem, encode_item, pack_items
+from server.db.sqlite.tx import StagedItem, encode_item, pack_items
 
 # A chunk as it is inserted: (first row, row count, encoded body).
 EncodedChunk = tuple[int, int, bytes]

@@ -17,8 +17,8 @@ from hypothesis import settings as hypothesis_settings
 
 from server.app import create_app
 from server.config import Settings
-from server.db.store import Store
-from server.db.tx import WriteTx
+from server.db.sqlite.store import Store
+from server.db.sqlite.tx import WriteTx
 from server.models import DataStream
 from server.types import TERMINAL_STATUSES
 

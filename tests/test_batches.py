@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from server.bulk_requests import submit_records
-from server.db.store import Store
-from server.db.tx import StagedItem, decode_items
+from server.db.sqlite.store import Store
+from server.db.sqlite.tx import StagedItem, decode_items
 from server.ingest.validation import StreamRef, ValidRecord
 from server.jobs.batches import commit_batch, stream_keys_of, validate_batch
 from server.jobs.fencing import FencedOut

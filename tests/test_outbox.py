@@ -19,8 +19,8 @@ import pytest
 from server.api.common import POOL, STORE
 from server.config import Settings
 from server.constants import OUTBOX_PRUNE_BATCH
-from server.db.store import Store
-from server.db.tx import WriteTx, decode_items
+from server.db.sqlite.store import Store
+from server.db.sqlite.tx import WriteTx, decode_items
 from server.jobs.batches import commit_batch, stream_keys_of, validate_batch
 from server.jobs.fencing import FencedOut
 from server.outcomes import RequestChanged, Transition

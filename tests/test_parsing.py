@@ -14,8 +14,8 @@ import pytest
 
 from server.bulk_requests import submit_upload
 from server.constants import PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
-from server.db.store import Store
-from server.db.tx import StagedItem, WriteTx, decode_items
+from server.db.sqlite.store import Store
+from server.db.sqlite.tx import StagedItem, WriteTx, decode_items
 from server.jobs.fencing import finish_fenced
 from server.jobs.parsing import ParseHost, parse_upload, take_chunk
 from server.types import JSON, SourceRow, Status

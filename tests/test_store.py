@@ -10,8 +10,8 @@ import pytest
 from server.bulk_requests import submit_records
 from server.clock import parse_rfc3339
 from server.constants import IDEMPOTENCY_KEY_TTL_SECONDS
-from server.db.store import Store
-from server.db.tx import encode_items
+from server.db.sqlite.store import Store
+from server.db.sqlite.tx import encode_items
 from server.ingest.validation import StreamRef
 from server.jobs.batches import commit_batch, validate_batch
 from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record, RowError
@@ -164,7 +164,7 @@ async def test_an_idempotency_key_expires_exactly_at_its_ttl(
     ttl = timedelta(seconds=IDEMPOTENCY_KEY_TTL_SECONDS)
 
     def at(moment: datetime) -> None:
-        monkeypatch.setattr("server.db.tx.utc_now", lambda: moment)
+        monkeypatch.setattr("server.db.sqlite.tx.utc_now", lambda: moment)
 
     at(parse_rfc3339(created) + ttl - timedelta(microseconds=1))
     kept = await store.write(lambda tx: tx.get_idempotency_key(env, "k1"))

@@ -24,7 +24,7 @@ from server.constants import (
     MAX_LISTED_UNKNOWN_FIELDS,
     MAX_PAGE_LIMIT,
 )
-from server.db.store import Store
+from server.db.sqlite.store import Store
 from server.events import ProgressHub
 from server.http.errors import Problem, field_error, not_found, parameter_error
 from server.ids import parse_stored_int

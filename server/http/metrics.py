@@ -29,7 +29,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from server.clock import parse_rfc3339, to_rfc3339, utc_now
 from server.config import Settings
-from server.db.store import Store
+from server.db.sqlite.store import Store
 from server.events import ProgressHub
 from server.http.logs import log_access
 from server.jobs.worker import WorkerPool

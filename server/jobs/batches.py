@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 
 from server.clock import now_rfc3339
-from server.db.store import Store
-from server.db.tx import StagedItem, WriteTx
+from server.db.sqlite.store import Store
+from server.db.sqlite.tx import StagedItem, WriteTx
 from server.ingest.validation import StreamRef, ValidRecord, validate_row
 from server.jobs.fencing import FencedOut
 from server.outcomes import Transition

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.db.store import Store
-from server.db.tx import WriteTx
+from server.db.sqlite.store import Store
+from server.db.sqlite.tx import WriteTx
 from server.outcomes import terminal_transition
 from server.types import JSON, Status
 

@@ -20,8 +20,8 @@ from typing import Protocol
 import orjson
 
 from server.constants import FILE_READ_BYTES
-from server.db.store import Store
-from server.db.tx import StagedItem, WriteTx, encode_items
+from server.db.sqlite.store import Store
+from server.db.sqlite.tx import StagedItem, WriteTx, encode_items
 from server.ingest.csv_reader import iter_csv_rows
 from server.ingest.nacha import iter_nacha_rows
 from server.ingest.nacha_codes import NachaOption

@@ -28,8 +28,8 @@ from server.constants import (
     SHUTDOWN_GRACE_SECONDS,
     WORKER_IDLE_POLL_SECONDS,
 )
-from server.db.store import Store
-from server.db.tx import StagedItem, WriteTx, decode_items
+from server.db.sqlite.store import Store
+from server.db.sqlite.tx import StagedItem, WriteTx, decode_items
 from server.ingest.validation import StreamRef
 from server.jobs.batches import commit_batch, stream_keys_of, validate_batch
 from server.jobs.fencing import FencedOut, finish_fenced

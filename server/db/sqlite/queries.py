@@ -17,7 +17,7 @@ _VALUES_GROUP = re.compile(r"VALUES\s*(\((?:\?,\s*)*\?\))")
 
 @cache
 def load_queries() -> dict[str, str]:
-    text = files("server.db").joinpath("queries.sql").read_text(encoding="utf-8")
+    text = files("server.db.sqlite").joinpath("queries.sql").read_text(encoding="utf-8")
     parts = _NAME.split(text)
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):

@@ -23,10 +23,10 @@ import orjson
 
 from server.clock import now_rfc3339
 from server.constants import CHECKPOINT_INTERVAL_SECONDS, READER_CONNECTIONS
-from server.db.connection import open_connection, open_writer_connection, prepare_database
-from server.db.queries import Q
-from server.db.tx import WriteTx, row_dict
-from server.db.writer import Writer
+from server.db.sqlite.connection import open_connection, open_writer_connection, prepare_database
+from server.db.sqlite.queries import Q
+from server.db.sqlite.tx import WriteTx, row_dict
+from server.db.sqlite.writer import Writer
 from server.ingest.validation import StreamRef
 from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record, RowError
 from server.outcomes import RequestChanged

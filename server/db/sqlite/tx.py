@@ -30,7 +30,7 @@ from server.constants import (
     OUTBOX_PRUNE_BATCH,
     OUTBOX_RETENTION_SECONDS,
 )
-from server.db.queries import Q, multi_row
+from server.db.sqlite.queries import Q, multi_row
 from server.ingest.json_checks import fits_storage
 from server.models import DataStream
 from server.outcomes import RequestChanged, Transition
