@@ -78,8 +78,9 @@ def build_parser(*, with_bench_arguments: bool = True) -> argparse.ArgumentParse
 async def _serve(settings: Settings) -> int:
     from aiohttp import web
 
-    from server.app import DatabaseInUse, create_app
+    from server.app import create_app
     from server.constants import GIL_SWITCH_INTERVAL_SECONDS
+    from server.db.sqlite.store import DatabaseInUse
     from server.http.logs import configure_logging
     from server.http.server import HardenedRunner
 

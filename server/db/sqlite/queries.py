@@ -1,7 +1,8 @@
 """Loads `queries.sql` into a name → SQL mapping (the procrastinate pattern).
 
-One file holds every statement so a reader sees the whole data access surface at once,
-and a second backend would only need a second file.
+One file holds every statement of the SQLite adapter so a reader sees its whole data
+access surface at once. Another backend is another adapter behind server/db/port.py,
+not another file of the same statements (json_each, json_patch, `$[#]` are SQLite's).
 """
 
 from __future__ import annotations
