@@ -146,3 +146,18 @@ async def test_unreadable_database_still_answers(make_api: ApiFactory, settings:
     assert value(samples, "bulk_database_up") == 0
     assert ("bulk_queue_depth", frozenset()) not in samples
     assert value(samples, "bulk_workers", state="idle") == 0
+
+
+async def test_unreadable_database_makes_health_unavailable(
+    make_api: ApiFactory, settings: Settings
+) -> None:
+    api = await make_api(dataclasses.replace(settings, workers=0))
+    await api.app[STORE].close()
+    body = await api.get("/healthz", expect=503)
+    # The driver's error by name, as before the storage port (StorageUnavailable.reason).
+    assert body == {
+        "status": "unavailable",
+        "database": "error: ValueError",
+        "workers": 0,
+        "queue_depth": None,
+    }
