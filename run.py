@@ -78,8 +78,9 @@ def build_parser(*, with_bench_arguments: bool = True) -> argparse.ArgumentParse
 async def _serve(settings: Settings) -> int:
     from aiohttp import web
 
-    from server.app import DatabaseInUse, create_app
+    from server.app import create_app
     from server.constants import GIL_SWITCH_INTERVAL_SECONDS
+    from server.db.sqlite.store import DatabaseInUse
     from server.http.logs import configure_logging
     from server.http.server import HardenedRunner
 
@@ -114,7 +115,7 @@ async def _serve(settings: Settings) -> int:
 
 
 async def _keys(args: argparse.Namespace) -> int:
-    from server.db.store import Store
+    from server.db.sqlite.store import Store
     from server.http.auth import generate_api_key
 
     db_path = args.db_path or Path(os.environ.get(env_name("db_path"), DEFAULT_DB_PATH))

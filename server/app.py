@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from aiohttp import web
 
@@ -17,7 +14,8 @@ from server.api.common import HUB, LARGE_BODIES, POOL, SETTINGS, STORE
 from server.api.openapi import openapi_document
 from server.config import Settings
 from server.constants import LARGE_JSON_BODY_SLOTS, MAX_JSON_BODY_BYTES
-from server.db.store import Store
+from server.db.port import Storage
+from server.db.sqlite.store import Store
 from server.events import ProgressHub
 from server.http.auth import generate_api_key, hash_api_key, make_auth_middleware
 from server.http.errors import add_request_id_header, problem_middleware
@@ -31,23 +29,7 @@ log = logging.getLogger("server.app")
 BOOTSTRAP_ENVIRONMENT = "default"
 
 
-class DatabaseInUse(RuntimeError):
-    pass
-
-
-def _lock_database(db_path: Path) -> int:
-    """One server process per database: its claims are then known to be its own."""
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(f"{db_path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise DatabaseInUse(f"another server process is already using {db_path}") from None
-    return fd
-
-
-async def ensure_bootstrap_key(store: Store, configured_key: str | None) -> str | None:
+async def ensure_bootstrap_key(store: Storage, configured_key: str | None) -> str | None:
     """SPEC §3: BULK_API_KEY is ensured to exist; with no keys at all, make one.
 
     Returns a newly generated key (to print once), else None.
@@ -82,7 +64,9 @@ def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> w
         ],
         client_max_size=MAX_JSON_BODY_BYTES,
     )
-    store = Store(settings.db_path, synchronous=settings.synchronous)
+    # The composition root: the one place that picks the storage adapter. The server
+    # holds the database exclusively (Store's flock; see WorkerPool.start).
+    store: Storage = Store(settings.db_path, synchronous=settings.synchronous, exclusive=True)
     hub = ProgressHub()
     app[SETTINGS] = settings
     app[STORE] = store
@@ -93,20 +77,16 @@ def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> w
     app[METRICS] = Metrics(store, app[POOL], hub, settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        lock_fd = _lock_database(settings.db_path)
+        await store.open()
         try:
-            await store.open()
-            try:
-                new_key = await ensure_bootstrap_key(store, bootstrap_api_key)
-                if new_key:
-                    _announce_key(new_key)
-                await app[POOL].start()
-                yield
-            finally:
-                await app[POOL].stop()
-                await store.close()
+            new_key = await ensure_bootstrap_key(store, bootstrap_api_key)
+            if new_key:
+                _announce_key(new_key)
+            await app[POOL].start()
+            yield
         finally:
-            os.close(lock_fd)
+            await app[POOL].stop()
+            await store.close()
 
     app.cleanup_ctx.append(lifecycle)
     # Before the handlers are awaited: open event streams would otherwise hold shutdown.

@@ -6,15 +6,17 @@ an upload cancelled before its file was parsed, the retry that parsed it). A ret
 rows are recorded as runs of origin rows (`RowRun`), so that whichever member is
 retried, the new request holds exactly the origin rows no member stored or skipped.
 
-Pure row arithmetic, no I/O: server/bulk_requests.py reads the chain in its write
-transaction and builds the new request from what this module computes.
+Pure row arithmetic, no I/O: a storage adapter's `create_retry` reads the chain in its
+write transaction and builds the new request from what this module computes.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+
+from server.types import JSON
 
 # A half-open range of row indexes [start, end).
 RowRange = tuple[int, int]
@@ -125,3 +127,38 @@ class Coverage:
             end = len(handled) if end < 0 else end
             yield start, end
             position = end
+
+
+def chain_coverage(
+    staged: Sequence[JSON],
+    error_rows: Mapping[int, list[int]],
+    recorded_runs: Mapping[int, list[RowRun]],
+) -> Coverage:
+    """Which origin rows the chain stored or skipped, from what each member processed.
+
+    `staged` are the members that staged rows, oldest first: the origin, then retries;
+    `error_rows` each member's row-error rows and `recorded_runs` each retry's runs (as
+    the adapter read them in the retry's transaction; empty for a retry made before runs
+    were recorded, whose runs are rebuilt from its parent).
+    """
+    origin = staged[0]
+    coverage = Coverage(origin["total_items"])
+    maps: dict[int, RowMap] = {}
+    for member in staged:
+        if member is origin:
+            runs = identity_runs(origin["total_items"])
+        else:
+            runs = recorded_runs.get(member["id"], [])
+            if not runs:  # a retry made before runs were recorded
+                parent = next(m for m in staged if m["id"] == member["parent_bulk_request_id"])
+                runs = remainder_runs(
+                    maps[parent["id"]],
+                    parent["next_row"],
+                    parent["total_items"],
+                    error_rows[parent["id"]],
+                )
+        row_map = maps[member["id"]] = RowMap(runs)
+        for start, end in handled_rows(member["next_row"], error_rows[member["id"]]):
+            for origin_start, origin_end in row_map.to_origin(start, end):
+                coverage.mark(origin_start, origin_end)
+    return coverage

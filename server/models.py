@@ -52,7 +52,7 @@ class RowError:
     code: str
     message: str
     pointer: str
-    # The row as it was staged, JSON text of [line, fields, problem] (server/db/tx.py's
+    # The row as it was staged, JSON text of [line, fields, problem] (server/staging.py's
     # staged format): kept for the CSV export and for retries.
     source: str
 

@@ -1,11 +1,12 @@
 """What a write transaction changed, and the one place that acts on it after the commit.
 
-A transaction that changes a bulk request's state says so with `tx.emit(row, Transition…)`
-(server/db/tx.py): that writes the event into the `outbox` table in the same transaction,
-so an event exists if and only if its change was committed. When the transaction has
-committed, the store hands the events it produced, in order, to `AfterCommit.apply`, the
-only code that publishes to the in-process hub, wakes the worker pool and logs job
-transitions. No write path has to remember those steps, and none can forget one.
+A storage operation that changes a bulk request's state emits a `RequestChanged` (in the
+SQLite adapter, `tx.emit(row, Transition…)`, server/db/sqlite/tx.py): that writes the
+event into the `outbox` table in the same transaction, so an event exists if and only
+if its change was committed. When the transaction has committed, the storage hands the
+events it produced, in order, to `AfterCommit.apply`, the only code that publishes to
+the in-process hub, wakes the worker pool and logs job transitions. No write path has
+to remember those steps, and none can forget one.
 
 Every event goes to the outbox, heartbeats included: one small insert per batch measured
 within noise of the benchmark (README, "After a commit: events and the outbox"). Nothing

@@ -1,4 +1,5 @@
-"""Where staged rows are cut into chunks: one rule for uploads, POSTs and retries.
+"""Staged rows: their encoding, and where they are cut into chunks (one rule for uploads,
+POSTs and retries). Every storage adapter stores these bodies as they are.
 
 A chunk is held whole in memory while it is staged and again when a worker decodes it,
 so every path that stages rows closes a chunk at PARSE_CHUNK_ROWS rows or once its rows
@@ -7,13 +8,72 @@ hold PARSE_CHUNK_BYTES of input, whichever comes first (see server/constants.py)
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import orjson
 
 from server.constants import PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
-from server.db.tx import StagedItem, encode_item, pack_items
+from server.ingest.json_checks import fits_storage
+
+# A staged input row: [line, fields, problem] where problem is [code, message, pointer].
+StagedItem = list[Any]
+
+
+def _json_default(value: object) -> object:
+    # Numbers parsed as Decimal (to keep amounts exact) are written back as the same
+    # JSON number text, so metadata round-trips unchanged.
+    if isinstance(value, Decimal):
+        # Refused here, before anything is committed, not by the worker reading it back.
+        if not fits_storage(value):
+            raise TypeError(f"number {value} is beyond a double's range")
+        return orjson.Fragment(str(value))
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def encode_items(items: Sequence[StagedItem]) -> bytes:
+    """Staged rows as stored: JSON, zlib-compressed (level 1).
+
+    Compression costs ~0.6 ms per 1000 rows on the way in (outside the writer) and
+    shrinks what the writer must copy into SQLite and its WAL ~10×: staging a 1000-row
+    POST took the writer ~1 ms uncompressed, ~0.1 ms compressed.
+    """
+    return zlib.compress(orjson.dumps(items, default=_json_default), 1)
+
+
+def encode_item(item: StagedItem) -> bytes:
+    """One staged row as JSON, for a chunk built row by row (ChunkWriter)."""
+    return orjson.dumps(item, default=_json_default)
+
+
+def pack_items(json_array: bytes | bytearray) -> bytes:
+    """A chunk from the JSON array of its rows: the same bytes as encode_items."""
+    return zlib.compress(json_array, 1)
+
+
+def decode_items(body: bytes) -> list[StagedItem]:
+    # Chunks staged before compression was introduced are plain JSON arrays.
+    items: list[StagedItem] = orjson.loads(body if body[:1] == b"[" else zlib.decompress(body))
+    return items
+
 
 # A chunk as it is inserted: (first row, row count, encoded body).
 EncodedChunk = tuple[int, int, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class StagedChunk:
+    """A stored chunk: rows first_row .. first_row + row_count - 1, encoded."""
+
+    first_row: int
+    row_count: int
+    body: bytes
+
+    def items(self) -> list[StagedItem]:
+        return decode_items(self.body)
 
 
 class ChunkFill:

@@ -17,10 +17,10 @@ from hypothesis import settings as hypothesis_settings
 
 from server.app import create_app
 from server.config import Settings
-from server.db.store import Store
-from server.db.tx import WriteTx
+from server.db.port import Storage
+from server.db.sqlite.store import Store
 from server.models import DataStream
-from server.types import TERMINAL_STATUSES
+from server.types import JSON, TERMINAL_STATUSES
 
 # Property tests: the normal suite runs a bounded, reproducible profile (fixed seed, so a
 # red CI is the same red on a laptop); `BULK_FUZZ=long python -m pytest -m "not browser"`
@@ -179,8 +179,8 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 async def make_environment(store: Store, name: str = "default") -> int:
-    """The id of environment `name`, created through the store's own transaction."""
-    return await store.write(lambda tx: tx.ensure_environment(name))
+    """The id of environment `name`, created through the store's own operation."""
+    return await store.ensure_environment(name)
 
 
 async def make_stream(
@@ -191,6 +191,13 @@ async def make_stream(
     return stream
 
 
-def claim_next(worker: str) -> Callable[[WriteTx], Any]:
-    """A transaction that claims the next runnable request for `worker`, as a worker does."""
-    return lambda tx: tx.claim_next_request(worker)
+async def claim_next(store: Storage, worker: str) -> JSON | None:
+    """Claim the next runnable request for `worker`, as a worker does."""
+    return await store.claim_next_request(worker)
+
+
+async def claim_without_event(store: Storage, worker: str) -> JSON | None:
+    """A claim as a process that then died left it: written without its outbox event
+    (a bare SQLite transaction, so this needs the SQLite adapter)."""
+    assert isinstance(store, Store)
+    return await store.write(lambda tx: tx.claim_next_request(worker))

@@ -16,8 +16,8 @@ from typing import Any
 from server.api.common import STORE
 from server.app import create_app
 from server.config import Settings
-from server.db.connection import prepare_database
-from server.db.migrations import MIGRATIONS, migrate
+from server.db.sqlite.connection import prepare_database
+from server.db.sqlite.migrations import MIGRATIONS, migrate
 from server.http.auth import generate_api_key, hash_api_key
 from tests.conftest import API_KEY, Api
 

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from server.batches import stream_keys_of, validate_batch
 from server.bulk_requests import submit_records
-from server.db.store import Store
-from server.db.tx import StagedItem, decode_items
+from server.db.port import FencedOut
+from server.db.sqlite.store import Store
 from server.ingest.validation import StreamRef, ValidRecord
-from server.jobs.batches import commit_batch, stream_keys_of, validate_batch
-from server.jobs.fencing import FencedOut
+from server.staging import StagedItem
 from server.types import JSON, RowProblem
 from tests.conftest import claim_next, make_environment, make_stream
 
@@ -37,11 +37,11 @@ async def staged_request(
 ) -> tuple[JSON, list[StagedItem]]:
     """Submit `records`, claim the request for WORKER; (the claimed job, its staged rows)."""
     await submit_records(store, env, records, on_conflict, None, body_bytes=100)
-    job = await store.write(claim_next(WORKER))
+    job = await claim_next(store, WORKER)
     assert job is not None
     chunk = await store.get_chunk_at(job["id"], 0)
     assert chunk is not None
-    return job, decode_items(chunk["body"])
+    return job, chunk.items()
 
 
 async def streams_of(store: Store, env: int, items: list[StagedItem]) -> dict[str, StreamRef]:
@@ -103,14 +103,12 @@ async def test_on_conflict_error_reports_stored_and_in_batch_duplicates(store: S
     env = await make_environment(store)
     await make_stream(store, env)
     first, items = await staged_request(store, env, [rec(1, "a")])
-    await commit_batch(
-        store, first, WORKER, validate_batch(0, items, {"bank": StreamRef(1, "USD")})
-    )
+    await store.commit_batch(first, WORKER, validate_batch(0, items, {"bank": StreamRef(1, "USD")}))
 
     records = [rec(2, "a"), rec(3, "b"), rec(4, "b"), rec(5), rec(6), rec(7, amount="bad")]
     job, items = await staged_request(store, env, records, on_conflict="error")
-    done = await commit_batch(
-        store, job, WORKER, validate_batch(0, items, await streams_of(store, env, items))
+    done = await store.commit_batch(
+        job, WORKER, validate_batch(0, items, await streams_of(store, env, items))
     )
 
     assert (done["successful_items"], done["failed_items"], done["skipped_items"]) == (3, 3, 0)
@@ -127,14 +125,12 @@ async def test_on_conflict_skip_counts_duplicates_as_skipped_without_errors(stor
     env = await make_environment(store)
     await make_stream(store, env)
     first, items = await staged_request(store, env, [rec(1, "a")])
-    await commit_batch(
-        store, first, WORKER, validate_batch(0, items, {"bank": StreamRef(1, "USD")})
-    )
+    await store.commit_batch(first, WORKER, validate_batch(0, items, {"bank": StreamRef(1, "USD")}))
 
     records = [rec(2, "a"), rec(3, "b"), rec(4, "b"), rec(5), rec(7, amount="bad")]
     job, items = await staged_request(store, env, records, on_conflict="skip")
-    done = await commit_batch(
-        store, job, WORKER, validate_batch(0, items, await streams_of(store, env, items))
+    done = await store.commit_batch(
+        job, WORKER, validate_batch(0, items, await streams_of(store, env, items))
     )
 
     assert (done["successful_items"], done["failed_items"], done["skipped_items"]) == (2, 1, 2)
@@ -150,7 +146,7 @@ async def test_counters_and_checkpoint_advance_exactly_per_batch(store: Store) -
     job, items = await staged_request(store, env, records)
     streams = await streams_of(store, env, items)
 
-    after_first = await commit_batch(store, job, WORKER, validate_batch(0, items[:2], streams))
+    after_first = await store.commit_batch(job, WORKER, validate_batch(0, items[:2], streams))
     assert after_first["next_row"] == 2
     assert (after_first["processed_items"], after_first["successful_items"]) == (2, 1)
     assert after_first["failed_items"] == 1
@@ -159,7 +155,7 @@ async def test_counters_and_checkpoint_advance_exactly_per_batch(store: Store) -
     # Not completed yet: the staged rows stay for the rest of the request.
     assert await store.get_chunk_at(job["id"], 0) is not None
 
-    done = await commit_batch(store, job, WORKER, validate_batch(2, items[2:], streams))
+    done = await store.commit_batch(job, WORKER, validate_batch(2, items[2:], streams))
     assert done["next_row"] == 5
     counters = (done["processed_items"], done["successful_items"], done["failed_items"])
     assert counters == (5, 3, 2)
@@ -180,15 +176,15 @@ async def test_a_stale_claim_raises_fenced_out_and_leaves_nothing(store: Store) 
     job, items = await staged_request(store, env, [rec(1, "a"), rec(2, amount="x")])
     # The claim is taken away (as the sweeper does for a worker it presumes dead) and
     # another worker claims the request again: `job` is now a stale claim.
-    await store.write(lambda tx: tx.requeue_orphans([], "test: presumed dead"))
-    again = await store.write(claim_next("unit-worker-2"))
+    await store.requeue_orphans([], "test: presumed dead")
+    again = await claim_next(store, "unit-worker-2")
     assert again is not None
     assert again["attempt"] == job["attempt"] + 1
     before = await request_row(store, env, job["id"])
 
     batch = validate_batch(0, items, await streams_of(store, env, items))
     with pytest.raises(FencedOut):
-        await commit_batch(store, job, WORKER, batch)
+        await store.commit_batch(job, WORKER, batch)
 
     assert await external_ids(store, env, job["id"]) == []
     assert await error_rows(store, job["id"]) == []
@@ -200,14 +196,14 @@ async def test_a_batch_applied_twice_is_fenced_out_the_second_time(store: Store)
     await make_stream(store, env)
     job, items = await staged_request(store, env, [rec(1), rec(2), rec(3)])
     streams = await streams_of(store, env, items)
-    await commit_batch(store, job, WORKER, validate_batch(0, items[:2], streams))
+    await store.commit_batch(job, WORKER, validate_batch(0, items[:2], streams))
     before = await request_row(store, env, job["id"])
 
     # Same claim, but these rows are behind the checkpoint: never applied twice. The
     # unique (request, row) index refuses the records before the fenced heartbeat runs,
     # and either way the whole transaction rolls back.
     with pytest.raises((FencedOut, sqlite3.IntegrityError)):
-        await commit_batch(store, job, WORKER, validate_batch(0, items[:2], streams))
+        await store.commit_batch(job, WORKER, validate_batch(0, items[:2], streams))
 
     assert len(await external_ids(store, env, job["id"])) == 2
     assert await request_row(store, env, job["id"]) == before

@@ -21,7 +21,7 @@ from server.app import create_app
 from server.config import Settings
 from server.events import parse_event_id
 from server.http.auth import generate_api_key
-from tests.conftest import API_KEY, Api, record, wait_until
+from tests.conftest import API_KEY, Api, claim_without_event, record, wait_until
 
 ApiFactory = Callable[[Settings], Awaitable[Api]]
 COMPLETED = "bulk_request.completed"
@@ -256,7 +256,7 @@ async def test_environment_stream_sees_every_change_of_its_environment_only(
         assert event.data["parent_bulk_request_id"]
 
         # A claim whose worker is gone: cancel only requests (202), the sweeper requeues.
-        claimed = await api.app[STORE].write(lambda tx: tx.claim_next_request("gone:0:0000"))
+        claimed = await claim_without_event(api.app[STORE], "gone:0:0000")
         assert claimed is not None
         assert claimed["id"] == first["id"] + 1
         await api.post(f"/v1/bulk_requests/{claimed['id']}/cancel", expect=202)

@@ -15,8 +15,9 @@ SERVER = ROOT / "server"
 
 # Which top-level parts of server/ a layer may not import. Upper layers are the HTTP side
 # (server.api handlers, server.http middlewares and server.app wiring them), then the jobs
-# and the domain modules at the root, then storage (server.db) and the pure parsers
-# (server.ingest). The benchmark is a client of the whole server and nothing imports it.
+# and the domain modules at the root, then storage (server.db: the port and its adapters)
+# and the pure parsers (server.ingest). The benchmark is a client of the whole server and
+# nothing imports it.
 FORBIDDEN = {
     "server.ingest": {"server.api", "server.http", "server.app", "server.jobs", "server.db"},
     "server.db": {"server.api", "server.http", "server.app", "server.jobs"},
@@ -59,6 +60,34 @@ def test_layers_import_downwards_only(layer: str) -> None:
             if any(_is_under(imported, banned) for banned in FORBIDDEN[layer]):
                 wrong.append(f"{module} imports {imported}")
     assert wrong == []
+
+
+# The storage adapter is chosen in one place: the domain, the jobs and the handlers name
+# the port (server/db/port.py) only. The app wires the adapter in, the benchmark writes
+# SQLite's ceiling with it; run.py and tests (outside server/) may use it too.
+MAY_IMPORT_THE_ADAPTER = ("server.app", "server.bench", "server.db.sqlite")
+
+
+def _adapter_imports(modules: dict[str, set[str]]) -> list[str]:
+    return [
+        f"{module} imports {imported}"
+        for module, imports in sorted(modules.items())
+        if not any(_is_under(module, allowed) for allowed in MAY_IMPORT_THE_ADAPTER)
+        for imported in sorted(imports)
+        if _is_under(imported, "server.db.sqlite")
+    ]
+
+
+def test_only_the_composition_root_imports_the_storage_adapter() -> None:
+    modules = {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts): _imports(path)
+        for path in sorted(SERVER.rglob("*.py"))
+    }
+    assert "server.db.port" in modules
+    assert _adapter_imports(modules) == []
+    # The rule does catch one: a domain module reaching for the adapter.
+    injected = {**modules, "server.jobs.worker": {"server.db.sqlite.store"}}
+    assert _adapter_imports(injected) == ["server.jobs.worker imports server.db.sqlite.store"]
 
 
 def test_only_run_py_and_the_benchmark_import_the_benchmark() -> None:

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.api.common import HUB, POOL, STORE
 from server.config import Settings
-from tests.conftest import Api, record, wait_until
+from tests.conftest import Api, claim_without_event, record, wait_until
 from tests.test_events import stream
 
 ApiFactory = Callable[[Settings], Awaitable[Api]]
@@ -114,7 +114,7 @@ async def test_heartbeat_age_stuck_and_recoveries(make_api: ApiFactory, settings
     api = await make_api(dataclasses.replace(settings, workers=0, stuck_after=0.2))
     summary = await api.submit([record(1)])
     # A claim whose worker is gone: processing, with a heartbeat that only ages.
-    assert await api.app[STORE].write(lambda tx: tx.claim_next_request("gone:0:0000"))
+    assert await claim_without_event(api.app[STORE], "gone:0:0000")
     await asyncio.sleep(0.4)
     _, samples = await scrape(api)
     assert value(samples, "bulk_requests", status="processing", source="bulk_api") == 1
@@ -146,3 +146,18 @@ async def test_unreadable_database_still_answers(make_api: ApiFactory, settings:
     assert value(samples, "bulk_database_up") == 0
     assert ("bulk_queue_depth", frozenset()) not in samples
     assert value(samples, "bulk_workers", state="idle") == 0
+
+
+async def test_unreadable_database_makes_health_unavailable(
+    make_api: ApiFactory, settings: Settings
+) -> None:
+    api = await make_api(dataclasses.replace(settings, workers=0))
+    await api.app[STORE].close()
+    body = await api.get("/healthz", expect=503)
+    # The driver's error by name, as before the storage port (StorageUnavailable.reason).
+    assert body == {
+        "status": "unavailable",
+        "database": "error: ValueError",
+        "workers": 0,
+        "queue_depth": None,
+    }

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from server.config import Settings
-from server.db.migrations import MIGRATIONS
+from server.db.sqlite.migrations import MIGRATIONS
 from server.ingest.nacha_codes import NachaOption
 from tests.conftest import SHARED, Api, wait_until
 from tests.nacha_builder import Batch, Entry, FileHeader, build, encode, generated_file

@@ -17,15 +17,15 @@ import orjson
 import pytest
 
 from server.api.common import POOL, STORE
+from server.batches import stream_keys_of, validate_batch
 from server.config import Settings
 from server.constants import OUTBOX_PRUNE_BATCH
-from server.db.store import Store
-from server.db.tx import WriteTx, decode_items
-from server.jobs.batches import commit_batch, stream_keys_of, validate_batch
-from server.jobs.fencing import FencedOut
+from server.db.port import FencedOut
+from server.db.sqlite.store import Store
+from server.db.sqlite.tx import WriteTx
 from server.outcomes import RequestChanged, Transition
 from server.types import Source
-from tests.conftest import Api, record, wait_until
+from tests.conftest import Api, claim_without_event, record, wait_until
 from tests.test_uploads import upload
 
 ApiFactory = Callable[[Settings], Awaitable[Api]]
@@ -196,7 +196,7 @@ async def test_crash_recovery_requeue_leaves_a_requeued_event(
     api = await make_api(dataclasses.replace(settings, workers=0))
     summary = await api.submit([record(1)])
     store = api.app[STORE]
-    claimed = await store.write(lambda tx: tx.claim_next_request("gone:0:0000"))
+    claimed = await claim_without_event(store, "gone:0:0000")
     assert claimed is not None
     assert await api.app[POOL].requeue_orphans("process restarted") == [summary["id"]]
     events = await outbox(api, summary["id"])
@@ -218,18 +218,18 @@ async def test_a_fenced_out_batch_leaves_neither_records_nor_event(
     await api.create_stream()
     summary = await api.submit([record(i) for i in range(3)])
     store = api.app[STORE]
-    job = await store.write(lambda tx: tx.claim_next_request("holder:0:0000"))
+    job = await claim_without_event(store, "holder:0:0000")
     assert job is not None
     chunk = await store.get_chunk_at(summary["id"], 0)
     assert chunk is not None
-    items = decode_items(chunk["body"])
+    items = chunk.items()
     streams = await store.find_data_streams(job["environment_id"], stream_keys_of(items))
     batch = validate_batch(0, items, streams)
     with pytest.raises(FencedOut):
-        await commit_batch(store, job, "zombie:0:0000", batch)
+        await store.commit_batch(job, "zombie:0:0000", batch)
     assert types_of(await outbox(api, summary["id"])) == ["created"]
     assert await count(api, "SELECT count(*) FROM records") == 0
-    await commit_batch(store, job, "holder:0:0000", batch)
+    await store.commit_batch(job, "holder:0:0000", batch)
     events = await outbox(api, summary["id"])
     assert types_of(events) == ["created", "completed"]
     assert events[-1][1]["successful_items"] == await count(api, "SELECT count(*) FROM records")

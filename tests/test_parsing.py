@@ -14,10 +14,10 @@ import pytest
 
 from server.bulk_requests import submit_upload
 from server.constants import PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
-from server.db.store import Store
-from server.db.tx import StagedItem, WriteTx, decode_items
-from server.jobs.fencing import finish_fenced
+from server.db.sqlite.store import Store
+from server.db.sqlite.tx import WriteTx
 from server.jobs.parsing import ParseHost, parse_upload, take_chunk
+from server.staging import StagedItem, decode_items
 from server.types import JSON, SourceRow, Status
 from tests.conftest import claim_next, make_environment, make_stream
 from tests.nacha_builder import build, encode, sample_batches
@@ -60,8 +60,7 @@ class Host:
         keep_upload: bool = True,
     ) -> JSON:
         # The same fenced terminal write as the worker pool's (event included).
-        row = await finish_fenced(
-            self._store,
+        row = await self._store.finish_request(
             job,
             worker,
             status,
@@ -95,7 +94,7 @@ async def claimed_upload(
         nacha_options=[] if upload_format == "nacha" else None,
         claim=None,
     )
-    job = await store.write(claim_next(WORKER))
+    job = await claim_next(store, WORKER)
     assert job is not None
     return env, job
 
@@ -256,7 +255,7 @@ async def test_a_stopped_parse_resumes_staging_only_the_rows_it_had_not(
     assert [(f, len(i)) for f, i in await staged_chunks(store, job["id"])] == [(0, 2)]
     assert path.exists()
 
-    resumed = await store.write(claim_next(WORKER))
+    resumed = await claim_next(store, WORKER)
     assert resumed is not None
     assert resumed["id"] == job["id"]
     assert resumed["total_items"] == 2

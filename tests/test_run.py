@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.db.store import Store
+from server.db.sqlite.store import Store
 from server.http.auth import hash_api_key
 
 ROOT = Path(__file__).resolve().parents[1]

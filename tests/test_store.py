@@ -7,14 +7,14 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from server.batches import validate_batch
 from server.bulk_requests import submit_records
 from server.clock import parse_rfc3339
 from server.constants import IDEMPOTENCY_KEY_TTL_SECONDS
-from server.db.store import Store
-from server.db.tx import encode_items
+from server.db.sqlite.store import Store
 from server.ingest.validation import StreamRef
-from server.jobs.batches import commit_batch, validate_batch
 from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record, RowError
+from server.staging import encode_items
 from server.types import Status
 from tests.conftest import claim_next, make_environment, make_stream
 
@@ -28,11 +28,11 @@ def rec(n: int, stream: str = "bank", **extra: object) -> dict[str, object]:
 async def completed_request(store: Store, env: int, records: list[dict[str, object]]) -> int:
     """A request whose rows were all applied by one batch; its id."""
     await submit_records(store, env, records, "error", None, body_bytes=100)
-    job = await store.write(claim_next(WORKER))
+    job = await claim_next(store, WORKER)
     assert job is not None
     streams = await store.find_data_streams(env, {"bank", "cash"})
     items = [[None, r, None] for r in records]
-    await commit_batch(store, job, WORKER, validate_batch(0, items, streams))
+    await store.commit_batch(job, WORKER, validate_batch(0, items, streams))
     return int(job["id"])
 
 
@@ -164,16 +164,16 @@ async def test_an_idempotency_key_expires_exactly_at_its_ttl(
     ttl = timedelta(seconds=IDEMPOTENCY_KEY_TTL_SECONDS)
 
     def at(moment: datetime) -> None:
-        monkeypatch.setattr("server.db.tx.utc_now", lambda: moment)
+        monkeypatch.setattr("server.db.sqlite.tx.utc_now", lambda: moment)
 
     at(parse_rfc3339(created) + ttl - timedelta(microseconds=1))
     kept = await store.write(lambda tx: tx.get_idempotency_key(env, "k1"))
     assert kept == {"fingerprint": "fp", "bulk_request_id": request_id}
-    assert await store.write(lambda tx: tx.delete_expired_idempotency_keys()) == 0
+    assert await store.delete_expired_idempotency_keys() == 0
 
     at(parse_rfc3339(created) + ttl)
     assert await store.write(lambda tx: tx.get_idempotency_key(env, "k1")) is None
-    assert await store.write(lambda tx: tx.delete_expired_idempotency_keys()) == 1
+    assert await store.delete_expired_idempotency_keys() == 1
 
 
 async def test_get_chunk_at_finds_the_chunk_holding_a_row_position(store: Store) -> None:
@@ -186,12 +186,12 @@ async def test_get_chunk_at_finds_the_chunk_holding_a_row_position(store: Store)
 
     async def first_row_at(row: int) -> int | None:
         found = await store.get_chunk_at(request_id, row)
-        return None if found is None else int(found["first_row"])
+        return None if found is None else found.first_row
 
     assert [await first_row_at(r) for r in (0, 1, 3, 4, 6)] == [0, 1, 1, 4, 4]
     # Past the end the last chunk is still the candidate: the caller checks its bounds.
     found = await store.get_chunk_at(request_id, 7)
     assert found is not None
-    assert found["first_row"] + found["row_count"] <= 7
+    assert found.first_row + found.row_count <= 7
     assert await store.get_chunk_at(request_id, -1) is None
     assert await store.get_chunk_at(request_id + 1, 0) is None

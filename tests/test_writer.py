@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from server.constants import URGENT_BURST
-from server.db.connection import open_writer_connection, prepare_database
-from server.db.tx import WriteTx
-from server.db.writer import Writer, WriterClosed
+from server.db.sqlite.connection import open_writer_connection, prepare_database
+from server.db.sqlite.tx import WriteTx
+from server.db.sqlite.writer import Writer, WriterClosed
 
 
 @pytest.fixture

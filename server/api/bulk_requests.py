@@ -32,6 +32,7 @@ from server.constants import (
     MAX_LISTED_FIELD_ERRORS,
     MAX_RECORDS_PER_REQUEST,
 )
+from server.db.port import IdempotencyClaim
 from server.http.auth import caller_of
 from server.http.errors import Problem, field_error, not_found
 from server.ingest.json_checks import (
@@ -49,10 +50,10 @@ from server.types import JSON, OnConflict, Source, Status
 REPLAYED = {"Idempotent-Replayed": "true"}
 
 
-def _claim(key: str | None, operation: str, payload: object) -> domain.IdempotencyClaim | None:
+def _claim(key: str | None, operation: str, payload: object) -> IdempotencyClaim | None:
     if key is None:
         return None
-    return domain.IdempotencyClaim(key, domain.fingerprint(operation, payload))
+    return IdempotencyClaim(key, domain.fingerprint(operation, payload))
 
 
 def _validate_submission(body: JSON) -> tuple[list[JSON], str]:

@@ -24,7 +24,7 @@ from server.constants import (
     MAX_LISTED_UNKNOWN_FIELDS,
     MAX_PAGE_LIMIT,
 )
-from server.db.store import Store
+from server.db.port import Conflict, IdempotencyMismatch, Storage
 from server.events import ProgressHub
 from server.http.errors import Problem, field_error, not_found, parameter_error
 from server.ids import parse_stored_int
@@ -39,7 +39,7 @@ from server.types import JSON
 
 Choice = TypeVar("Choice", bound=StrEnum)
 
-STORE = web.AppKey("store", Store)
+STORE = web.AppKey("store", Storage)
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", WorkerPool)
 HUB = web.AppKey("hub", ProgressHub)
@@ -287,16 +287,14 @@ def query_choice(request: web.Request, name: str, choices: type[Choice]) -> Choi
 @contextmanager
 def translate_domain_errors() -> Iterator[None]:
     """Domain refusals → problems, in one place."""
-    from server import bulk_requests as domain
-
     try:
         yield
-    except domain.IdempotencyMismatch as exc:
+    except IdempotencyMismatch as exc:
         raise Problem(
             409,
             "idempotency-key-reused",
             f"Idempotency-Key {exc.args[0]!r} was already used for a different request; "
             "use a new key for a new request",
         ) from None
-    except domain.Conflict as exc:
+    except Conflict as exc:
         raise Problem(409, "conflict", str(exc)) from None

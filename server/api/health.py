@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from aiohttp import web
 
 from server.api.common import POOL, STORE, json_response
+from server.db.port import StorageUnavailable
 
 
 async def healthz(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     try:
         depth = await request.app[STORE].queue_depth()
-    except (sqlite3.Error, OSError, ValueError) as exc:
+    except StorageUnavailable as exc:
         return json_response(
             {
                 "status": "unavailable",
-                "database": f"error: {type(exc).__name__}",
+                "database": f"error: {exc.reason}",
                 "workers": pool.worker_count,
                 "queue_depth": None,
             },

@@ -27,6 +27,7 @@ from server.api.common import (
 )
 from server.api.render import is_parsing, render_summary
 from server.constants import FILE_READ_BYTES, MAX_FILENAME_CHARS, MAX_PART_HEADER_BYTES
+from server.db.port import IdempotencyClaim
 from server.http.auth import caller_of
 from server.http.errors import Problem, field_error
 from server.ingest.detect import detect_format
@@ -165,9 +166,7 @@ async def create_upload(request: web.Request) -> web.Response:
         if form.nacha_options:  # absent when empty: fingerprints of earlier uploads still match
             payload["nacha_options"] = list(form.nacha_options)
         key = idempotency_key(request)
-        claim = (
-            domain.IdempotencyClaim(key, domain.fingerprint("uploads", payload)) if key else None
-        )
+        claim = IdempotencyClaim(key, domain.fingerprint("uploads", payload)) if key else None
         with translate_domain_errors():
             row, replayed = await domain.submit_upload(
                 request.app[STORE],

@@ -27,8 +27,8 @@ from server.bench.support import (
     wall_seconds,
 )
 from server.clock import now_rfc3339
-from server.db.connection import open_sync_connection, prepare_database
-from server.db.queries import Q
+from server.db.sqlite.connection import open_sync_connection, prepare_database
+from server.db.sqlite.queries import Q
 from server.ingest.validation import StreamRef, ValidRecord, validate_row
 from server.types import JSON, TERMINAL_STATUSES
 

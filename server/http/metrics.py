@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from server.clock import parse_rfc3339, to_rfc3339, utc_now
 from server.config import Settings
-from server.db.store import Store
+from server.db.port import Storage, StorageUnavailable
 from server.events import ProgressHub
 from server.http.logs import log_access
 from server.jobs.worker import WorkerPool
@@ -160,7 +159,7 @@ class _StateCollector:
 class Metrics:
     """One app's registry, its HTTP histogram and its scrape."""
 
-    def __init__(self, store: Store, pool: WorkerPool, hub: ProgressHub, settings: Settings):
+    def __init__(self, store: Storage, pool: WorkerPool, hub: ProgressHub, settings: Settings):
         self.store = store
         self.settings = settings
         self.registry = CollectorRegistry()
@@ -181,12 +180,12 @@ class Metrics:
             by_status_source = await self.store.metrics_bulk_requests()
             depth = await self.store.queue_depth()
             beats = await self.store.metrics_heartbeats(stuck_before)
-        except (sqlite3.Error, OSError, ValueError) as exc:
+        except StorageUnavailable as exc:
             # A scrape must still answer (workers, HTTP latency) when the database is
             # unusable; bulk_database_up = 0 is the signal to alert on.
-            log.warning("metrics: database unreadable: %s", type(exc).__name__)
+            log.warning("metrics: database unreadable: %s", exc.reason)
             return None
-        return _DatabaseSnapshot(by_status_source, depth, beats["oldest"], beats["stuck"])
+        return _DatabaseSnapshot(by_status_source, depth, beats.oldest, beats.stuck)
 
     async def render(self) -> bytes:
         snapshot = await self._read_database()

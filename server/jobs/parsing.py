@@ -13,21 +13,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Generator, Iterator
-from functools import partial
 from pathlib import Path
 from typing import Protocol
 
 import orjson
 
 from server.constants import FILE_READ_BYTES
-from server.db.store import Store
-from server.db.tx import StagedItem, WriteTx, encode_items
+from server.db.port import Storage
 from server.ingest.csv_reader import iter_csv_rows
 from server.ingest.nacha import iter_nacha_rows
 from server.ingest.nacha_codes import NachaOption
-from server.jobs.fencing import FencedOut
-from server.outcomes import Transition
-from server.staging import ChunkFill
+from server.staging import ChunkFill, StagedItem, encode_items
 from server.types import JSON, FileRejected, ParseReport, SourceRow, Status
 
 
@@ -35,7 +31,7 @@ class ParseHost(Protocol):
     """What the parse job needs from the pool that runs it (WorkerPool is one)."""
 
     @property
-    def store(self) -> Store: ...
+    def store(self) -> Storage: ...
 
     @property
     def stopping(self) -> bool:
@@ -123,16 +119,16 @@ async def parse_upload(pool: ParseHost, job: JSON, worker: str) -> JSON | None:
                 continue
             body = await asyncio.to_thread(encode_items, [_staged(r) for r in fresh])
             first = position - len(fresh)
-            progress = await store.write(
-                partial(_stage_block, job, worker, first, len(fresh), body, position)
+            job = await store.record_parse_progress(
+                job, worker, (first, len(fresh), body), position
             )
-            job = progress
             if pool.should_cancel(job):
                 await _discard_staged(pool, job)
                 await pool.finish(job, worker, Status.CANCELLED)
                 return None
             if pool.stopping:
-                await store.write(partial(_release, job, worker))
+                # Shutting down mid-parse: give the request back; it resumes on restart.
+                await store.release_request(job, worker)
                 return None
     except FileRejected as exc:
         await _discard_staged(pool, job)
@@ -165,46 +161,19 @@ async def parse_upload(pool: ParseHost, job: JSON, worker: str) -> JSON | None:
         stream_id = next(iter(found.values())).id if found else None
     details = {k: v for k, v in (("warnings", report.warnings), ("notes", report.notes)) if v}
 
-    def finish(tx: WriteTx) -> JSON:
-        done = tx.finish_parsing(
-            job,
-            worker,
-            total_items=position,
-            data_stream_id=stream_id,
-            error_details=details or None,
-        )
-        if done is None:
-            raise FencedOut(job["id"])
-        tx.emit(done, Transition.PARSED, rows=position)
-        return done
-
-    done = await store.write(finish)
+    done = await store.finish_parsing(
+        job,
+        worker,
+        total_items=position,
+        data_stream_id=stream_id,
+        error_details=details or None,
+    )
     _remove(path)
     return done
 
 
-def _stage_block(
-    job: JSON, worker: str, first_row: int, row_count: int, body: bytes, total: int, tx: WriteTx
-) -> JSON:
-    tx.insert_chunk(job["id"], first_row, row_count, body)
-    progress = tx.record_parse_progress(job, worker, total)
-    if progress is None:
-        raise FencedOut(job["id"])
-    # The job keeps what the claim read with it (the joined stream key) under the new state.
-    job = {**job, "total_items": total, **progress}
-    tx.emit(job, Transition.PARSE_PROGRESS)
-    return job
-
-
-def _release(job: JSON, worker: str, tx: WriteTx) -> None:
-    """Shutting down mid-parse: give the request back; it resumes on restart."""
-    released = tx.release_request(job, worker)
-    if released is not None:
-        tx.emit({**job, **released}, Transition.RELEASED)
-
-
 async def _discard_staged(pool: ParseHost, job: JSON) -> None:
-    await pool.store.write(lambda tx: tx.delete_chunks(job["id"]))
+    await pool.store.discard_staged_rows(job["id"])
 
 
 def _remove(path: Path) -> None:
@@ -223,7 +192,7 @@ def _remove_files_except(upload_dir: Path, keep: set[str]) -> int:
     return removed
 
 
-async def remove_unreferenced_uploads(store: Store, upload_dir: Path) -> int:
+async def remove_unreferenced_uploads(store: Storage, upload_dir: Path) -> int:
     """At start: delete files no request needs (a crash between commit and unlink, or
     an upload cut off mid-stream). Only this process writes there (see the DB lock)."""
     keep = await store.referenced_upload_paths()

@@ -17,8 +17,8 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Sequence
-from functools import partial
 
+from server.batches import stream_keys_of, validate_batch
 from server.config import Settings
 from server.constants import (
     CLAIM_RETRY_SECONDS,
@@ -28,20 +28,17 @@ from server.constants import (
     SHUTDOWN_GRACE_SECONDS,
     WORKER_IDLE_POLL_SECONDS,
 )
-from server.db.store import Store
-from server.db.tx import StagedItem, WriteTx, decode_items
+from server.db.port import FencedOut, Storage
 from server.ingest.validation import StreamRef
-from server.jobs.batches import commit_batch, stream_keys_of, validate_batch
-from server.jobs.fencing import FencedOut, finish_fenced
 from server.jobs.parsing import parse_upload, remove_unreferenced_uploads
-from server.outcomes import Transition
+from server.staging import StagedItem
 from server.types import JSON, Status
 
 log = logging.getLogger("server.worker")
 
 
 class WorkerPool:
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Storage, settings: Settings) -> None:
         self.store = store
         self.settings = settings
         # A fresh id per process start tells this process's claims from a dead one's.
@@ -60,8 +57,9 @@ class WorkerPool:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        # Only one server process may use a database (see app.py's lock), so every claim
-        # still recorded now belongs to a process that is gone: resume them all.
+        # Only one server process may use a database (the storage adapter holds it
+        # exclusively), so every claim still recorded now belongs to a process that is
+        # gone: resume them all.
         await remove_unreferenced_uploads(self.store, self.settings.upload_dir)
         recovered = await self.requeue_orphans("process restarted")
         if recovered:
@@ -103,18 +101,7 @@ class WorkerPool:
         return len(self._busy)
 
     async def requeue_orphans(self, reason: str) -> list[int]:
-        live = set(self._live)
-
-        def work(tx: WriteTx) -> list[int]:
-            ids = tx.requeue_orphans(live, reason)
-            for request_id in ids:
-                # Rare (a restart or a dead task): one read each for the event's row.
-                row = tx.get_bulk_request_any_environment(request_id)
-                if row is not None:
-                    tx.emit(row, Transition.REQUEUED, log_level=logging.WARNING, reason=reason)
-            return ids
-
-        ids = await self.store.write(work)
+        ids = await self.store.requeue_orphans(set(self._live), reason)
         self.recovered_total += len(ids)
         return ids
 
@@ -130,7 +117,7 @@ class WorkerPool:
                 ids = await self.requeue_orphans("worker gone")
                 if ids:
                     log.warning("requeued orphaned bulk request(s) %s", ids)
-                await self.store.write(lambda tx: tx.delete_expired_idempotency_keys())
+                await self.store.delete_expired_idempotency_keys()
                 await self._prune_outbox()
             except Exception:
                 log.exception("sweeper pass failed; trying again next interval")
@@ -139,7 +126,7 @@ class WorkerPool:
         """Delete outbox events past their retention, a bounded batch per transaction
         so a backlog never holds the writer long."""
         while not self._stopping:
-            deleted = await self.store.write(lambda tx: tx.delete_old_outbox_events())
+            deleted = await self.store.prune_outbox()
             if deleted < OUTBOX_PRUNE_BATCH:
                 return
 
@@ -148,8 +135,8 @@ class WorkerPool:
         try:
             while not self._stopping:
                 try:
-                    job = await self.store.write(
-                        partial(_claim, worker=worker, sliced=frozenset(self._sliced))
+                    job = await self.store.claim_next_request(
+                        worker, sliced=frozenset(self._sliced)
                     )
                 except Exception:
                     log.exception("claiming failed; retrying")
@@ -212,7 +199,7 @@ class WorkerPool:
             items = rows[start - first_row : end - first_row]
             await self._resolve_streams(job["environment_id"], items, streams)
             batch = validate_batch(start, items, streams)
-            job = await commit_batch(self.store, job, worker, batch)
+            job = await self.store.commit_batch(job, worker, batch)
             if self.settings.batch_pause and job["status"] == "processing":
                 await self._pause_between_batches()
         self._cancel_requested.discard(job["id"])
@@ -232,9 +219,9 @@ class WorkerPool:
 
     async def _load_chunk(self, request_id: int, row: int) -> tuple[int, list[StagedItem]]:
         found = await self.store.get_chunk_at(request_id, row)
-        if found is None or row >= found["first_row"] + found["row_count"]:
+        if found is None or row >= found.first_row + found.row_count:
             raise RuntimeError(f"staged rows of bulk request {request_id} are missing at row {row}")
-        return found["first_row"], decode_items(found["body"])
+        return found.first_row, found.items()
 
     async def _resolve_streams(
         self, environment_id: int, items: Sequence[StagedItem], streams: dict[str, StreamRef]
@@ -246,16 +233,11 @@ class WorkerPool:
             streams.update(await self.store.find_data_streams(environment_id, missing))
 
     async def _release(self, job: JSON, worker: str) -> None:
-        def work(tx: WriteTx) -> None:
-            released = tx.release_request(job, worker)
-            if released is not None:
-                tx.emit({**job, **released}, Transition.RELEASED)
-
         if len(self._sliced) > MAX_REMEMBERED_SLICED_IDS:
             self._sliced.clear()
         # Before the release commits: the wake-up it causes may claim the request at once.
         self._sliced.add(job["id"])
-        await self.store.write(work)
+        await self.store.release_request(job, worker)
 
     async def finish(
         self,
@@ -267,8 +249,7 @@ class WorkerPool:
         error_details: JSON | None = None,
         keep_upload: bool = True,
     ) -> JSON:
-        row = await finish_fenced(
-            self.store,
+        row = await self.store.finish_request(
             job,
             worker,
             status,
@@ -298,18 +279,3 @@ class WorkerPool:
             log.exception("could not mark bulk request %s failed", job["id"])
             return False
         return True
-
-
-def _claim(tx: WriteTx, *, worker: str, sliced: frozenset[int]) -> JSON | None:
-    """Claim the next runnable request. `sliced`: ids given back after a time slice,
-    whose reclaim is routine and logged at DEBUG."""
-    job = tx.claim_next_request(worker)
-    if job is not None:
-        tx.emit(
-            job,
-            Transition.RESUMED if job["attempt"] > 1 else Transition.CLAIMED,
-            log_level=logging.DEBUG if job["id"] in sliced else logging.INFO,
-            worker=worker,
-            next_row=job["next_row"],
-        )
-    return job

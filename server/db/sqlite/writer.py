@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from server.constants import URGENT_BURST
-from server.db.tx import WriteTx
+from server.db.sqlite.tx import WriteTx
 
 T = TypeVar("T")
 

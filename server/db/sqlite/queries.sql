@@ -1,6 +1,6 @@
--- Every SQL statement the server runs, by name. `server/db/queries.py` loads this file;
--- only server/db/ executes these (store.py reads, tx.py writes; the benchmark's seeding
--- borrows a few). Parameters are named.
+-- Every SQL statement the SQLite adapter runs, by name. queries.py loads this file; only
+-- server/db/sqlite/ executes these (store.py reads, tx.py writes; the benchmark's
+-- seeding borrows a few). Parameters are named.
 
 -- name: ensure_environment
 INSERT INTO environments (name, created_at) VALUES (:name, :now)

@@ -14,7 +14,7 @@ from server.constants import (
     WRITER_AUTOCHECKPOINT_PAGES,
     WRITER_CACHE_KIB,
 )
-from server.db.migrations import migrate
+from server.db.sqlite.migrations import migrate
 
 
 def _pragmas(synchronous: str, *, read_only: bool) -> list[str]:

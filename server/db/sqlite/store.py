@@ -1,19 +1,26 @@
-"""The store: the one layer that runs SQL (the statements live in `queries.sql`).
+"""The SQLite adapter of the storage port (server/db/port.py): `Store` implements `Storage`.
 
-Writes go through a single writer connection on its own thread (server/db/writer.py),
+The statements live in `queries.sql`; the write operations' transaction bodies in
+operations.py.
+
+Writes go through a single writer connection on its own thread (server/db/sqlite/writer.py),
 each transaction a plain function run there in one hop as `BEGIN IMMEDIATE` (a deferred
 transaction that reads then writes can fail with "database is locked" whatever the busy
 timeout). Reads use a small pool of separate read-only aiosqlite connections, so API
-reads never queue behind a long write (WAL).
+reads never queue behind a long write (WAL). `open` first takes an flock on
+`<db>.lock`: one server process per database file, so every claim found at start is an
+orphan of a process that is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,17 +30,33 @@ import orjson
 
 from server.clock import now_rfc3339
 from server.constants import CHECKPOINT_INTERVAL_SECONDS, READER_CONNECTIONS
-from server.db.connection import open_connection, open_writer_connection, prepare_database
-from server.db.queries import Q
-from server.db.tx import WriteTx, row_dict
-from server.db.writer import Writer
+from server.db.port import (
+    AfterCommitHook,
+    BulkRequestRow,
+    HeartbeatSummary,
+    StorageUnavailable,
+)
+from server.db.sqlite.connection import open_connection, open_writer_connection, prepare_database
+from server.db.sqlite.queries import Q
+from server.db.sqlite.tx import WriteTx, row_dict
+from server.db.sqlite.writer import Writer
+from server.db.sqlite.writes import Writes
 from server.ingest.validation import StreamRef
 from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record, RowError
-from server.outcomes import RequestChanged
+from server.staging import StagedChunk
 from server.types import JSON, Source, Status
 
 T = TypeVar("T")
 log = logging.getLogger("server.db")
+
+
+# What a read raises when the database is unusable: SQLite's errors, a missing or
+# unreadable file, and aiosqlite's ValueError for a connection that is gone.
+_UNAVAILABLE = (sqlite3.Error, OSError, ValueError)
+
+
+class DatabaseInUse(RuntimeError):
+    """Another server process holds this database file."""
 
 
 def _checkpoint(conn: sqlite3.Connection) -> None:
@@ -41,21 +64,52 @@ def _checkpoint(conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-class Store:
-    def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
+def _lock_database(db_path: Path) -> int:
+    """One server process per database: its claims are then known to be its own."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{db_path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatabaseInUse(f"another server process is already using {db_path}") from None
+    return fd
+
+
+async def _available(read: Awaitable[T]) -> T:
+    try:
+        return await read
+    except _UNAVAILABLE as exc:
+        raise StorageUnavailable(type(exc).__name__) from exc
+
+
+class Store(Writes):
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL", exclusive: bool = False) -> None:
+        """`exclusive`: hold the database's flock while open (the server; not `keys`)."""
         self.path = path
         self.synchronous = synchronous
+        self.exclusive = exclusive
+        self._lock_fd: int | None = None
         self._writer: Writer | None = None
         self._checkpointer: asyncio.Task[None] | None = None
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
         # The one place that acts on committed events (server/outcomes.py AfterCommit),
         # set by the app. Without one (a bare store), events are only in the outbox.
-        self.after_commit: Callable[[Sequence[RequestChanged]], None] | None = None
+        self.after_commit: AfterCommitHook | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
     async def open(self) -> None:
+        if self.exclusive:
+            self._lock_fd = _lock_database(self.path)
+        try:
+            await self._open()
+        except BaseException:
+            self._unlock()
+            raise
+
+    async def _open(self) -> None:
         await asyncio.to_thread(prepare_database, self.path)
         writer = Writer(lambda: open_writer_connection(self.path, self.synchronous))
         await writer.start()
@@ -96,6 +150,12 @@ class Store:
             # Fold the WAL back into the main file so a copied .db is complete.
             await self._writer.close(last=_checkpoint)
             self._writer = None
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # --- transactions ------------------------------------------------------------------
 
@@ -103,7 +163,7 @@ class Store:
         """Run `work` as one write transaction on the writer thread, in one hop.
 
         Commits when it returns, rolls back when it raises (the exception propagates).
-        `urgent`: a client is waiting for this (see server/db/writer.py).
+        `urgent`: a client is waiting for this (see server/db/sqlite/writer.py).
         The events `work` emitted go to `after_commit` once committed, on this loop and
         in commit order, even when the caller stops waiting (a client hung up).
         """
@@ -253,7 +313,7 @@ class Store:
 
     # --- bulk requests: reads ----------------------------------------------------------
 
-    async def get_bulk_request(self, environment_id: int, request_id: int) -> JSON | None:
+    async def get_bulk_request(self, environment_id: int, request_id: int) -> BulkRequestRow | None:
         return await self.read_one(
             Q.get_bulk_request, {"id": request_id, "environment_id": environment_id}
         )
@@ -302,14 +362,15 @@ class Store:
         )
         return [RowError(**row) for row in rows]
 
-    async def get_chunk_at(self, request_id: int, row: int) -> JSON | None:
-        return await self.read_one(Q.get_chunk_at, {"bulk_request_id": request_id, "row": row})
+    async def get_chunk_at(self, request_id: int, row: int) -> StagedChunk | None:
+        found = await self.read_one(Q.get_chunk_at, {"bulk_request_id": request_id, "row": row})
+        return StagedChunk(**found) if found is not None else None
 
     async def has_runnable_request(self) -> bool:
         return bool(await self.read_value(Q.has_runnable_request))
 
     async def queue_depth(self) -> int:
-        return int(await self.read_value(Q.count_runnable_requests))
+        return int(await _available(self.read_value(Q.count_runnable_requests)))
 
     async def referenced_upload_paths(self) -> set[str]:
         return {r["upload_path"] for r in await self.read_all(Q.list_upload_paths)}
@@ -322,10 +383,11 @@ class Store:
 
     async def metrics_bulk_requests(self) -> list[JSON]:
         """Per (status, source): request count and row counters, for /metrics."""
-        return await self.read_all(Q.metrics_bulk_requests)
+        return await _available(self.read_all(Q.metrics_bulk_requests))
 
-    async def metrics_heartbeats(self, stuck_before: str) -> JSON:
+    async def metrics_heartbeats(self, stuck_before: str) -> HeartbeatSummary:
         """Oldest heartbeat of a processing request, and how many are older than given."""
-        row = await self.read_one(Q.metrics_heartbeats, {"stuck_before": stuck_before})
+        read = self.read_one(Q.metrics_heartbeats, {"stuck_before": stuck_before})
+        row = await _available(read)
         assert row is not None  # an aggregate always returns one row
-        return row
+        return HeartbeatSummary(oldest=row["oldest"], stuck=row["stuck"])

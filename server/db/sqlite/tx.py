@@ -1,9 +1,9 @@
 """Named write operations inside one open `BEGIN IMMEDIATE` transaction.
 
-Callers (the domain module and the worker) decide *what* to do; this class knows *how*
-in SQL. A transaction is a plain function of a WriteTx that `Store.write()` runs on the
-writer thread (server/db/writer.py), so these methods are synchronous; never keep a
-WriteTx past the function it was given to.
+The adapter's operations (operations.py) decide *what* to do; this class knows *how* in
+SQL. A transaction is a plain function of a WriteTx that `Store.write()` runs on the
+writer thread (writer.py), so these methods are synchronous; never keep a WriteTx past
+the function it was given to. Nothing outside server/db/sqlite/ sees a WriteTx.
 
 A transaction that changes a bulk request's state calls `emit`: the event is written to
 the outbox here, in the same transaction, and handed to server/outcomes.py's AfterCommit
@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import zlib
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -30,55 +28,14 @@ from server.constants import (
     OUTBOX_PRUNE_BATCH,
     OUTBOX_RETENTION_SECONDS,
 )
-from server.db.queries import Q, multi_row
-from server.ingest.json_checks import fits_storage
+from server.db.sqlite.queries import Q, multi_row
 from server.models import DataStream
 from server.outcomes import RequestChanged, Transition
 from server.types import JSON, Status
 
-# A staged input row: [line, fields, problem] where problem is [code, message, pointer].
-StagedItem = list[Any]
-
 
 def row_dict(row: sqlite3.Row | None) -> JSON | None:
     return dict(row) if row is not None else None
-
-
-def _json_default(value: object) -> object:
-    # Numbers parsed as Decimal (to keep amounts exact) are written back as the same
-    # JSON number text, so metadata round-trips unchanged.
-    if isinstance(value, Decimal):
-        # Refused here, before anything is committed, not by the worker reading it back.
-        if not fits_storage(value):
-            raise TypeError(f"number {value} is beyond a double's range")
-        return orjson.Fragment(str(value))
-    raise TypeError(f"cannot serialize {type(value).__name__}")
-
-
-def encode_items(items: Sequence[StagedItem]) -> bytes:
-    """Staged rows as stored: JSON, zlib-compressed (level 1).
-
-    Compression costs ~0.6 ms per 1000 rows on the way in (outside the writer) and
-    shrinks what the writer must copy into SQLite and its WAL ~10×: staging a 1000-row
-    POST took the writer ~1 ms uncompressed, ~0.1 ms compressed.
-    """
-    return zlib.compress(orjson.dumps(items, default=_json_default), 1)
-
-
-def encode_item(item: StagedItem) -> bytes:
-    """One staged row as JSON, for a chunk built row by row (server/staging.py)."""
-    return orjson.dumps(item, default=_json_default)
-
-
-def pack_items(json_array: bytes | bytearray) -> bytes:
-    """A chunk from the JSON array of its rows: the same bytes as encode_items."""
-    return zlib.compress(json_array, 1)
-
-
-def decode_items(body: bytes) -> list[StagedItem]:
-    # Chunks staged before compression was introduced are plain JSON arrays.
-    items: list[StagedItem] = orjson.loads(body if body[:1] == b"[" else zlib.decompress(body))
-    return items
 
 
 def idempotency_not_before() -> str:

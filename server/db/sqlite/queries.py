@@ -1,7 +1,8 @@
 """Loads `queries.sql` into a name → SQL mapping (the procrastinate pattern).
 
-One file holds every statement so a reader sees the whole data access surface at once,
-and a second backend would only need a second file.
+One file holds every statement of the SQLite adapter so a reader sees its whole data
+access surface at once. Another backend is another adapter behind server/db/port.py,
+not another file of the same statements (json_each, json_patch, `$[#]` are SQLite's).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ _VALUES_GROUP = re.compile(r"VALUES\s*(\((?:\?,\s*)*\?\))")
 
 @cache
 def load_queries() -> dict[str, str]:
-    text = files("server.db").joinpath("queries.sql").read_text(encoding="utf-8")
+    text = files("server.db.sqlite").joinpath("queries.sql").read_text(encoding="utf-8")
     parts = _NAME.split(text)
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):

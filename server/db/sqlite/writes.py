@@ -1,0 +1,179 @@
+"""The port's bulk-request write operations on SQLite: each one transaction on the writer.
+
+A mixin of `Store` (store.py), which provides `write`: the transaction bodies are in
+operations.py. `urgent` is as it always was: the operations a client waits on (create,
+cancel, retry) go before worker and sweeper transactions (server/db/sqlite/writer.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any, TypeVar
+
+from server.batches import Batch
+from server.clock import now_rfc3339
+from server.db.port import BulkRequestRow, CancelOutcome, IdempotencyClaim, NewUpload
+from server.db.sqlite import operations
+from server.db.sqlite.tx import WriteTx
+from server.staging import EncodedChunk
+from server.types import JSON, Status
+
+T = TypeVar("T")
+
+
+class Writes:
+    async def write(self, work: Callable[[WriteTx], T], *, urgent: bool = False) -> T:
+        raise NotImplementedError  # Store's
+
+    async def ensure_environment(self, name: str) -> int:
+        return await self.write(lambda tx: tx.ensure_environment(name))
+
+    # --- what clients ask for: urgent, the client waits for this commit -----------------
+
+    async def create_records_request(
+        self,
+        environment_id: int,
+        *,
+        on_conflict: str,
+        total_items: int,
+        chunks: Sequence[EncodedChunk],
+        data_stream_key: str | None,
+        claim: IdempotencyClaim | None,
+    ) -> tuple[BulkRequestRow, bool]:
+        work = partial(
+            operations.create_records_request,
+            environment_id=environment_id,
+            on_conflict=on_conflict,
+            total_items=total_items,
+            chunks=chunks,
+            data_stream_key=data_stream_key,
+            claim=claim,
+        )
+        # urgent: the client waits for this commit, a worker's next batch can wait 1 ms more.
+        return await self.write(work, urgent=True)
+
+    async def create_upload_request(
+        self, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
+    ) -> tuple[BulkRequestRow, bool]:
+        work = partial(
+            operations.create_upload_request,
+            environment_id=environment_id,
+            upload=upload,
+            claim=claim,
+        )
+        return await self.write(work, urgent=True)
+
+    async def cancel_request(
+        self, environment_id: int, request_id: int
+    ) -> tuple[BulkRequestRow, CancelOutcome] | None:
+        work = partial(
+            operations.cancel_request, environment_id=environment_id, request_id=request_id
+        )
+        return await self.write(work, urgent=True)
+
+    async def create_retry(
+        self, environment_id: int, request_id: int, claim: IdempotencyClaim | None
+    ) -> tuple[BulkRequestRow, bool] | None:
+        work = partial(
+            operations.create_retry,
+            environment_id=environment_id,
+            request_id=request_id,
+            claim=claim,
+        )
+        return await self.write(work, urgent=True)
+
+    # --- the worker side ------------------------------------------------------------------
+
+    async def claim_next_request(
+        self, worker: str, *, sliced: frozenset[int] = frozenset()
+    ) -> BulkRequestRow | None:
+        return await self.write(
+            partial(operations.claim_next_request, worker=worker, sliced=sliced)
+        )
+
+    async def commit_batch(self, job: BulkRequestRow, worker: str, batch: Batch) -> BulkRequestRow:
+        request_id = job["id"]
+        start = batch.start_row
+        now = now_rfc3339()
+        # Rows are shaped here, on the loop, so the writer thread holds the lock only for SQL.
+        candidates: list[tuple[Any, ...]] = [
+            (*rec, request_id, start + offset, now) for offset, rec in batch.candidates
+        ]
+        return await self.write(
+            partial(
+                operations.commit_batch, job=job, worker=worker, batch=batch, candidates=candidates
+            )
+        )
+
+    async def release_request(self, job: BulkRequestRow, worker: str) -> None:
+        await self.write(partial(operations.release_request, job=job, worker=worker))
+
+    async def finish_request(
+        self,
+        job: BulkRequestRow,
+        worker: str,
+        status: Status,
+        *,
+        error_message: str | None = None,
+        error_details: JSON | None = None,
+        keep_upload: bool = True,
+    ) -> BulkRequestRow:
+        work = partial(
+            operations.finish_request,
+            job=job,
+            worker=worker,
+            status=status,
+            error_message=error_message,
+            error_details=error_details,
+            keep_upload=keep_upload,
+        )
+        return await self.write(work)
+
+    async def record_parse_progress(
+        self, job: BulkRequestRow, worker: str, chunk: EncodedChunk, total_items: int
+    ) -> BulkRequestRow:
+        work = partial(
+            operations.record_parse_progress,
+            job=job,
+            worker=worker,
+            chunk=chunk,
+            total_items=total_items,
+        )
+        return await self.write(work)
+
+    async def finish_parsing(
+        self,
+        job: BulkRequestRow,
+        worker: str,
+        *,
+        total_items: int,
+        data_stream_id: int | None,
+        error_details: JSON | None,
+    ) -> BulkRequestRow:
+        work = partial(
+            operations.finish_parsing,
+            job=job,
+            worker=worker,
+            total_items=total_items,
+            data_stream_id=data_stream_id,
+            error_details=error_details,
+        )
+        return await self.write(work)
+
+    async def discard_staged_rows(self, request_id: int) -> None:
+        await self.write(lambda tx: tx.delete_chunks(request_id))
+
+    async def requeue_orphans(self, live_workers: Iterable[str], reason: str) -> list[int]:
+        live = list(live_workers)
+        return await self.write(
+            partial(operations.requeue_orphans, live_workers=live, reason=reason)
+        )
+
+    # --- sweeps -----------------------------------------------------------------------------
+
+    async def delete_expired_idempotency_keys(self) -> int:
+        return await self.write(lambda tx: tx.delete_expired_idempotency_keys())
+
+    async def prune_outbox(self) -> int:
+        return await self.write(lambda tx: tx.delete_old_outbox_events())
