@@ -65,8 +65,10 @@ class Binaries:
     pg_ctl: Path
 
 
-def find_binaries(bin_glob: str = DEBIAN_BIN_GLOB, path: str | None = None) -> Binaries:
+def find_binaries(bin_glob: str | None = None, path: str | None = None) -> Binaries:
     """initdb and pg_ctl of the newest Debian major version, else the ones on PATH."""
+    # Read at call time, so a test can point the fixture at a machine without PostgreSQL.
+    bin_glob = bin_glob or DEBIAN_BIN_GLOB
 
     def version(directory: str) -> tuple[int, ...]:
         name = Path(directory).parent.name

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from tests.pg_cluster import (
     port_is_free,
     run_in_thread,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 async def test_the_session_cluster_runs_queries_on_a_fresh_migrated_database(
@@ -119,6 +123,31 @@ def test_missing_binaries_are_a_clear_failure(tmp_path: Path) -> None:
         find_binaries(bin_glob=str(tmp_path / "lib" / "*" / "bin"), path=str(tmp_path))
     assert "initdb and pg_ctl" in str(missing.value)
     assert INSTALL_HINT in str(missing.value)
+
+
+def test_without_binaries_the_postgresql_tests_fail_and_say_what_to_run(tmp_path: Path) -> None:
+    # A real pytest run of a PostgreSQL test on a machine "without PostgreSQL": the Debian
+    # directory points nowhere and PATH holds only Python. It must fail, not skip.
+    # At session start: the conftest has loaded (and assertion-rewritten) tests.pg_cluster.
+    (tmp_path / "no_postgres.py").write_text(
+        "def pytest_sessionstart(session):\n"
+        "    import tests.pg_cluster\n"
+        f"    tests.pg_cluster.DEBIAN_BIN_GLOB = {str(tmp_path / 'none' / '*' / 'bin')!r}\n"
+    )
+    test = "tests/test_pg_cluster.py::test_each_test_gets_its_own_database"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no_postgres", test],
+        cwd=ROOT,
+        env={**os.environ, "PATH": str(Path(sys.executable).parent),
+             "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 error" in result.stdout
+    assert "skipped" not in result.stdout
+    assert INSTALL_HINT in result.stdout
 
 
 def test_the_newest_debian_version_is_preferred_over_path(tmp_path: Path) -> None:
