@@ -6,6 +6,9 @@ each committing one transaction per batch of 1000 rows, as a worker does:
 - copy:      asyncpg's copy_records_to_table (binary COPY)
 - multirow:  one INSERT … VALUES (…), (…) statement of 1000 rows (queries.multi_row)
 - executemany: asyncpg's executemany of the single-row INSERT
+and, for on_conflict=skip (COPY cannot say ON CONFLICT):
+- multirow_skip: the 1000-row INSERT … ON CONFLICT DO NOTHING (insert_record_unless_duplicate)
+- copy_skip:   binary COPY into a temporary table, then INSERT … SELECT … ON CONFLICT DO NOTHING
 and, as PostgreSQL's own ceiling, plain COPY of the same rows from a file on the server
 (one statement per process: no client encoding, no per-batch commit).
 
@@ -54,7 +57,7 @@ COLUMNS = [
     "created_at",
 ]
 NOW = "2026-12-02T00:00:00.000000Z"
-METHODS = ("copy", "multirow", "executemany")
+METHODS = ("copy", "multirow", "executemany", "multirow_skip", "copy_skip")
 Row = tuple[Any, ...]
 
 
@@ -81,14 +84,34 @@ async def insert_batches(dsn: str, method: str, rows: list[Row]) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         single = load_queries()["insert_record"].sql
+        columns = ", ".join(COLUMNS)
+        if method == "copy_skip":
+            await conn.execute(
+                f"CREATE TEMP TABLE staged_records ON COMMIT DELETE ROWS AS"
+                f" SELECT {columns} FROM records WITH NO DATA"
+            )
         for start in range(0, len(rows), BATCH_ROWS):
             batch = rows[start : start + BATCH_ROWS]
             async with conn.transaction():
                 if method == "copy":
                     await conn.copy_records_to_table("records", records=batch, columns=COLUMNS)
-                elif method == "multirow":
+                elif method in ("multirow", "multirow_skip"):
+                    name = (
+                        "insert_record"
+                        if method == "multirow"
+                        else "insert_record_unless_duplicate"
+                    )
                     flat = [value for row in batch for value in row]
-                    await conn.execute(multi_row("insert_record", len(batch)), *flat)
+                    await conn.execute(multi_row(name, len(batch)), *flat)
+                elif method == "copy_skip":
+                    await conn.copy_records_to_table(
+                        "staged_records", records=batch, columns=COLUMNS
+                    )
+                    await conn.execute(
+                        f"INSERT INTO records ({columns}) SELECT {columns} FROM staged_records"
+                        " ON CONFLICT (data_stream_id, external_id) WHERE external_id IS NOT NULL"
+                        " DO NOTHING"
+                    )
                 else:
                     await conn.executemany(single, batch)
     finally:
@@ -218,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     with PgCluster(find_binaries()) as cluster:
         asyncio.run(build_template(cluster, template))
         report(f"{options.rows} rows, batches of {BATCH_ROWS} rows per transaction; rows/s")
-        report(f"{'method':<12} {'clients':>7} {'median':>9}   runs")
+        report(f"{'method':<14} {'clients':>7} {'median':>9}   runs")
         for method in (*METHODS, "ceiling"):
             for processes in options.processes:
                 runs = [
@@ -227,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
                 ]
                 figures = " ".join(f"{run:,.0f}" for run in runs)
                 median = statistics.median(runs)
-                report(f"{method:<12} {processes:>7} {median:>9,.0f}   {figures}")
+                report(f"{method:<14} {processes:>7} {median:>9,.0f}   {figures}")
 
 
 if __name__ == "__main__":
