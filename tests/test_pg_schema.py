@@ -367,3 +367,34 @@ async def test_an_upload_is_stored_in_chunks_and_read_back_in_order(
     deleted = await run(conn, "delete_unreferenced_uploads", not_before=NOW)
     assert [row["name"] for row in deleted] == ["u1"]
     assert await conn.fetchval("SELECT count(*) FROM upload_chunks") == 0
+
+
+async def test_existing_external_ids_are_found_by_stream_and_id(
+    conn: asyncpg.Connection,
+) -> None:
+    request = await seed_request(conn)
+    environment_id = (await run(conn, "get_environment_by_name", name="default"))[0]["id"]
+    streams = []
+    for key in ("a", "b"):
+        created = await run(
+            conn,
+            "insert_data_stream",
+            environment_id=environment_id,
+            key=key,
+            name=None,
+            currency="USD",
+            now=NOW,
+        )
+        streams.append(created[0]["id"])
+    rows = [
+        (streams[0], "2026-01-01", 100, "USD", None, "x-1", None, request, 0, NOW),
+        (streams[1], "2026-01-01", 100, "USD", None, "x-2", None, request, 1, NOW),
+        (streams[0], "2026-01-01", 100, "USD", None, None, None, request, 2, NOW),
+    ]
+    await conn.execute(multi_row("insert_record", len(rows)), *[v for row in rows for v in row])
+    pairs = [[streams[0], "x-1"], [streams[0], "x-2"], [streams[1], "x-2"], [streams[1], "x-3"]]
+    found = await run(conn, "find_existing_external_ids", pairs=orjson.dumps(pairs).decode())
+    assert sorted((row["data_stream_id"], row["external_id"]) for row in found) == [
+        (streams[0], "x-1"),
+        (streams[1], "x-2"),
+    ]

@@ -96,7 +96,8 @@ ON CONFLICT (data_stream_id, external_id) WHERE external_id IS NOT NULL DO NOTHI
 SELECT r.data_stream_id, r.external_id
 FROM jsonb_array_elements($1::jsonb) AS pair(value)
 JOIN records AS r
-  ON r.data_stream_id = (pair.value ->> 0)::bigint AND r.external_id = pair.value ->> 1;
+  ON r.data_stream_id = (pair.value ->> 0)::bigint AND r.external_id = pair.value ->> 1
+ AND r.external_id IS NOT NULL;
 
 -- name: list_records
 -- params: environment_id, after_id, limit
