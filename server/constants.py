@@ -225,3 +225,8 @@ SSE_TRACKED_REQUESTS = 4096
 # batches are now one statement, and 0.5 ms still measured ~2 % faster than 5 ms, for
 # the few hand-overs left in each transaction (see README, Performance).
 GIL_SWITCH_INTERVAL_SECONDS = 0.0005
+
+# PostgreSQL: the LISTEN/NOTIFY channel every outbox insert notifies (a trigger, migration
+# 1 of server/db/postgres/migrations.py), so each process's event streams see every
+# process's changes (SPEC §16).
+POSTGRES_OUTBOX_CHANNEL = "bulk_outbox"

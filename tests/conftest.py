@@ -22,6 +22,10 @@ from server.db.sqlite.store import Store
 from server.models import DataStream
 from server.types import JSON, TERMINAL_STATUSES
 
+# The throwaway PostgreSQL cluster's fixtures (pg_cluster, pg_database): started only by a
+# test that asks for them.
+pytest_plugins = ["tests.pg_cluster"]
+
 # Property tests: the normal suite runs a bounded, reproducible profile (fixed seed, so a
 # red CI is the same red on a laptop); `BULK_FUZZ=long python -m pytest -m "not browser"`
 # runs the opt-in long profile, random seed (hypothesis prints it on failure).

@@ -64,17 +64,20 @@ def test_layers_import_downwards_only(layer: str) -> None:
 
 # The storage adapter is chosen in one place: the domain, the jobs and the handlers name
 # the port (server/db/port.py) only. The app wires the adapter in, the benchmark writes
-# SQLite's ceiling with it; run.py and tests (outside server/) may use it too.
-MAY_IMPORT_THE_ADAPTER = ("server.app", "server.bench", "server.db.sqlite")
+# SQLite's ceiling with it; run.py and tests (outside server/) may use it too. An
+# adapter never imports another one.
+ADAPTERS = ("server.db.sqlite", "server.db.postgres")
+MAY_IMPORT_AN_ADAPTER = ("server.app", "server.bench")
 
 
 def _adapter_imports(modules: dict[str, set[str]]) -> list[str]:
     return [
         f"{module} imports {imported}"
         for module, imports in sorted(modules.items())
-        if not any(_is_under(module, allowed) for allowed in MAY_IMPORT_THE_ADAPTER)
+        if not any(_is_under(module, allowed) for allowed in MAY_IMPORT_AN_ADAPTER)
         for imported in sorted(imports)
-        if _is_under(imported, "server.db.sqlite")
+        for adapter in ADAPTERS
+        if _is_under(imported, adapter) and not _is_under(module, adapter)
     ]
 
 
@@ -88,6 +91,10 @@ def test_only_the_composition_root_imports_the_storage_adapter() -> None:
     # The rule does catch one: a domain module reaching for the adapter.
     injected = {**modules, "server.jobs.worker": {"server.db.sqlite.store"}}
     assert _adapter_imports(injected) == ["server.jobs.worker imports server.db.sqlite.store"]
+    across = {**modules, "server.db.postgres.queries": {"server.db.sqlite.queries"}}
+    assert _adapter_imports(across) == [
+        "server.db.postgres.queries imports server.db.sqlite.queries"
+    ]
 
 
 def test_only_run_py_and_the_benchmark_import_the_benchmark() -> None:

@@ -1,4 +1,4 @@
-"""Unit tests of server/db/store.py on the fast store: typed reads, page order, the
+"""Unit tests of server/db/sqlite/store.py on the fast store: typed reads, page order, the
 idempotency window's exact edge, and which staged chunk a row position lands in."""
 
 from __future__ import annotations
