@@ -138,14 +138,17 @@ async def submit_upload(
     data_stream_key: str | None,
     on_conflict: str,
     nacha_options: Sequence[str] | None,
+    csv_options: JSON | None = None,
     claim: IdempotencyClaim | None,
 ) -> tuple[JSON, bool]:
     """Enqueue a stored upload for parsing; returns (request, replayed).
 
-    `nacha_options`: the relaxation names a NACHA file is parsed with (None for CSV).
+    `nacha_options`: the relaxation names a NACHA file is parsed with (None for CSV);
+    `csv_options`: the CSV options (SPEC §15) a CSV file is parsed with (None for NACHA).
     On replay the caller deletes its freshly stored copy of the file.
     """
     stored_options = None if nacha_options is None else orjson.dumps(list(nacha_options)).decode()
+    stored_csv = None if csv_options is None else orjson.dumps(csv_options).decode()
 
     def work(tx: WriteTx) -> tuple[JSON, bool]:
         replayed = _replay(tx, environment_id, claim)
@@ -161,6 +164,7 @@ async def submit_upload(
             filename=filename,
             default_data_stream_key=data_stream_key,
             nacha_options=stored_options,
+            csv_options=stored_csv,
         )
         if claim is not None:
             tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, row["id"])
@@ -243,6 +247,8 @@ async def retry(
             "parent_bulk_request_id": latest["id"],
             # A retry parses (or holds rows parsed) under the chain's relaxations.
             "nacha_options": latest["nacha_options"],
+            # …and its CSV options (SPEC §15): a retry of an unparsed file reads it the same way.
+            "csv_options": latest["csv_options"],
         }
         if latest["parsing"]:
             row = _retry_unparsed_upload(tx, latest, common)
