@@ -296,7 +296,7 @@ class RowConverter:
                 if iso is None:
                     return RowProblem(
                         "invalid_date",
-                        f"{self._names.get('date', 'date')} {raw[:40]!r} is not a date in "
+                        f"{self._label('date')} {raw[:40]!r} is not a date in "
                         f"the format {self._date_format!r}",
                         "/date",
                     )
@@ -321,7 +321,7 @@ class RowConverter:
         if debit is None and credit is None:
             return RowProblem(
                 "required",
-                f"the row has no amount: {self._names[DEBIT]!r} and {self._names[CREDIT]!r} "
+                f"the row has no amount: {self._label(DEBIT)} and {self._label(CREDIT)} "
                 "are both empty",
                 "/amount",
             )
@@ -332,12 +332,17 @@ class RowConverter:
             return self._not_an_amount(target, debit if target == DEBIT else credit)
         return None
 
+    def _label(self, target: str) -> str:
+        """The header's name for a target, quoted ('Betrag'), or the target (amount)."""
+        name = self._names.get(target)
+        return repr(name) if name is not None else target
+
     def _not_an_amount(self, target: str, cell: str | None) -> RowProblem:
         shown = (cell or "")[:40]
         separator = "a decimal comma" if self._decimal == "," else "a decimal point"
         return RowProblem(
             "invalid_amount",
-            f"{self._names.get(target, target)} {shown!r} is not an amount written with "
+            f"{self._label(target)} {shown!r} is not an amount written with "
             f"{separator} (decimal_separator {self._decimal!r})",
             "/amount",
         )

@@ -203,7 +203,7 @@ class _Columns:
         for index, target in enumerate(column_targets(header, line, options.columns)):
             if target is None:
                 continue  # unknown column: ignored on purpose (see module docstring)
-            names[target] = repr(header[index].strip())
+            names[target] = header[index].strip()
             if target.startswith(METADATA_PREFIX):
                 self.metadata.append((index, target[len(METADATA_PREFIX) :]))
             else:
