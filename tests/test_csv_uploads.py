@@ -4,18 +4,26 @@ README's curl lines for the two sample exports, and every way the fields can be 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import sqlite3
 import subprocess
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import aiohttp
+import orjson
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from server.config import Settings
 from server.db.migrations import MIGRATIONS, migrate
 from tests.conftest import API_KEY, Api, wait_until
+from tests.test_fuzz_inputs import Live, _check
 from tests.test_uploads import ROOT, SAMPLES, ApiFactory, csv_bytes, upload
 
 US_COLUMNS = {
@@ -172,6 +180,8 @@ BAD_FIELDS = [
     ({"date_format": "%d.%m."}, "/date_format", "invalid_date_format"),
     ({"date_format": "%Y-%m-%d %Q"}, "/date_format", "invalid_date_format"),
     ({"date_format": "%"}, "/date_format", "invalid_date_format"),
+    # strptime raises re.error, not ValueError, for a field read twice: once a 500.
+    ({"date_format": "%d.%d.%Y"}, "/date_format", "invalid_date_format"),
     ({"date_format": "yesterday"}, "/date_format", "invalid_date_format"),
     ({"date_format": "%d" * 40}, "/date_format", "invalid_date_format"),
     ({"decimal_separator": ";"}, "/decimal_separator", "invalid_choice"),
@@ -432,3 +442,81 @@ def test_the_migration_adds_csv_options_and_earlier_requests_show_none(tmp_path:
         migrate(conn)
         columns = {row[1] for row in conn.execute("PRAGMA table_info(bulk_requests)")}
         assert "csv_options" in columns
+
+
+# --- arbitrary field values never break the server ----------------------------------------
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+JSON_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        TEXT,
+        st.sampled_from(["date", "amount", "debit", "credit", "metadata.x", "metadata."]),
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(TEXT, inner, max_size=3)),
+    max_leaves=8,
+)
+COLUMN_NAMES = st.one_of(
+    TEXT, st.sampled_from(["Tag", "Betrag", "date", "amount", "Soll", "Haben"])
+)
+COLUMNS = st.one_of(
+    TEXT,
+    st.builds(json.dumps, JSON_VALUES),
+    st.builds(json.dumps, st.dictionaries(COLUMN_NAMES, JSON_VALUES, max_size=4)),
+)
+OPTION_VALUES = {
+    "columns": COLUMNS,
+    "date_format": st.one_of(TEXT, st.sampled_from(["%d.%m.%Y", "%d%d", "%Y-%m-%d %Q", "%"])),
+    "decimal_separator": st.one_of(TEXT, st.sampled_from([".", ","])),
+    "delimiter": st.one_of(TEXT, st.sampled_from([",", ";", "tab", "|"])),
+}
+FILES = st.sampled_from(
+    [
+        b"Tag;Betrag;Soll;Haben\n01.02.2024;1.234,5;1,00;\n02.02.2024;x;;2,00\n",
+        b"date,amount\n2024-01-01,$1,234.56\n",
+        b"",
+        (SAMPLES / "payroll.ach").read_bytes(),
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    server = Live(tmp_path_factory.mktemp("csvfuzz") / "bulk.db")
+    server.run(server.api.create_stream("giro", "EUR"))
+    yield server
+    server.close()
+
+
+@hypothesis_settings(max_examples=40)
+@given(
+    fields=st.fixed_dictionaries({}, optional=OPTION_VALUES),
+    content=FILES,
+)
+def test_any_csv_option_values_get_a_202_or_a_422_problem_never_a_500(
+    live: Live, fields: dict[str, str], content: bytes
+) -> None:
+    async def check() -> None:
+        api = live.api
+        before = (await api.get("/v1/bulk_requests?limit=1"))["data"]
+        form = aiohttp.FormData()
+        form.add_field("data_stream_key", "giro")
+        for name, value in fields.items():
+            form.add_field(name, value)
+        form.add_field("file", io.BytesIO(content), filename="f.csv")
+        status, answer = await _check(api, "POST", "/v1/uploads", data=form)
+        after = (await api.get("/v1/bulk_requests?limit=1"))["data"]
+        if status >= 400:
+            assert status == 422, answer
+            assert after == before
+            return
+        created = orjson.loads(answer)
+        done = await api.wait_terminal(created["id"])
+        # Rows may fail, or the file as a whole; a crash of the parse would leave it stuck.
+        assert done["status"] in ("completed", "failed"), done
+        if done["status"] == "failed":
+            assert done["error_message"]
+
+    live.run(check())

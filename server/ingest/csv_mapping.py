@@ -112,21 +112,18 @@ def debit_credit_amount(debit: str | None, credit: str | None, decimal: str) -> 
     Either may be None (an empty cell); the caller checks that one is not. Raises
     ValueError naming the cell that is not an amount.
     """
-    values: list[Decimal] = []
+    plain: list[str] = []
     for name, cell in ((CREDIT, credit), (DEBIT, debit)):
-        if cell is None:
-            values.append(Decimal(0))
-            continue
-        plain = read_amount(cell, decimal)
-        if plain is None:
+        text = "0" if cell is None else read_amount(cell, decimal)
+        if text is None:
             raise ValueError(name)
-        # The magnitude as text: Decimal of a string is exact, abs() would round to 28 digits.
-        values.append(Decimal(plain.lstrip("-")))
-    credit_value, debit_value = values
-    # Enough precision for any two of these operands: the difference is then exact.
+        plain.append(text.lstrip("-"))  # the magnitude counts; the column gives the sign
+    credit_text, debit_text = plain
+    # Decimal of a string is exact; the precision holds every digit the difference can
+    # have (the texts are plain digits), so the subtraction is exact too.
     with localcontext() as context:
-        context.prec = len(str(credit_value)) + len(str(debit_value)) + 2
-        difference = credit_value - debit_value
+        context.prec = len(credit_text) + len(debit_text) + 2
+        difference = Decimal(credit_text) - Decimal(debit_text)
     return format(difference, "f")
 
 
@@ -143,7 +140,7 @@ def date_format_problem(pattern: str) -> str | None:
         try:
             written = probe.strftime(pattern)
             read = datetime.strptime(written, pattern)
-        except ValueError as exc:
+        except (ValueError, re.error) as exc:  # "%d%d": strptime's own regex refuses it
             return f"{pattern!r} is not a usable strptime pattern ({exc})"
         if read.date() != probe.date():
             return (
@@ -158,7 +155,7 @@ def read_date(text: str, pattern: str) -> str | None:
     """`text` read with `pattern` as YYYY-MM-DD, or None. Cached: dates repeat in a file."""
     try:
         return datetime.strptime(text.strip(), pattern).date().isoformat()
-    except ValueError:
+    except (ValueError, re.error):
         return None
 
 
