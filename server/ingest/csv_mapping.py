@@ -31,7 +31,7 @@ DECIMAL_SEPARATORS = (".", ",")
 _GROUP_MARKS = " '\u00a0\u202f"
 # Text that is already a plain decimal (or something validation judges itself, like 1e3):
 # under "." it goes to validation untouched, so a CSV accepts every amount JSON does.
-_PLAIN = "0123456789.-"
+PLAIN_AMOUNT_CHARS = "0123456789.-"
 
 
 def _number_pattern(decimal: str) -> re.Pattern[str]:
@@ -103,7 +103,7 @@ def read_amount(text: str, decimal: str) -> str | None:
 
 def is_plain_amount(text: str) -> bool:
     """Digits, dots and a leading minus only: nothing for read_amount to do under "."."""
-    return not text.strip(_PLAIN) and text[-1:] != "-"
+    return not text.strip(PLAIN_AMOUNT_CHARS) and text[-1:] != "-"
 
 
 def debit_credit_amount(debit: str | None, credit: str | None, decimal: str) -> str:
@@ -119,6 +119,11 @@ def debit_credit_amount(debit: str | None, credit: str | None, decimal: str) -> 
             raise ValueError(name)
         plain.append(text.lstrip("-"))  # the magnitude counts; the column gives the sign
     credit_text, debit_text = plain
+    # One side empty (nearly every row of such an export): no arithmetic needed.
+    if debit is None:
+        return credit_text
+    if credit is None:
+        return f"-{debit_text}"
     # Decimal of a string is exact; the precision holds every digit the difference can
     # have (the texts are plain digits), so the subtraction is exact too.
     with localcontext() as context:
@@ -265,7 +270,7 @@ class RowConverter:
     included, which it replaces by `amount`).
     """
 
-    __slots__ = ("_date_format", "_decimal", "_names", "_pair")
+    __slots__ = ("_date_format", "_decimal", "_names", "_pair", "only_amounts")
 
     def __init__(
         self, *, decimal: str, date_format: str | None, pair: bool, names: Mapping[str, str]
@@ -274,6 +279,9 @@ class RowConverter:
         self._date_format = date_format
         self._pair = pair
         self._names = names  # target → the header's name for it, for messages
+        # A row whose amount is plain needs nothing (see is_plain_amount): the reader
+        # checks that inline, before calling, on its hot path.
+        self.only_amounts = decimal == "." and date_format is None and not pair
 
     def __call__(self, fields: JSON) -> RowProblem | None:
         if self._pair:
