@@ -322,7 +322,7 @@ def iter_csv_rows(
                     continue
                 if plain_first:
                     amount = fields.get("amount")
-                    needs_reading = amount is not None and (
+                    needs_reading = isinstance(amount, str) and bool(
                         amount.strip(PLAIN_AMOUNT_CHARS) or amount[-1] == "-"
                     )
                     problem = convert(fields) if needs_reading else None
