@@ -301,7 +301,7 @@ def test_options_round_trip_through_their_stored_json() -> None:
     )
     assert CsvOptions.from_stored(orjson.dumps(options.to_json()).decode()) == options
     assert CsvOptions.from_stored(None) == DEFAULT_CSV_OPTIONS
-    assert parse_csv_options({}).is_default()
+    assert parse_csv_options({}) == DEFAULT_CSV_OPTIONS
 
 
 def test_every_bad_option_is_one_problem() -> None:

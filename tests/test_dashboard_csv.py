@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
+import pytest
 from playwright.sync_api import Page, expect
 
 from tests import test_dashboard as dashboard
@@ -25,6 +26,7 @@ def _target(pg: Page, column: str) -> object:
     return pg.get_by_label(f"Target of column {column}", exact=True)
 
 
+@pytest.mark.browser
 def test_the_european_sample_is_mapped_in_the_form_and_uploaded(
     page: tuple[Page, list[str]], base_url: str
 ) -> None:

@@ -39,9 +39,6 @@ class CsvOptions:
     decimal_separator: str = "."
     delimiter: str | None = None  # a DELIMITERS word; None: detected from the header line
 
-    def is_default(self) -> bool:
-        return self == DEFAULT_CSV_OPTIONS
-
     def to_json(self) -> JSON:
         return {
             "columns": dict(self.columns) if self.columns is not None else None,
