@@ -90,11 +90,13 @@ async def submit_upload(
     data_stream_key: str | None,
     on_conflict: str,
     nacha_options: Sequence[str] | None,
+    csv_options: JSON | None = None,
     claim: IdempotencyClaim | None,
 ) -> tuple[BulkRequestRow, bool]:
     """Enqueue a stored upload for parsing; returns (request, replayed).
 
-    `nacha_options`: the relaxation names a NACHA file is parsed with (None for CSV).
+    `nacha_options`: the relaxation names a NACHA file is parsed with (None for CSV);
+    `csv_options`: the CSV options (SPEC §15) a CSV file is parsed with (None for NACHA).
     On replay the caller deletes its freshly stored copy of the file.
     """
     stored_options = None if nacha_options is None else orjson.dumps(list(nacha_options)).decode()
@@ -105,6 +107,7 @@ async def submit_upload(
         data_stream_key=data_stream_key,
         on_conflict=on_conflict,
         nacha_options=stored_options,
+        csv_options=None if csv_options is None else orjson.dumps(csv_options).decode(),
     )
     return await storage.create_upload_request(environment_id, upload, claim)
 

@@ -164,6 +164,12 @@ MAX_CSV_COLUMNS = 256
 # quote swallowing the rest of the file). Every record field fits with room to spare:
 # 16 KiB of metadata + 1000 characters of description + the rest.
 MAX_CSV_ROW_BYTES = 64 * 1024
+# The upload form's `columns` (SPEC §15): a mapping of all MAX_CSV_COLUMNS columns with
+# names of ~200 bytes fits; the other text fields keep their 1 KiB.
+MAX_COLUMNS_FIELD_BYTES = 64 * 1024
+# `date_format`: the longest real pattern ("%A, %d %B %Y %H:%M:%S %z") is ~25 characters;
+# the bound keeps the per-row strptime cheap whatever a client sends.
+MAX_DATE_FORMAT_CHARS = 64
 
 # A multipart part's header lines (its Content-Disposition holds the file name) may be
 # this long: a 10,000-character name, percent-encoded, fits, and is then cut to

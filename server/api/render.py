@@ -78,6 +78,8 @@ def render_bulk_request(row: JSON, stuck_after: float, *, can_retry: bool) -> JS
         "on_conflict": row["on_conflict"],
         # NACHA uploads (and their retries): the relaxations named at upload, [] for none.
         "nacha_options": orjson.loads(row["nacha_options"]) if row["nacha_options"] else None,
+        # CSV uploads (and their retries): the options the file is read with (SPEC §15).
+        "csv_options": orjson.loads(row["csv_options"]) if row["csv_options"] else None,
         "data_stream_id": row["data_stream_id"],
         "data_stream_key": row.get("data_stream_key"),
         # What the API would accept now, so that clients (the dashboard) need not

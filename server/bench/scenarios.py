@@ -86,6 +86,7 @@ def measure_ceiling(db_path: Path, rows: int, request_rows: int, tx_rows: int) -
                     "filename": None,
                     "default_data_stream_key": None,
                     "nacha_options": None,
+                    "csv_options": None,
                     "data_stream_id": stream["id"],
                     "parent_bulk_request_id": None,
                     "now": now,

@@ -176,6 +176,8 @@ class NewUpload:
     on_conflict: str
     # The NACHA relaxations as stored (JSON text of their names); None for CSV.
     nacha_options: str | None
+    # The CSV options (SPEC §15) as stored (JSON text of the object); None for NACHA.
+    csv_options: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ import orjson
 
 from server.constants import FILE_READ_BYTES
 from server.db.port import Storage
+from server.ingest.csv_options import CsvOptions
 from server.ingest.csv_reader import iter_csv_rows
 from server.ingest.nacha import iter_nacha_rows
 from server.ingest.nacha_codes import NachaOption
@@ -71,7 +72,12 @@ def _file_rows(job: JSON, report: ParseReport) -> Generator[SourceRow, None, Non
                 chunks, data_stream_key=data_stream_key, report=report, options=options
             )
         else:
-            yield from iter_csv_rows(chunks, data_stream_key=data_stream_key)
+            yield from iter_csv_rows(
+                chunks,
+                data_stream_key=data_stream_key,
+                options=CsvOptions.from_stored(job["csv_options"]),
+                report=report,
+            )
 
 
 def take_chunk(rows: Iterator[SourceRow]) -> list[SourceRow]:

@@ -7,6 +7,15 @@
 /** @typedef {"pending" | "processing" | "completed" | "failed" | "cancelled"} Status */
 
 /**
+ * A CSV upload's options (SPEC §15), as the payload shows them.
+ * @typedef {object} CsvOptions
+ * @property {Record<string, string | null> | null} columns
+ * @property {string | null} date_format
+ * @property {"." | ","} decimal_separator
+ * @property {"," | ";" | "tab" | "|" | null} delimiter
+ */
+
+/**
  * The full bulk-request payload (GET /v1/bulk_requests/{id}, the list, the events).
  * @typedef {object} BulkRequest
  * @property {number} id
@@ -32,6 +41,7 @@
  * @property {number | null} parent_bulk_request_id
  * @property {"skip" | "error"} on_conflict
  * @property {string[] | null} nacha_options
+ * @property {CsvOptions | null} csv_options
  * @property {number | null} data_stream_id
  * @property {string | null} data_stream_key
  * @property {boolean} can_cancel

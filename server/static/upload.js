@@ -4,6 +4,7 @@ import { $, $button, $input, $progress, $select, announce, fmtBytes, h, isAbort 
 import { ApiError, NETWORK_PROBLEM, clearAlert, getJson, keyRejected, request, showProblem } from "./api.js";
 import { state } from "./state.js";
 import { applyUpdate } from "./list.js";
+import { clearPreview, csvFields, showPreview } from "./csv-preview.js";
 
 // --- Uploads ------------------------------------------------------------------------
 
@@ -11,6 +12,11 @@ function showChosenFile() {
   const file = $input("file-input").files[0];
   $("file-name").textContent = file ? `${file.name} (${fmtBytes(file.size)})` : "No file chosen";
   $("drop-zone").classList.toggle("has-file", Boolean(file));
+  previewChosenFile();
+}
+
+function previewChosenFile() {
+  showPreview($input("file-input").files[0]).catch((err) => showProblem({ title: "Could not read the file", detail: String(err) }));
 }
 
 function uploadFile(file, fields, onProgress) {
@@ -78,6 +84,7 @@ export async function submitUpload(event) {
         on_conflict: $select("upload-conflict").value,
         format: $select("upload-format").value,
         nacha_options: [...document.querySelectorAll(/** @type {"input"} */ ('input[name="nacha-option"]:checked'))].map((box) => box.value).join(","),
+        ...csvFields(),
       },
       (loaded, total) => {
         const pct = total ? Math.floor((loaded * 100) / total) : 0;
@@ -93,6 +100,7 @@ export async function submitUpload(event) {
       summary.status === "pending" ? "; it is queued." : ".",
     );
     input.value = "";
+    clearPreview();
     // Relaxations are chosen per file: the next file starts strict again.
     for (const box of document.querySelectorAll(/** @type {"input"} */ ('input[name="nacha-option"]'))) box.checked = false;
     showChosenFile();
@@ -149,6 +157,9 @@ export function wireDropZone() {
     });
   }
   input.addEventListener("change", showChosenFile);
+  // A chosen delimiter or format changes how the file reads: read it again.
+  $("csv-delimiter").addEventListener("change", previewChosenFile);
+  $("upload-format").addEventListener("change", previewChosenFile);
 }
 
 // --- Data streams -------------------------------------------------------------------

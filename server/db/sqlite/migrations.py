@@ -173,6 +173,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_created_at ON outbox (created_at);
     """,
+    # 6 (csvmap): the CSV options (SPEC §15) a CSV upload is parsed with, and its retries,
+    # as the JSON object the payload shows as `csv_options`; NULL for every other request
+    # and for CSV requests made before (they were parsed with the defaults).
+    """
+    ALTER TABLE bulk_requests ADD COLUMN csv_options TEXT;
+    """,
 ]
 
 

@@ -101,6 +101,7 @@ def create_upload_request(
         filename=upload.filename,
         default_data_stream_key=upload.data_stream_key,
         nacha_options=upload.nacha_options,
+        csv_options=upload.csv_options,
     )
     _save_claim(tx, environment_id, claim, row["id"])
     row["data_stream_key"] = None
@@ -161,6 +162,8 @@ def create_retry(
         "parent_bulk_request_id": latest["id"],
         # A retry parses (or holds rows parsed) under the chain's relaxations.
         "nacha_options": latest["nacha_options"],
+        # …and its CSV options (SPEC §15): a retry of an unparsed file reads it the same way.
+        "csv_options": latest["csv_options"],
     }
     if latest["parsing"]:
         row = _retry_unparsed_upload(tx, latest, common)

@@ -105,11 +105,11 @@ ORDER BY r.id LIMIT :limit;
 -- name: insert_bulk_request
 INSERT INTO bulk_requests (environment_id, status, source, on_conflict, total_items, parsing,
                            upload_format, upload_path, filename, default_data_stream_key,
-                           nacha_options, data_stream_id, parent_bulk_request_id, created_at,
-                           queued_at)
+                           nacha_options, csv_options, data_stream_id, parent_bulk_request_id,
+                           created_at, queued_at)
 VALUES (:environment_id, 'pending', :source, :on_conflict, :total_items, :parsing,
         :upload_format, :upload_path, :filename, :default_data_stream_key,
-        :nacha_options, :data_stream_id, :parent_bulk_request_id, :now, :now)
+        :nacha_options, :csv_options, :data_stream_id, :parent_bulk_request_id, :now, :now)
 RETURNING *;
 
 -- name: insert_chunk

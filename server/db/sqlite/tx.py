@@ -151,6 +151,7 @@ class WriteTx:
             "filename": None,
             "default_data_stream_key": None,
             "nacha_options": None,
+            "csv_options": None,
             "data_stream_id": None,
             "parent_bulk_request_id": None,
             **fields,
