@@ -204,6 +204,7 @@ async def seed_request(conn: asyncpg.Connection, **overrides: object) -> int:
         "filename": None,
         "default_data_stream_key": None,
         "nacha_options": None,
+        "csv_options": None,
         "data_stream_id": None,
         "parent_bulk_request_id": None,
         "now": NOW,

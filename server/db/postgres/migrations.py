@@ -228,6 +228,11 @@ MIGRATIONS: list[str] = [
         RETURN merged;
     END $$;
     """,
+    # 2: SQLite migration 6, the CSV options (SPEC §15) a CSV upload is parsed with, as
+    # the JSON text of the object the payload shows as `csv_options`.
+    """
+    ALTER TABLE bulk_requests ADD COLUMN csv_options text;
+    """,
 ]
 
 

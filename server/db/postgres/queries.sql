@@ -125,12 +125,12 @@ WHERE r.bulk_request_id = $1 AND s.environment_id = $2 AND r.id > $3
 ORDER BY r.id LIMIT $4;
 
 -- name: insert_bulk_request
--- params: environment_id, source, on_conflict, total_items, parsing, upload_format, upload_path, filename, default_data_stream_key, nacha_options, data_stream_id, parent_bulk_request_id, now
+-- params: environment_id, source, on_conflict, total_items, parsing, upload_format, upload_path, filename, default_data_stream_key, nacha_options, csv_options, data_stream_id, parent_bulk_request_id, now
 INSERT INTO bulk_requests (environment_id, status, source, on_conflict, total_items, parsing,
                            upload_format, upload_path, filename, default_data_stream_key,
-                           nacha_options, data_stream_id, parent_bulk_request_id, created_at,
-                           queued_at)
-VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)
+                           nacha_options, csv_options, data_stream_id, parent_bulk_request_id,
+                           created_at, queued_at)
+VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)
 RETURNING *;
 
 -- name: insert_chunk
