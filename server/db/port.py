@@ -41,37 +41,37 @@ domain, the jobs or the handlers changes for it):
         # LIMIT 1) RETURNING …: concurrent claimers never wait on one another
         async def claim_next_request(
             self, worker: str, *, sliced: frozenset[int] = frozenset()
-        ) -> BulkRequestRow | None: ...
+        ) -> BulkRequest | None: ...
 
         # the same fencing columns: WHERE id = $1 AND attempt = $2 AND claimed_by = $3
         async def commit_batch(
-            self, job: BulkRequestRow, worker: str, batch: Batch
-        ) -> BulkRequestRow: ...
-        async def release_request(self, job: BulkRequestRow, worker: str) -> None: ...
+            self, job: BulkRequest, worker: str, batch: Batch
+        ) -> BulkRequest: ...
+        async def release_request(self, job: BulkRequest, worker: str) -> None: ...
         async def finish_request(
             self,
-            job: BulkRequestRow,
+            job: BulkRequest,
             worker: str,
             status: Status,
             *,
             error_message: str | None = None,
             error_details: JSON | None = None,
             keep_upload: bool = True,
-        ) -> BulkRequestRow: ...
+        ) -> BulkRequest: ...
 
         # uploads staged in chunks: the same EncodedChunk bodies in a bytea table
         async def record_parse_progress(
-            self, job: BulkRequestRow, worker: str, chunk: EncodedChunk, total_items: int
-        ) -> BulkRequestRow: ...
+            self, job: BulkRequest, worker: str, chunk: EncodedChunk, total_items: int
+        ) -> BulkRequest: ...
         async def finish_parsing(
             self,
-            job: BulkRequestRow,
+            job: BulkRequest,
             worker: str,
             *,
             total_items: int,
             data_stream_id: int | None,
             error_details: JSON | None,
-        ) -> BulkRequestRow: ...
+        ) -> BulkRequest: ...
         async def discard_staged_rows(self, request_id: int) -> None: ...
 
         # each one transaction (SERIALIZABLE or a row lock on the chain's origin for
@@ -85,23 +85,26 @@ domain, the jobs or the handlers changes for it):
             chunks: Sequence[EncodedChunk],
             data_stream_key: str | None,
             claim: IdempotencyClaim | None,
-        ) -> tuple[BulkRequestRow, bool]: ...
+        ) -> tuple[BulkRequest, bool]: ...
         async def create_upload_request(
             self, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
-        ) -> tuple[BulkRequestRow, bool]: ...
+        ) -> tuple[BulkRequest, bool]: ...
         async def cancel_request(
             self, environment_id: int, request_id: int
-        ) -> tuple[BulkRequestRow, CancelOutcome] | None: ...
+        ) -> tuple[BulkRequest, CancelOutcome] | None: ...
         async def create_retry(
             self, environment_id: int, request_id: int, claim: IdempotencyClaim | None
-        ) -> tuple[BulkRequestRow, bool] | None: ...
+        ) -> tuple[BulkRequest, bool] | None: ...
         async def requeue_orphans(self, live_workers: Iterable[str], reason: str) -> list[int]: ...
         async def delete_expired_idempotency_keys(self) -> int: ...
         async def prune_outbox(self) -> int: ...
 
         # and every read of `Storage` below as one pooled query each
 
-Bulk-request rows are still dicts (`BulkRequestRow`); a later step types them.
+What crosses the port is typed (server/models.py): a bulk request is a `BulkRequest`, a
+member of a chain of retries a `ChainMember`. JSON that remains: `error_details`
+arguments (details the domain builds, stored as JSON text) and `metrics_bulk_requests`
+(a /metrics aggregate).
 """
 
 from __future__ import annotations
@@ -113,13 +116,19 @@ from typing import Protocol
 
 from server.batches import Batch
 from server.ingest.validation import StreamRef
-from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record, RowError
+from server.models import (
+    ActiveApiKey,
+    ApiKeyListing,
+    BulkRequest,
+    ChainMember,
+    DataStream,
+    Record,
+    RowError,
+)
 from server.outcomes import RequestChanged
 from server.staging import EncodedChunk, StagedChunk
 from server.types import JSON, Source, Status
 
-# A bulk request's row as stored (plus the joined data_stream_key): still a dict.
-BulkRequestRow = JSON
 # Where committed events go: server/outcomes.py AfterCommit.apply, set by the app.
 AfterCommitHook = Callable[[Sequence[RequestChanged]], None]
 
@@ -239,23 +248,23 @@ class Storage(Protocol):
         chunks: Sequence[EncodedChunk],
         data_stream_key: str | None,
         claim: IdempotencyClaim | None,
-    ) -> tuple[BulkRequestRow, bool]:
+    ) -> tuple[BulkRequest, bool]:
         """(request, replayed). `data_stream_key`: the one key all rows name, if any."""
         ...
 
     async def create_upload_request(
         self, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
-    ) -> tuple[BulkRequestRow, bool]: ...
+    ) -> tuple[BulkRequest, bool]: ...
 
     async def cancel_request(
         self, environment_id: int, request_id: int
-    ) -> tuple[BulkRequestRow, CancelOutcome] | None:
+    ) -> tuple[BulkRequest, CancelOutcome] | None:
         """None when it does not exist; raises Conflict when it has ended otherwise."""
         ...
 
     async def create_retry(
         self, environment_id: int, request_id: int, claim: IdempotencyClaim | None
-    ) -> tuple[BulkRequestRow, bool] | None:
+    ) -> tuple[BulkRequest, bool] | None:
         """(child, replayed), None when it does not exist; raises Conflict when refused."""
         ...
 
@@ -263,44 +272,44 @@ class Storage(Protocol):
 
     async def claim_next_request(
         self, worker: str, *, sliced: frozenset[int] = frozenset()
-    ) -> BulkRequestRow | None:
+    ) -> BulkRequest | None:
         """`sliced`: ids given back after a time slice (their reclaim logs at DEBUG)."""
         ...
 
-    async def commit_batch(self, job: BulkRequestRow, worker: str, batch: Batch) -> BulkRequestRow:
+    async def commit_batch(self, job: BulkRequest, worker: str, batch: Batch) -> BulkRequest:
         """Records, row errors, counters, checkpoint and heartbeat in one transaction."""
         ...
 
-    async def release_request(self, job: BulkRequestRow, worker: str) -> None: ...
+    async def release_request(self, job: BulkRequest, worker: str) -> None: ...
 
     async def finish_request(
         self,
-        job: BulkRequestRow,
+        job: BulkRequest,
         worker: str,
         status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,
         keep_upload: bool = True,
-    ) -> BulkRequestRow:
+    ) -> BulkRequest:
         """The fenced terminal transition, with its outbox event."""
         ...
 
     async def record_parse_progress(
-        self, job: BulkRequestRow, worker: str, chunk: EncodedChunk, total_items: int
-    ) -> BulkRequestRow:
+        self, job: BulkRequest, worker: str, chunk: EncodedChunk, total_items: int
+    ) -> BulkRequest:
         """Stage one parsed chunk and write the parse heartbeat."""
         ...
 
     async def finish_parsing(
         self,
-        job: BulkRequestRow,
+        job: BulkRequest,
         worker: str,
         *,
         total_items: int,
         data_stream_id: int | None,
         error_details: JSON | None,
-    ) -> BulkRequestRow: ...
+    ) -> BulkRequest: ...
 
     async def discard_staged_rows(self, request_id: int) -> None: ...
     async def requeue_orphans(self, live_workers: Iterable[str], reason: str) -> list[int]: ...
@@ -316,8 +325,8 @@ class Storage(Protocol):
 
     async def get_bulk_request(
         self, environment_id: int, request_id: int
-    ) -> BulkRequestRow | None: ...
-    async def get_bulk_request_any_environment(self, request_id: int) -> BulkRequestRow | None: ...
+    ) -> BulkRequest | None: ...
+    async def get_bulk_request_any_environment(self, request_id: int) -> BulkRequest | None: ...
     async def list_bulk_requests(
         self,
         environment_id: int,
@@ -327,10 +336,10 @@ class Storage(Protocol):
         data_stream_key: str | None,
         before_id: int,
         limit: int,
-    ) -> list[BulkRequestRow]: ...
+    ) -> list[BulkRequest]: ...
     async def list_chains(
         self, environment_id: int, request_ids: Iterable[int]
-    ) -> list[list[BulkRequestRow]]: ...
+    ) -> list[list[ChainMember]]: ...
     async def list_row_errors(
         self, request_id: int, after_row: int, limit: int
     ) -> list[RowError]: ...
