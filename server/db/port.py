@@ -102,9 +102,10 @@ domain, the jobs or the handlers changes for it):
         # and every read of `Storage` below as one pooled query each
 
 What crosses the port is typed (server/models.py): a bulk request is a `BulkRequest`, a
-member of a chain of retries a `ChainMember`. JSON that remains: `error_details`
-arguments (details the domain builds, stored as JSON text) and `metrics_bulk_requests`
-(a /metrics aggregate).
+member of a chain of retries a `ChainMember`, a /metrics aggregate a `StatusSourceTotals`.
+The JSON that remains is JSON by nature: the `error_details` the domain hands to
+`finish_request` / `finish_parsing` (stored as JSON text, and read back as that text in
+`BulkRequest.error_details`), and user data (`Record.metadata`).
 """
 
 from __future__ import annotations
@@ -185,6 +186,18 @@ class NewUpload:
     on_conflict: str
     # The NACHA relaxations as stored (JSON text of their names); None for CSV.
     nacha_options: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSourceTotals:
+    """For /metrics: how many requests have this (status, source), and their row counters."""
+
+    status: Status
+    source: Source
+    requests: int
+    successful: int
+    failed: int
+    skipped: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +363,7 @@ class Storage(Protocol):
         ...
 
     async def referenced_upload_paths(self) -> set[str]: ...
-    async def metrics_bulk_requests(self) -> list[JSON]:
+    async def metrics_bulk_requests(self) -> list[StatusSourceTotals]:
         """Per (status, source): request count and row counters, for /metrics."""
         ...
 

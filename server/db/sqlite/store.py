@@ -33,6 +33,7 @@ from server.constants import CHECKPOINT_INTERVAL_SECONDS, READER_CONNECTIONS
 from server.db.port import (
     AfterCommitHook,
     HeartbeatSummary,
+    StatusSourceTotals,
     StorageUnavailable,
 )
 from server.db.sqlite.connection import open_connection, open_writer_connection, prepare_database
@@ -396,9 +397,20 @@ class Store(Writes):
         key: str | None = await self.read_value(Q.get_data_stream_key, {"id": stream_id})
         return key
 
-    async def metrics_bulk_requests(self) -> list[JSON]:
+    async def metrics_bulk_requests(self) -> list[StatusSourceTotals]:
         """Per (status, source): request count and row counters, for /metrics."""
-        return await _available(self.read_all(Q.metrics_bulk_requests))
+        rows = await _available(self.read_all(Q.metrics_bulk_requests))
+        return [
+            StatusSourceTotals(
+                status=Status(r["status"]),
+                source=Source(r["source"]),
+                requests=r["requests"],
+                successful=r["successful"],
+                failed=r["failed"],
+                skipped=r["skipped"],
+            )
+            for r in rows
+        ]
 
     async def metrics_heartbeats(self, stuck_before: str) -> HeartbeatSummary:
         """Oldest heartbeat of a processing request, and how many are older than given."""
