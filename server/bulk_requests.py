@@ -19,12 +19,12 @@ import orjson
 
 from server.constants import PARSE_CHUNK_BYTES
 from server.db.port import (
-    BulkRequestRow,
     CancelOutcome,
     IdempotencyClaim,
     NewUpload,
     Storage,
 )
+from server.models import BulkRequest
 from server.rules import CANCELLABLE_STATUSES, RETRYABLE_STATUSES, retry_refusal
 from server.staging import StagedItem, encode_in_chunks, encode_items
 from server.types import JSON
@@ -47,7 +47,7 @@ async def submit_records(
     on_conflict: str,
     claim: IdempotencyClaim | None,
     body_bytes: int,
-) -> tuple[BulkRequestRow, bool]:
+) -> tuple[BulkRequest, bool]:
     """Stage the rows durably and enqueue them; returns (request, replayed).
 
     `body_bytes`: the size of the request body the records came from.
@@ -92,7 +92,7 @@ async def submit_upload(
     nacha_options: Sequence[str] | None,
     csv_options: JSON | None = None,
     claim: IdempotencyClaim | None,
-) -> tuple[BulkRequestRow, bool]:
+) -> tuple[BulkRequest, bool]:
     """Enqueue a stored upload for parsing; returns (request, replayed).
 
     `nacha_options`: the relaxation names a NACHA file is parsed with (None for CSV);
@@ -112,15 +112,15 @@ async def submit_upload(
     return await storage.create_upload_request(environment_id, upload, claim)
 
 
-def can_cancel(row: JSON) -> bool:
+def can_cancel(row: BulkRequest) -> bool:
     """The payload's `can_cancel`: cancelling would change something (not when it has
     ended, nor when its cancellation is already requested and the worker is stopping)."""
-    return row["status"] in CANCELLABLE_STATUSES and row["cancellation_requested_at"] is None
+    return row.status in CANCELLABLE_STATUSES and row.cancellation_requested_at is None
 
 
 async def cancel(
     storage: Storage, environment_id: int, request_id: int
-) -> tuple[BulkRequestRow, CancelOutcome] | None:
+) -> tuple[BulkRequest, CancelOutcome] | None:
     """Cancel per SPEC §7. Returns (request, outcome) or None when it does not exist.
 
     outcome: cancelled (stopped now), requested (the worker stops at its next
@@ -131,7 +131,7 @@ async def cancel(
 
 async def retry(
     storage: Storage, environment_id: int, request_id: int, claim: IdempotencyClaim | None
-) -> tuple[BulkRequestRow, bool] | None:
+) -> tuple[BulkRequest, bool] | None:
     """Retry per SPEC §7 "Chains": the new request holds exactly the rows no member of
     the request's chain stored or skipped, and becomes the child of its latest member.
 
@@ -143,20 +143,20 @@ async def retry(
 
 
 async def retryable_requests(
-    storage: Storage, environment_id: int, rows: Sequence[JSON]
+    storage: Storage, environment_id: int, rows: Sequence[BulkRequest]
 ) -> set[int]:
     """The ids among `rows` that `retry` would accept now (the payload's `can_retry`).
 
     Only a failed or cancelled request can be, so only those chains are read: one query
     however many rows, none while every row is live or completed.
     """
-    candidates = [row["id"] for row in rows if row["status"] in RETRYABLE_STATUSES]
+    candidates = [row.id for row in rows if row.status in RETRYABLE_STATUSES]
     if not candidates:
         return set()
     wanted = set(candidates)
     retryable: set[int] = set()
     for chain in await storage.list_chains(environment_id, candidates):
         for member in chain:
-            if member["id"] in wanted and retry_refusal(member["id"], chain) is None:
-                retryable.add(member["id"])
+            if member.id in wanted and retry_refusal(member.id, chain) is None:
+                retryable.add(member.id)
     return retryable

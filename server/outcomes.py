@@ -22,7 +22,8 @@ from enum import StrEnum
 from typing import Any
 
 from server.events import ProgressHub, log_transition
-from server.types import JSON, Status
+from server.models import BulkRequest
+from server.types import Status
 
 log = logging.getLogger("server.worker")
 
@@ -73,7 +74,7 @@ def terminal_transition(status: str) -> Transition:
 class RequestChanged:
     """One committed change of one bulk request: its row as the transaction left it."""
 
-    row: JSON
+    row: BulkRequest
     transition: Transition
     log_level: int = logging.INFO
     # Context for the transition's log line only (worker, reason, error…); not stored.
@@ -81,7 +82,7 @@ class RequestChanged:
 
     @property
     def request_id(self) -> int:
-        return int(self.row["id"])
+        return self.row.id
 
 
 class AfterCommit:

@@ -21,6 +21,8 @@ from server.batches import stream_keys_of, validate_batch
 from server.config import Settings
 from server.constants import OUTBOX_PRUNE_BATCH
 from server.db.port import FencedOut
+from server.db.sqlite.queries import Q
+from server.db.sqlite.rows import stored_row
 from server.db.sqlite.store import Store
 from server.db.sqlite.tx import WriteTx
 from server.outcomes import RequestChanged, Transition
@@ -65,7 +67,7 @@ def record_applied(api: Api) -> list[RequestChanged]:
 
 def as_stored(applied: Sequence[RequestChanged], request_id: int) -> list[tuple[str, Any]]:
     return [
-        (e.transition.value, orjson.loads(orjson.dumps(e.row)))
+        (e.transition.value, orjson.loads(orjson.dumps(stored_row(e.row))))
         for e in applied
         if e.request_id == request_id
     ]
@@ -204,7 +206,11 @@ async def test_crash_recovery_requeue_leaves_a_requeued_event(
     assert types_of(events) == ["created", "requeued"]
     requeued = events[-1][1]
     assert (requeued["recoveries"], requeued["claimed_by"]) == (1, None)
-    # The payload is the row as stored: its JSON columns are JSON text.
+    # The payload is the row as stored: every column in table order with its stored
+    # value (JSON columns as JSON text, parsing 0/1), then the joined stream key.
+    as_read = await store.read_one(Q.get_bulk_request_any_environment, {"id": summary["id"]})
+    assert as_read is not None
+    assert list(requeued.items()) == list(as_read.items())
     recovery = orjson.loads(requeued["error_details"])["recoveries"][0]
     assert recovery["reason"] == "process restarted"
 
@@ -223,7 +229,7 @@ async def test_a_fenced_out_batch_leaves_neither_records_nor_event(
     chunk = await store.get_chunk_at(summary["id"], 0)
     assert chunk is not None
     items = chunk.items()
-    streams = await store.find_data_streams(job["environment_id"], stream_keys_of(items))
+    streams = await store.find_data_streams(job.environment_id, stream_keys_of(items))
     batch = validate_batch(0, items, streams)
     with pytest.raises(FencedOut):
         await store.commit_batch(job, "zombie:0:0000", batch)

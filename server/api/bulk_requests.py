@@ -44,6 +44,7 @@ from server.ingest.json_checks import (
     scan_records,
     shallow_count,
 )
+from server.models import BulkRequest
 from server.money import canonical_amount_text
 from server.types import JSON, OnConflict, Source, Status
 
@@ -183,11 +184,11 @@ async def _submit_records(request: web.Request) -> web.Response:
     if replayed:
         return json_response(render_summary(row), status=200, headers=REPLAYED)
     return json_response(
-        render_summary(row), status=202, headers={"Location": f"/v1/bulk_requests/{row['id']}"}
+        render_summary(row), status=202, headers={"Location": f"/v1/bulk_requests/{row.id}"}
     )
 
 
-async def _load(request: web.Request) -> JSON:
+async def _load(request: web.Request) -> BulkRequest:
     caller = caller_of(request)
     request_id = path_id(request)
     row = await request.app[STORE].get_bulk_request(caller.environment_id, request_id)
@@ -196,15 +197,15 @@ async def _load(request: web.Request) -> JSON:
     return row
 
 
-async def _payloads(request: web.Request, rows: list[JSON]) -> list[JSON]:
+async def _payloads(request: web.Request, rows: list[BulkRequest]) -> list[JSON]:
     retryable = await domain.retryable_requests(
         request.app[STORE], caller_of(request).environment_id, rows
     )
     stuck_after = request.app[SETTINGS].stuck_after
-    return [render_bulk_request(r, stuck_after, can_retry=r["id"] in retryable) for r in rows]
+    return [render_bulk_request(r, stuck_after, can_retry=r.id in retryable) for r in rows]
 
 
-async def _payload(request: web.Request, row: JSON) -> JSON:
+async def _payload(request: web.Request, row: BulkRequest) -> JSON:
     (payload,) = await _payloads(request, [row])
     return payload
 
@@ -225,7 +226,7 @@ async def list_bulk_requests(request: web.Request) -> web.Response:
         before_id=before if before is not None else ABOVE_EVERY_ID,
         limit=limit,
     )
-    last = rows[-1]["id"] if rows else None
+    last = rows[-1].id if rows else None
     return json_response(page(await _payloads(request, rows), limit, "bulk_requests", last))
 
 
@@ -244,7 +245,7 @@ async def list_row_errors(request: web.Request) -> web.StreamResponse:
         limit = page_limit(request) if "limit" in request.query else None
         return await stream_errors_csv(request, row, after=start, limit=limit)
     limit = page_limit(request)
-    errors = await request.app[STORE].list_row_errors(row["id"], start, limit)
+    errors = await request.app[STORE].list_row_errors(row.id, start, limit)
     last = errors[-1].row if errors else None
     return json_response(page([render_row_error(e) for e in errors], limit, "errors", last))
 
@@ -276,5 +277,5 @@ async def retry_bulk_request(request: web.Request) -> web.Response:
     return json_response(
         await _payload(request, row),
         status=201,
-        headers={"Location": f"/v1/bulk_requests/{row['id']}"},
+        headers={"Location": f"/v1/bulk_requests/{row.id}"},
     )

@@ -205,8 +205,8 @@ async def create_upload(request: web.Request) -> web.Response:
         raise
     body = {
         **render_summary(row),
-        "source": row["source"],
-        "filename": row["filename"],
+        "source": row.source.value,
+        "filename": row.filename,
         "parsing": is_parsing(row),
     }
     if replayed:

@@ -41,37 +41,37 @@ domain, the jobs or the handlers changes for it):
         # LIMIT 1) RETURNING …: concurrent claimers never wait on one another
         async def claim_next_request(
             self, worker: str, *, sliced: frozenset[int] = frozenset()
-        ) -> BulkRequestRow | None: ...
+        ) -> BulkRequest | None: ...
 
         # the same fencing columns: WHERE id = $1 AND attempt = $2 AND claimed_by = $3
         async def commit_batch(
-            self, job: BulkRequestRow, worker: str, batch: Batch
-        ) -> BulkRequestRow: ...
-        async def release_request(self, job: BulkRequestRow, worker: str) -> None: ...
+            self, job: BulkRequest, worker: str, batch: Batch
+        ) -> BulkRequest: ...
+        async def release_request(self, job: BulkRequest, worker: str) -> None: ...
         async def finish_request(
             self,
-            job: BulkRequestRow,
+            job: BulkRequest,
             worker: str,
             status: Status,
             *,
             error_message: str | None = None,
             error_details: JSON | None = None,
             keep_upload: bool = True,
-        ) -> BulkRequestRow: ...
+        ) -> BulkRequest: ...
 
         # uploads staged in chunks: the same EncodedChunk bodies in a bytea table
         async def record_parse_progress(
-            self, job: BulkRequestRow, worker: str, chunk: EncodedChunk, total_items: int
-        ) -> BulkRequestRow: ...
+            self, job: BulkRequest, worker: str, chunk: EncodedChunk, total_items: int
+        ) -> BulkRequest: ...
         async def finish_parsing(
             self,
-            job: BulkRequestRow,
+            job: BulkRequest,
             worker: str,
             *,
             total_items: int,
             data_stream_id: int | None,
             error_details: JSON | None,
-        ) -> BulkRequestRow: ...
+        ) -> BulkRequest: ...
         async def discard_staged_rows(self, request_id: int) -> None: ...
 
         # each one transaction (SERIALIZABLE or a row lock on the chain's origin for
@@ -85,23 +85,27 @@ domain, the jobs or the handlers changes for it):
             chunks: Sequence[EncodedChunk],
             data_stream_key: str | None,
             claim: IdempotencyClaim | None,
-        ) -> tuple[BulkRequestRow, bool]: ...
+        ) -> tuple[BulkRequest, bool]: ...
         async def create_upload_request(
             self, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
-        ) -> tuple[BulkRequestRow, bool]: ...
+        ) -> tuple[BulkRequest, bool]: ...
         async def cancel_request(
             self, environment_id: int, request_id: int
-        ) -> tuple[BulkRequestRow, CancelOutcome] | None: ...
+        ) -> tuple[BulkRequest, CancelOutcome] | None: ...
         async def create_retry(
             self, environment_id: int, request_id: int, claim: IdempotencyClaim | None
-        ) -> tuple[BulkRequestRow, bool] | None: ...
+        ) -> tuple[BulkRequest, bool] | None: ...
         async def requeue_orphans(self, live_workers: Iterable[str], reason: str) -> list[int]: ...
         async def delete_expired_idempotency_keys(self) -> int: ...
         async def prune_outbox(self) -> int: ...
 
         # and every read of `Storage` below as one pooled query each
 
-Bulk-request rows are still dicts (`BulkRequestRow`); a later step types them.
+What crosses the port is typed (server/models.py): a bulk request is a `BulkRequest`, a
+member of a chain of retries a `ChainMember`, a /metrics aggregate a `StatusSourceTotals`.
+The JSON that remains is JSON by nature: the `error_details` the domain hands to
+`finish_request` / `finish_parsing` (stored as JSON text, and read back as that text in
+`BulkRequest.error_details`), and user data (`Record.metadata`).
 """
 
 from __future__ import annotations
@@ -113,13 +117,19 @@ from typing import Protocol
 
 from server.batches import Batch
 from server.ingest.validation import StreamRef
-from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record, RowError
+from server.models import (
+    ActiveApiKey,
+    ApiKeyListing,
+    BulkRequest,
+    ChainMember,
+    DataStream,
+    Record,
+    RowError,
+)
 from server.outcomes import RequestChanged
 from server.staging import EncodedChunk, StagedChunk
 from server.types import JSON, Source, Status
 
-# A bulk request's row as stored (plus the joined data_stream_key): still a dict.
-BulkRequestRow = JSON
 # Where committed events go: server/outcomes.py AfterCommit.apply, set by the app.
 AfterCommitHook = Callable[[Sequence[RequestChanged]], None]
 
@@ -178,6 +188,18 @@ class NewUpload:
     nacha_options: str | None
     # The CSV options (SPEC §15) as stored (JSON text of the object); None for NACHA.
     csv_options: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSourceTotals:
+    """For /metrics: how many requests have this (status, source), and their row counters."""
+
+    status: Status
+    source: Source
+    requests: int
+    successful: int
+    failed: int
+    skipped: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,23 +263,23 @@ class Storage(Protocol):
         chunks: Sequence[EncodedChunk],
         data_stream_key: str | None,
         claim: IdempotencyClaim | None,
-    ) -> tuple[BulkRequestRow, bool]:
+    ) -> tuple[BulkRequest, bool]:
         """(request, replayed). `data_stream_key`: the one key all rows name, if any."""
         ...
 
     async def create_upload_request(
         self, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
-    ) -> tuple[BulkRequestRow, bool]: ...
+    ) -> tuple[BulkRequest, bool]: ...
 
     async def cancel_request(
         self, environment_id: int, request_id: int
-    ) -> tuple[BulkRequestRow, CancelOutcome] | None:
+    ) -> tuple[BulkRequest, CancelOutcome] | None:
         """None when it does not exist; raises Conflict when it has ended otherwise."""
         ...
 
     async def create_retry(
         self, environment_id: int, request_id: int, claim: IdempotencyClaim | None
-    ) -> tuple[BulkRequestRow, bool] | None:
+    ) -> tuple[BulkRequest, bool] | None:
         """(child, replayed), None when it does not exist; raises Conflict when refused."""
         ...
 
@@ -265,44 +287,44 @@ class Storage(Protocol):
 
     async def claim_next_request(
         self, worker: str, *, sliced: frozenset[int] = frozenset()
-    ) -> BulkRequestRow | None:
+    ) -> BulkRequest | None:
         """`sliced`: ids given back after a time slice (their reclaim logs at DEBUG)."""
         ...
 
-    async def commit_batch(self, job: BulkRequestRow, worker: str, batch: Batch) -> BulkRequestRow:
+    async def commit_batch(self, job: BulkRequest, worker: str, batch: Batch) -> BulkRequest:
         """Records, row errors, counters, checkpoint and heartbeat in one transaction."""
         ...
 
-    async def release_request(self, job: BulkRequestRow, worker: str) -> None: ...
+    async def release_request(self, job: BulkRequest, worker: str) -> None: ...
 
     async def finish_request(
         self,
-        job: BulkRequestRow,
+        job: BulkRequest,
         worker: str,
         status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,
         keep_upload: bool = True,
-    ) -> BulkRequestRow:
+    ) -> BulkRequest:
         """The fenced terminal transition, with its outbox event."""
         ...
 
     async def record_parse_progress(
-        self, job: BulkRequestRow, worker: str, chunk: EncodedChunk, total_items: int
-    ) -> BulkRequestRow:
+        self, job: BulkRequest, worker: str, chunk: EncodedChunk, total_items: int
+    ) -> BulkRequest:
         """Stage one parsed chunk and write the parse heartbeat."""
         ...
 
     async def finish_parsing(
         self,
-        job: BulkRequestRow,
+        job: BulkRequest,
         worker: str,
         *,
         total_items: int,
         data_stream_id: int | None,
         error_details: JSON | None,
-    ) -> BulkRequestRow: ...
+    ) -> BulkRequest: ...
 
     async def discard_staged_rows(self, request_id: int) -> None: ...
     async def requeue_orphans(self, live_workers: Iterable[str], reason: str) -> list[int]: ...
@@ -318,8 +340,8 @@ class Storage(Protocol):
 
     async def get_bulk_request(
         self, environment_id: int, request_id: int
-    ) -> BulkRequestRow | None: ...
-    async def get_bulk_request_any_environment(self, request_id: int) -> BulkRequestRow | None: ...
+    ) -> BulkRequest | None: ...
+    async def get_bulk_request_any_environment(self, request_id: int) -> BulkRequest | None: ...
     async def list_bulk_requests(
         self,
         environment_id: int,
@@ -329,10 +351,10 @@ class Storage(Protocol):
         data_stream_key: str | None,
         before_id: int,
         limit: int,
-    ) -> list[BulkRequestRow]: ...
+    ) -> list[BulkRequest]: ...
     async def list_chains(
         self, environment_id: int, request_ids: Iterable[int]
-    ) -> list[list[BulkRequestRow]]: ...
+    ) -> list[list[ChainMember]]: ...
     async def list_row_errors(
         self, request_id: int, after_row: int, limit: int
     ) -> list[RowError]: ...
@@ -343,7 +365,7 @@ class Storage(Protocol):
         ...
 
     async def referenced_upload_paths(self) -> set[str]: ...
-    async def metrics_bulk_requests(self) -> list[JSON]:
+    async def metrics_bulk_requests(self) -> list[StatusSourceTotals]:
         """Per (status, source): request count and row counters, for /metrics."""
         ...
 

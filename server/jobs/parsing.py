@@ -16,14 +16,13 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Protocol
 
-import orjson
-
 from server.constants import FILE_READ_BYTES
 from server.db.port import Storage
 from server.ingest.csv_options import CsvOptions
 from server.ingest.csv_reader import iter_csv_rows
 from server.ingest.nacha import iter_nacha_rows
 from server.ingest.nacha_codes import NachaOption
+from server.models import BulkRequest
 from server.staging import ChunkFill, StagedItem, encode_items
 from server.types import JSON, FileRejected, ParseReport, SourceRow, Status
 
@@ -39,18 +38,18 @@ class ParseHost(Protocol):
         """The process is shutting down: give the request back, it resumes on restart."""
         ...
 
-    def should_cancel(self, job: JSON) -> bool: ...
+    def should_cancel(self, job: BulkRequest) -> bool: ...
 
     async def finish(
         self,
-        job: JSON,
+        job: BulkRequest,
         worker: str,
         status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,
         keep_upload: bool = True,
-    ) -> JSON:
+    ) -> BulkRequest:
         """The fenced terminal transition, logged and published."""
         ...
 
@@ -58,16 +57,16 @@ class ParseHost(Protocol):
 log = logging.getLogger("server.parsing")
 
 
-def _file_rows(job: JSON, report: ParseReport) -> Generator[SourceRow, None, None]:
-    path = Path(job["upload_path"] or "")
-    data_stream_key = job["default_data_stream_key"]
+def _file_rows(job: BulkRequest, report: ParseReport) -> Generator[SourceRow, None, None]:
+    path = Path(job.upload_path or "")
+    data_stream_key = job.default_data_stream_key
     with path.open("rb") as handle:
         chunks = iter(lambda: handle.read(FILE_READ_BYTES), b"")
-        if job["upload_format"] == "nacha":
+        if job.upload_format == "nacha":
             if not data_stream_key:
                 raise FileRejected("data_stream_key is required for NACHA files")
             # Names were checked at upload; a name a later version dropped fails loudly.
-            options = [NachaOption(name) for name in orjson.loads(job["nacha_options"] or "[]")]
+            options = [NachaOption(name) for name in job.nacha_options or ()]
             yield from iter_nacha_rows(
                 chunks, data_stream_key=data_stream_key, report=report, options=options
             )
@@ -75,7 +74,7 @@ def _file_rows(job: JSON, report: ParseReport) -> Generator[SourceRow, None, Non
             yield from iter_csv_rows(
                 chunks,
                 data_stream_key=data_stream_key,
-                options=CsvOptions.from_stored(job["csv_options"]),
+                options=CsvOptions.from_stored(job.csv_options),
                 report=report,
             )
 
@@ -100,11 +99,11 @@ def _staged(row: SourceRow) -> StagedItem:
     ]
 
 
-async def parse_upload(pool: ParseHost, job: JSON, worker: str) -> JSON | None:
+async def parse_upload(pool: ParseHost, job: BulkRequest, worker: str) -> BulkRequest | None:
     """Stage every row of the job's file; the updated job, or None when it ended here."""
     store = pool.store
-    path = Path(job["upload_path"] or "")
-    already_staged = job["total_items"]
+    path = Path(job.upload_path or "")
+    already_staged = job.total_items
     report = ParseReport()
     rows = _file_rows(job, report)
     keys: set[str] = set()
@@ -163,7 +162,7 @@ async def parse_upload(pool: ParseHost, job: JSON, worker: str) -> JSON | None:
 
     stream_id = None
     if len(keys) == 1:
-        found = await store.find_data_streams(job["environment_id"], keys)
+        found = await store.find_data_streams(job.environment_id, keys)
         stream_id = next(iter(found.values())).id if found else None
     details = {k: v for k, v in (("warnings", report.warnings), ("notes", report.notes)) if v}
 
@@ -178,8 +177,8 @@ async def parse_upload(pool: ParseHost, job: JSON, worker: str) -> JSON | None:
     return done
 
 
-async def _discard_staged(pool: ParseHost, job: JSON) -> None:
-    await pool.store.discard_staged_rows(job["id"])
+async def _discard_staged(pool: ParseHost, job: BulkRequest) -> None:
+    await pool.store.discard_staged_rows(job.id)
 
 
 def _remove(path: Path) -> None:

@@ -31,6 +31,7 @@ from server.constants import (
 from server.db.port import FencedOut, Storage
 from server.ingest.validation import StreamRef
 from server.jobs.parsing import parse_upload, remove_unreferenced_uploads
+from server.models import BulkRequest
 from server.staging import StagedItem
 from server.types import JSON, Status
 
@@ -171,18 +172,18 @@ class WorkerPool:
 
     # --- one claim -------------------------------------------------------------------------
 
-    async def _run(self, job: JSON, worker: str) -> None:
-        self._sliced.discard(job["id"])
+    async def _run(self, job: BulkRequest, worker: str) -> None:
+        self._sliced.discard(job.id)
         loop = asyncio.get_running_loop()
         slice_ends = loop.time() + self.settings.time_slice
-        if job["parsing"]:
+        if job.parsing:
             parsed = await parse_upload(self, job, worker)
             if parsed is None:
                 return
             job = parsed
         streams: dict[str, StreamRef] = {}
         chunk: tuple[int, list[StagedItem]] | None = None
-        while job["status"] == "processing":
+        while job.status == "processing":
             if self.should_cancel(job):
                 await self.finish(job, worker, Status.CANCELLED)
                 return
@@ -191,18 +192,18 @@ class WorkerPool:
             ):
                 await self._release(job, worker)
                 return
-            start = job["next_row"]
+            start = job.next_row
             if chunk is None or not chunk[0] <= start < chunk[0] + len(chunk[1]):
-                chunk = await self._load_chunk(job["id"], start)
+                chunk = await self._load_chunk(job.id, start)
             first_row, rows = chunk
-            end = min(start + self.settings.batch_size, first_row + len(rows), job["total_items"])
+            end = min(start + self.settings.batch_size, first_row + len(rows), job.total_items)
             items = rows[start - first_row : end - first_row]
-            await self._resolve_streams(job["environment_id"], items, streams)
+            await self._resolve_streams(job.environment_id, items, streams)
             batch = validate_batch(start, items, streams)
             job = await self.store.commit_batch(job, worker, batch)
-            if self.settings.batch_pause and job["status"] == "processing":
+            if self.settings.batch_pause and job.status == "processing":
                 await self._pause_between_batches()
-        self._cancel_requested.discard(job["id"])
+        self._cancel_requested.discard(job.id)
 
     async def _pause_between_batches(self) -> None:
         # Between heartbeats, so a cancel or a shutdown meanwhile is seen right after it;
@@ -214,8 +215,8 @@ class WorkerPool:
     def stopping(self) -> bool:
         return self._stopping
 
-    def should_cancel(self, job: JSON) -> bool:
-        return job["id"] in self._cancel_requested or job["cancellation_requested_at"] is not None
+    def should_cancel(self, job: BulkRequest) -> bool:
+        return job.id in self._cancel_requested or job.cancellation_requested_at is not None
 
     async def _load_chunk(self, request_id: int, row: int) -> tuple[int, list[StagedItem]]:
         found = await self.store.get_chunk_at(request_id, row)
@@ -232,23 +233,23 @@ class WorkerPool:
         if missing:
             streams.update(await self.store.find_data_streams(environment_id, missing))
 
-    async def _release(self, job: JSON, worker: str) -> None:
+    async def _release(self, job: BulkRequest, worker: str) -> None:
         if len(self._sliced) > MAX_REMEMBERED_SLICED_IDS:
             self._sliced.clear()
         # Before the release commits: the wake-up it causes may claim the request at once.
-        self._sliced.add(job["id"])
+        self._sliced.add(job.id)
         await self.store.release_request(job, worker)
 
     async def finish(
         self,
-        job: JSON,
+        job: BulkRequest,
         worker: str,
         status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,
         keep_upload: bool = True,
-    ) -> JSON:
+    ) -> BulkRequest:
         row = await self.store.finish_request(
             job,
             worker,
@@ -257,11 +258,11 @@ class WorkerPool:
             error_details=error_details,
             keep_upload=keep_upload,
         )
-        self._cancel_requested.discard(job["id"])
+        self._cancel_requested.discard(job.id)
         return row
 
-    async def _fail(self, job: JSON, worker: str, exc: Exception) -> bool:
-        log.error("bulk request %s failed", job["id"], exc_info=exc)
+    async def _fail(self, job: BulkRequest, worker: str, exc: Exception) -> bool:
+        log.error("bulk request %s failed", job.id, exc_info=exc)
         try:
             await self.finish(
                 job,
@@ -276,6 +277,6 @@ class WorkerPool:
         except FencedOut:
             return True
         except Exception:
-            log.exception("could not mark bulk request %s failed", job["id"])
+            log.exception("could not mark bulk request %s failed", job.id)
             return False
         return True

@@ -191,9 +191,9 @@ WITH RECURSIVE
     UNION ALL
     SELECT m.root, b.id FROM bulk_requests b JOIN members m ON b.parent_bulk_request_id = m.id
   )
--- Only the columns the retry rule reads (server/bulk_requests.py retry_refusal).
+-- Only the columns the retry rule reads (server/models.py ChainMember).
 SELECT m.root AS chain_root, b.id, b.status, b.parsing, b.upload_path, b.error_message,
-       b.failed_items, b.next_row, b.total_items
+       b.failed_items, b.next_row, b.total_items, b.parent_bulk_request_id
 FROM members m JOIN bulk_requests b ON b.id = m.id
 ORDER BY m.root, b.id;
 

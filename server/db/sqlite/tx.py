@@ -29,7 +29,8 @@ from server.constants import (
     OUTBOX_RETENTION_SECONDS,
 )
 from server.db.sqlite.queries import Q, multi_row
-from server.models import DataStream
+from server.db.sqlite.rows import bulk_request_from_row, stored_row
+from server.models import BulkRequest, DataStream
 from server.outcomes import RequestChanged, Transition
 from server.types import JSON, Status
 
@@ -56,6 +57,11 @@ class WriteTx:
     def all(self, sql: str, params: Any = ()) -> list[JSON]:
         return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
 
+    def request(self, sql: str, params: Any = ()) -> BulkRequest | None:
+        """The bulk request a query selects or returns (`bulk_requests.*`), if any."""
+        row = self.conn.execute(sql, params).fetchone()
+        return bulk_request_from_row(row) if row is not None else None
+
     def run(self, sql: str, params: Any = ()) -> int:
         return self.conn.execute(sql, params).rowcount
 
@@ -63,7 +69,7 @@ class WriteTx:
 
     def emit(
         self,
-        row: JSON,
+        row: BulkRequest,
         transition: Transition,
         *,
         log_level: int = logging.INFO,
@@ -74,10 +80,10 @@ class WriteTx:
         self.run(
             Q.insert_outbox_event,
             {
-                "bulk_request_id": row["id"],
-                "environment_id": row["environment_id"],
+                "bulk_request_id": row.id,
+                "environment_id": row.environment_id,
                 "event_type": transition.value,
-                "payload": orjson.dumps(row).decode(),
+                "payload": orjson.dumps(stored_row(row)).decode(),
                 "now": now_rfc3339(),
             },
         )
@@ -142,7 +148,7 @@ class WriteTx:
 
     # --- bulk requests --------------------------------------------------------------------
 
-    def insert_bulk_request(self, **fields: Any) -> JSON:
+    def insert_bulk_request(self, **fields: Any) -> BulkRequest:
         params = {
             "total_items": 0,
             "parsing": 0,
@@ -157,15 +163,17 @@ class WriteTx:
             **fields,
             "now": now_rfc3339(),
         }
-        row = self.one(Q.insert_bulk_request, params)
+        row = self.request(Q.insert_bulk_request, params)
         assert row is not None
         return row
 
-    def get_bulk_request(self, environment_id: int, request_id: int) -> JSON | None:
-        return self.one(Q.get_bulk_request, {"id": request_id, "environment_id": environment_id})
+    def get_bulk_request(self, environment_id: int, request_id: int) -> BulkRequest | None:
+        return self.request(
+            Q.get_bulk_request, {"id": request_id, "environment_id": environment_id}
+        )
 
-    def get_bulk_request_any_environment(self, request_id: int) -> JSON | None:
-        return self.one(Q.get_bulk_request_any_environment, {"id": request_id})
+    def get_bulk_request_any_environment(self, request_id: int) -> BulkRequest | None:
+        return self.request(Q.get_bulk_request_any_environment, {"id": request_id})
 
     def insert_chunk(self, request_id: int, first_row: int, row_count: int, body: bytes) -> None:
         """Stage rows; `body` comes from encode_items, made before the transaction."""
@@ -188,9 +196,10 @@ class WriteTx:
     def delete_chunks(self, request_id: int) -> None:
         self.run(Q.delete_chunks, {"bulk_request_id": request_id})
 
-    def list_chain(self, environment_id: int, request_id: int) -> list[JSON]:
+    def list_chain(self, environment_id: int, request_id: int) -> list[BulkRequest]:
         """The members of the request's chain of retries, oldest first (SPEC §7)."""
-        return self.all(Q.list_chain, {"id": request_id, "environment_id": environment_id})
+        params = {"id": request_id, "environment_id": environment_id}
+        return [bulk_request_from_row(r) for r in self.conn.execute(Q.list_chain, params)]
 
     def row_error_rows(self, request_id: int) -> list[int]:
         rows = self.conn.execute(Q.list_row_error_rows, {"bulk_request_id": request_id})
@@ -224,14 +233,14 @@ class WriteTx:
 
     # --- worker side: every statement fenced by (attempt, claimed_by) ------------------------
 
-    def claim_next_request(self, worker: str) -> JSON | None:
-        return self.one(Q.claim_next_request, {"worker": worker, "now": now_rfc3339()})
+    def claim_next_request(self, worker: str) -> BulkRequest | None:
+        return self.request(Q.claim_next_request, {"worker": worker, "now": now_rfc3339()})
 
-    def release_request(self, job: JSON, worker: str) -> JSON | None:
+    def release_request(self, job: BulkRequest, worker: str) -> BulkRequest | None:
         """Give the claim back (runnable again); the row, or None if the claim is stale."""
-        return self.one(
+        return self.request(
             Q.release_request,
-            {"id": job["id"], "attempt": job["attempt"], "worker": worker, "now": now_rfc3339()},
+            {"id": job.id, "attempt": job.attempt, "worker": worker, "now": now_rfc3339()},
         )
 
     def find_existing_external_ids(self, pairs: Iterable[tuple[int, str]]) -> set[tuple[int, str]]:
@@ -261,20 +270,20 @@ class WriteTx:
 
     def record_batch(
         self,
-        job: JSON,
+        job: BulkRequest,
         worker: str,
         *,
         next_row: int,
         successful: int,
         failed: int,
         skipped: int,
-    ) -> JSON | None:
+    ) -> BulkRequest | None:
         """The heartbeat: advance counters and checkpoint; None if this claim is stale."""
-        return self.one(
+        return self.request(
             Q.record_batch,
             {
-                "id": job["id"],
-                "attempt": job["attempt"],
+                "id": job.id,
+                "attempt": job.attempt,
                 "worker": worker,
                 "processed": successful + failed + skipped,
                 "successful": successful,
@@ -285,12 +294,14 @@ class WriteTx:
             },
         )
 
-    def record_parse_progress(self, job: JSON, worker: str, total_items: int) -> JSON | None:
-        return self.one(
+    def record_parse_progress(
+        self, job: BulkRequest, worker: str, total_items: int
+    ) -> BulkRequest | None:
+        return self.request(
             Q.record_parse_progress,
             {
-                "id": job["id"],
-                "attempt": job["attempt"],
+                "id": job.id,
+                "attempt": job.attempt,
                 "worker": worker,
                 "total_items": total_items,
                 "now": now_rfc3339(),
@@ -299,18 +310,18 @@ class WriteTx:
 
     def finish_parsing(
         self,
-        job: JSON,
+        job: BulkRequest,
         worker: str,
         *,
         total_items: int,
         data_stream_id: int | None,
         error_details: JSON | None,
-    ) -> JSON | None:
-        return self.one(
+    ) -> BulkRequest | None:
+        return self.request(
             Q.finish_parsing,
             {
-                "id": job["id"],
-                "attempt": job["attempt"],
+                "id": job.id,
+                "attempt": job.attempt,
                 "worker": worker,
                 "total_items": total_items,
                 "data_stream_id": data_stream_id,
@@ -321,19 +332,19 @@ class WriteTx:
 
     def finish_request(
         self,
-        job: JSON,
+        job: BulkRequest,
         worker: str,
         status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,
         keep_upload: bool = True,
-    ) -> JSON | None:
-        return self.one(
+    ) -> BulkRequest | None:
+        return self.request(
             Q.finish_request,
             {
-                "id": job["id"],
-                "attempt": job["attempt"],
+                "id": job.id,
+                "attempt": job.attempt,
                 "worker": worker,
                 "status": status,
                 "keep_upload": keep_upload,

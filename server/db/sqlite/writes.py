@@ -13,9 +13,10 @@ from typing import Any, TypeVar
 
 from server.batches import Batch
 from server.clock import now_rfc3339
-from server.db.port import BulkRequestRow, CancelOutcome, IdempotencyClaim, NewUpload
+from server.db.port import CancelOutcome, IdempotencyClaim, NewUpload
 from server.db.sqlite import operations
 from server.db.sqlite.tx import WriteTx
+from server.models import BulkRequest
 from server.staging import EncodedChunk
 from server.types import JSON, Status
 
@@ -40,7 +41,7 @@ class Writes:
         chunks: Sequence[EncodedChunk],
         data_stream_key: str | None,
         claim: IdempotencyClaim | None,
-    ) -> tuple[BulkRequestRow, bool]:
+    ) -> tuple[BulkRequest, bool]:
         work = partial(
             operations.create_records_request,
             environment_id=environment_id,
@@ -55,7 +56,7 @@ class Writes:
 
     async def create_upload_request(
         self, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
-    ) -> tuple[BulkRequestRow, bool]:
+    ) -> tuple[BulkRequest, bool]:
         work = partial(
             operations.create_upload_request,
             environment_id=environment_id,
@@ -66,7 +67,7 @@ class Writes:
 
     async def cancel_request(
         self, environment_id: int, request_id: int
-    ) -> tuple[BulkRequestRow, CancelOutcome] | None:
+    ) -> tuple[BulkRequest, CancelOutcome] | None:
         work = partial(
             operations.cancel_request, environment_id=environment_id, request_id=request_id
         )
@@ -74,7 +75,7 @@ class Writes:
 
     async def create_retry(
         self, environment_id: int, request_id: int, claim: IdempotencyClaim | None
-    ) -> tuple[BulkRequestRow, bool] | None:
+    ) -> tuple[BulkRequest, bool] | None:
         work = partial(
             operations.create_retry,
             environment_id=environment_id,
@@ -87,13 +88,13 @@ class Writes:
 
     async def claim_next_request(
         self, worker: str, *, sliced: frozenset[int] = frozenset()
-    ) -> BulkRequestRow | None:
+    ) -> BulkRequest | None:
         return await self.write(
             partial(operations.claim_next_request, worker=worker, sliced=sliced)
         )
 
-    async def commit_batch(self, job: BulkRequestRow, worker: str, batch: Batch) -> BulkRequestRow:
-        request_id = job["id"]
+    async def commit_batch(self, job: BulkRequest, worker: str, batch: Batch) -> BulkRequest:
+        request_id = job.id
         start = batch.start_row
         now = now_rfc3339()
         # Rows are shaped here, on the loop, so the writer thread holds the lock only for SQL.
@@ -106,19 +107,19 @@ class Writes:
             )
         )
 
-    async def release_request(self, job: BulkRequestRow, worker: str) -> None:
+    async def release_request(self, job: BulkRequest, worker: str) -> None:
         await self.write(partial(operations.release_request, job=job, worker=worker))
 
     async def finish_request(
         self,
-        job: BulkRequestRow,
+        job: BulkRequest,
         worker: str,
         status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,
         keep_upload: bool = True,
-    ) -> BulkRequestRow:
+    ) -> BulkRequest:
         work = partial(
             operations.finish_request,
             job=job,
@@ -131,8 +132,8 @@ class Writes:
         return await self.write(work)
 
     async def record_parse_progress(
-        self, job: BulkRequestRow, worker: str, chunk: EncodedChunk, total_items: int
-    ) -> BulkRequestRow:
+        self, job: BulkRequest, worker: str, chunk: EncodedChunk, total_items: int
+    ) -> BulkRequest:
         work = partial(
             operations.record_parse_progress,
             job=job,
@@ -144,13 +145,13 @@ class Writes:
 
     async def finish_parsing(
         self,
-        job: BulkRequestRow,
+        job: BulkRequest,
         worker: str,
         *,
         total_items: int,
         data_stream_id: int | None,
         error_details: JSON | None,
-    ) -> BulkRequestRow:
+    ) -> BulkRequest:
         work = partial(
             operations.finish_parsing,
             job=job,
