@@ -17,7 +17,7 @@ from yarl import URL
 from server.clock import now_rfc3339
 from server.constants import MAX_WEBHOOK_ERROR_CHARS, WEBHOOK_TIMEOUT_SECONDS
 from server.models import AttemptOutcome, DueDelivery
-from server.webhooks.addresses import literal_address, refuse_if_private
+from server.webhooks.addresses import PrivateAddress, literal_address, refuse_if_private
 
 USER_AGENT = "bulk-requests-webhooks/1"
 
@@ -72,6 +72,12 @@ async def send(
                 error = f"HTTP {status}"
     except TimeoutError:
         error = f"no answer within {WEBHOOK_TIMEOUT_SECONDS:g} s"
+    except aiohttp.ClientConnectorError as exc:
+        # The resolver's refusal arrives wrapped: say it as it is.
+        cause = exc.os_error
+        error = _error(
+            str(cause) if isinstance(cause, PrivateAddress) else f"{type(exc).__name__}: {exc}"
+        )
     except (aiohttp.ClientError, OSError, ValueError) as exc:
         error = _error(f"{type(exc).__name__}: {exc}")
     duration_ms = round((time.monotonic() - started) * 1000)
