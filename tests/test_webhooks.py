@@ -603,4 +603,4 @@ async def test_lists_page_with_a_cursor(api: Api, receiver: Receiver) -> None:
         "GET", f"/v1/webhook_endpoints/{endpoint['id']}/deliveries?status=done"
     )
     assert status == 400
-    assert problem["errors"][0]["name"] == "status"
+    assert problem["errors"][0]["parameter"] == "status"
