@@ -36,6 +36,7 @@ class Receiver:
     received: list[Received] = field(default_factory=list)  # verified, answered 2xx
     hits: int = 0  # every request, whatever was answered
     hit_times: list[float] = field(default_factory=list)
+    hit_ids: list[str] = field(default_factory=list)  # webhook-id of every request
     unverified: list[str] = field(default_factory=list)
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -43,6 +44,7 @@ class Receiver:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.hits += 1
         self.hit_times.append(time.monotonic())
+        self.hit_ids.append(request.headers.get("webhook-id", ""))
         body = await request.read()
         try:
             parsed = Webhook(self.secret).verify(body, dict(request.headers))
