@@ -199,6 +199,8 @@ class LiveServer:
         """Streams, and requests in each final state with row errors, for paths to hit."""
         for key, currency in zip(STREAM_KEYS, ["USD", "EUR", "JPY"], strict=True):
             self.post("/v1/data_streams", json={"key": key, "currency": currency})
+        # Webhook endpoint 1, made first, so the requests below give it deliveries to list.
+        self.post("/v1/webhook_endpoints", json={"url": "https://example.com/hook"})
         good = {"date": "2024-05-01", "data_stream_key": "checking", "amount": "12.34"}
         mixed = [
             {**good, "external_id": "inv-1", "metadata": {"k": "v"}},
@@ -241,8 +243,13 @@ class LiveServer:
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     workdir = tmp_path_factory.mktemp("contract")
     # WARNING: the log (server1.err) then holds the tracebacks of any 500, nothing else.
+    # --webhook-delivery off: the fuzzer creates webhook endpoints with URLs it makes up
+    # (any host on the internet); their deliveries are recorded, never sent.
     process = ServerProcess(
-        workdir / "bulk.db", api_key=API_KEY, args=["--log-level", "WARNING"], log_dir=workdir
+        workdir / "bulk.db",
+        api_key=API_KEY,
+        args=["--log-level", "WARNING", "--webhook-delivery", "off"],
+        log_dir=workdir,
     )
     try:
         server = LiveServer(url=process.start().url.rstrip("/"))
