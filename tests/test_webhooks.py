@@ -604,3 +604,60 @@ async def test_lists_page_with_a_cursor(api: Api, receiver: Receiver) -> None:
     )
     assert status == 400
     assert problem["errors"][0]["parameter"] == "status"
+
+
+async def test_events_of_environments_without_endpoints_are_not_rendered_but_not_missed(
+    store: Store, tmp_path: Any
+) -> None:
+    env = await make_environment(store)
+    webhooks = WebhookStore(store)
+    rendered: list[Any] = []
+
+    async def render(row: Any) -> Any:
+        rendered.append(row["id"])
+        return row
+
+    dispatcher = WebhookDispatcher(store, Settings(db_path=tmp_path / "unused.db"), render)
+
+    def finish(tx: WriteTx) -> Any:
+        row = tx.insert_bulk_request(
+            environment_id=env, status="completed", source="api", on_conflict="skip"
+        )
+        tx.emit(row, Transition.COMPLETED)
+        return row
+
+    await store.write(finish)
+    await dispatcher.dispatch_once()
+    assert rendered == []  # no endpoint anywhere: nothing to render
+    assert await webhooks.cursor() == await webhooks.newest_outbox_id()
+
+    # An endpoint enabled between the round's look and its transaction: the unrendered
+    # event would be missed, so the transaction refuses and writes nothing.
+    late = await store.write(finish)
+    cursor = await webhooks.cursor()
+    (event,) = await webhooks.terminal_events(cursor, 2**62, 10)
+    endpoint = await webhooks.create_endpoint(
+        env, url="http://127.0.0.1:9/hook", events=ALL_TYPES, description=None, secret="whsec_x"
+    )
+    # (created before the event, as an endpoint enabled again would be)
+    await store.write(
+        lambda tx: tx.run("UPDATE webhook_endpoints SET created_at = '2000-01-01T00:00:00Z'")
+    )
+    unrendered = NewDelivery(
+        outbox_id=event["id"],
+        environment_id=env,
+        bulk_request_id=late["id"],
+        event_id="evt_x",
+        event_type="bulk_request.completed",
+        event_created_at=event["created_at"],
+        body=None,
+    )
+    assert await webhooks.add_deliveries(cursor, [unrendered], event["id"]) is False
+    assert await webhooks.cursor() == cursor
+    # The dispatcher's own round then renders it and delivers.
+    await dispatcher.dispatch_once()
+    assert rendered == [late["id"]]
+    (delivery,) = await webhooks.list_deliveries(
+        endpoint.id, status=None, before_id=2**62, limit=10
+    )
+    assert delivery.bulk_request_id == late["id"]

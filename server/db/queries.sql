@@ -442,6 +442,18 @@ WHERE e.environment_id = :environment_id AND e.enabled = 1
   AND EXISTS (SELECT 1 FROM json_each(e.events) WHERE value = :event_type)
 ON CONFLICT (endpoint_id, outbox_id) DO NOTHING;
 
+-- name: list_environments_with_webhooks
+SELECT DISTINCT environment_id FROM webhook_endpoints WHERE enabled = 1;
+
+-- name: event_has_webhook_endpoint
+-- Whether insert_webhook_deliveries_for_event would insert anything (same conditions).
+SELECT EXISTS (
+    SELECT 1 FROM webhook_endpoints e
+    WHERE e.environment_id = :environment_id AND e.enabled = 1
+      AND e.created_at <= :event_created_at
+      AND EXISTS (SELECT 1 FROM json_each(e.events) WHERE value = :event_type)
+) AS found;
+
 -- name: list_due_webhook_deliveries
 SELECT d.id, d.endpoint_id, d.event_id, d.body, e.url, e.secret
 FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id

@@ -46,7 +46,12 @@ class NewDelivery:
     event_id: str
     event_type: str
     event_created_at: str
-    body: str
+    # None: not rendered, as its environment had no enabled endpoint when the round began.
+    body: str | None
+
+
+class _RenderAll(Exception):
+    """An unrendered event needs a body after all: undo the dispatch transaction."""
 
 
 def retry_delay(failed_attempts: int, base: float) -> float:
@@ -152,35 +157,45 @@ class WebhookStore:
             Q.list_terminal_outbox_events, {"after_id": after_id, "up_to": up_to, "limit": limit}
         )
 
+    async def environments_with_endpoints(self) -> set[int]:
+        rows = await self.store.read_all(Q.list_environments_with_webhooks)
+        return {int(row["environment_id"]) for row in rows}
+
     async def add_deliveries(
         self, cursor: int, new: Sequence[NewDelivery], advance_to: int
     ) -> bool:
         """In ONE transaction: a delivery per matching endpoint for each new event, and the
         cursor moved from `cursor` to `advance_to`. False (nothing written) if the cursor
-        is no longer `cursor`, so no event can become deliveries twice."""
+        is no longer `cursor`, so no event can become deliveries twice; False too if an
+        event left unrendered has a matching endpoint now (one was enabled meanwhile):
+        the caller renders every event and tries again."""
 
         def work(tx: WriteTx) -> bool:
             if tx.one(Q.get_webhook_cursor) != {"outbox_id": cursor}:
                 return False
             now = now_rfc3339()
             for event in new:
-                tx.run(
-                    Q.insert_webhook_deliveries_for_event,
-                    {
-                        "outbox_id": event.outbox_id,
-                        "environment_id": event.environment_id,
-                        "bulk_request_id": event.bulk_request_id,
-                        "event_id": event.event_id,
-                        "event_type": event.event_type,
-                        "event_created_at": event.event_created_at,
-                        "body": event.body,
-                        "now": now,
-                    },
-                )
+                params = {
+                    "outbox_id": event.outbox_id,
+                    "environment_id": event.environment_id,
+                    "bulk_request_id": event.bulk_request_id,
+                    "event_id": event.event_id,
+                    "event_type": event.event_type,
+                    "event_created_at": event.event_created_at,
+                    "body": event.body,
+                    "now": now,
+                }
+                if event.body is not None:
+                    tx.run(Q.insert_webhook_deliveries_for_event, params)
+                elif tx.one(Q.event_has_webhook_endpoint, params) != {"found": 0}:
+                    raise _RenderAll  # rolls back the deliveries inserted so far
             tx.run(Q.set_webhook_cursor, {"outbox_id": advance_to})
             return True
 
-        return await self.store.write(work)
+        try:
+            return await self.store.write(work)
+        except _RenderAll:
+            return False
 
     # --- sending ------------------------------------------------------------------------
 

@@ -134,15 +134,24 @@ class WebhookDispatcher:
         events = await self.webhooks.terminal_events(cursor, newest, WEBHOOK_DISPATCH_BATCH)
         full = len(events) == WEBHOOK_DISPATCH_BATCH
         advance_to = int(events[-1]["id"]) if full else newest
-        new = [await self._new_delivery(event) for event in events]
-        await self.webhooks.add_deliveries(cursor, new, advance_to)
+        # Rendering reads the request and its chain: only for environments that have an
+        # endpoint (add_deliveries refuses the round if one appeared meanwhile).
+        wanted = await self.webhooks.environments_with_endpoints()
+        new = [await self._new_delivery(e, int(e["environment_id"]) in wanted) for e in events]
+        if not await self.webhooks.add_deliveries(cursor, new, advance_to):
+            new = [await self._new_delivery(event, True) for event in events]
+            await self.webhooks.add_deliveries(cursor, new, advance_to)
         return full
 
-    async def _new_delivery(self, event: JSON) -> NewDelivery:
+    async def _new_delivery(self, event: JSON, render: bool) -> NewDelivery:
         event_id = new_event_id()
         event_type = event_type_of(event["event_type"])
-        data = await self._render(orjson.loads(event["payload"]))
-        body = {"id": event_id, "type": event_type, "created_at": event["created_at"], "data": data}
+        body = None
+        if render:
+            data = await self._render(orjson.loads(event["payload"]))
+            created_at = event["created_at"]
+            envelope = {"id": event_id, "type": event_type, "created_at": created_at, "data": data}
+            body = orjson.dumps(envelope).decode()
         return NewDelivery(
             outbox_id=int(event["id"]),
             environment_id=int(event["environment_id"]),
@@ -150,7 +159,7 @@ class WebhookDispatcher:
             event_id=event_id,
             event_type=event_type,
             event_created_at=event["created_at"],
-            body=orjson.dumps(body).decode(),
+            body=body,
         )
 
     async def _send_due(self) -> float:
