@@ -61,11 +61,12 @@ async def deliveries(api: Api, endpoint_id: int, query: str = "") -> list[Any]:
 
 async def settled(api: Api, endpoint_id: int, count: int = 1, within: float = 20.0) -> list[Any]:
     """The endpoint's deliveries once `count` exist and none is pending any more."""
-    return await wait_until(
+    found: list[Any] = await wait_until(
         lambda: deliveries(api, endpoint_id),
         lambda found: len(found) >= count and all(d["status"] != "pending" for d in found),
         within,
     )
+    return found
 
 
 async def test_a_completed_request_is_delivered_once_signed_with_its_full_payload(
@@ -434,12 +435,13 @@ async def test_deny_private_refuses_loopback_at_create_and_again_at_send(
     # address by the sender, a name by the resolver, on the address it resolves to now.
     summary = await api.submit([record(1)])
     await api.wait_terminal(summary["id"])
-    for endpoint in (literal, named):
-        await wait_until(
-            lambda endpoint=endpoint: deliveries(api, endpoint["id"]),
-            lambda found: bool(found and found[0]["attempts"]),
-        )
-        (delivery,) = await deliveries(api, endpoint["id"])
+    for endpoint_id in (literal["id"], named["id"]):
+
+        async def attempted(endpoint_id: int = endpoint_id) -> list[Any]:
+            return await deliveries(api, endpoint_id)
+
+        await wait_until(attempted, lambda found: bool(found and found[0]["attempts"]))
+        (delivery,) = await deliveries(api, endpoint_id)
         assert "not a public address" in delivery["attempts"][0]["error"], delivery
         assert delivery["attempts"][0]["http_status"] is None
     assert receiver.hits == 0
