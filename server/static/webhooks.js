@@ -106,7 +106,7 @@ export async function submitWebhook(event) {
   const description = $input("webhook-description").value.trim();
   const events = EVENT_TYPES.filter((type) => $input(`webhook-event-${type.split(".")[1]}`).checked);
   if (!url) {
-    showProblem({ title: "A webhook endpoint needs a URL", detail: "For example https://example.com/hooks/bulk." });
+    showProblem({ title: "A webhook endpoint needs a URL", detail: "Give the absolute http or https URL your receiver listens on." });
     $input("webhook-url").focus();
     return;
   }
