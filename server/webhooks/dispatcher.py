@@ -66,6 +66,7 @@ class WebhookDispatcher:
         self.settings = settings
         self._render = render
         self._nudged = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._sending: dict[int, asyncio.Task[None]] = {}  # delivery id → its send
@@ -83,6 +84,8 @@ class WebhookDispatcher:
     async def stop(self) -> None:
         """Stop sending. An interrupted send is not recorded: its delivery is still
         pending and is sent again after the restart (at least once)."""
+        self._stopping = True
+        self._nudged.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -110,7 +113,10 @@ class WebhookDispatcher:
     # --- the loop -----------------------------------------------------------------------
 
     async def _run(self) -> None:
-        while True:
+        # The flag, not only the cancellation, ends the loop: on Python 3.11 a cancel that
+        # lands as an awaited result arrives can be swallowed (asyncio.wait_for did so),
+        # and a loop that missed it would hold shutdown for ever.
+        while not self._stopping:
             self._nudged.clear()
             try:
                 while await self.dispatch_once():
@@ -120,7 +126,8 @@ class WebhookDispatcher:
                 log.exception("webhook round failed; retrying")
                 wait = ROUND_FAILURE_PAUSE_SECONDS
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._nudged.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await self._nudged.wait()
 
     async def dispatch_once(self) -> bool:
         """Turn the next batch of terminal outbox events into deliveries; True if the
