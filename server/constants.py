@@ -236,3 +236,37 @@ GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 # 1 of server/db/postgres/migrations.py), so each process's event streams see every
 # process's changes (SPEC §16).
 POSTGRES_OUTBOX_CHANNEL = "bulk_outbox"
+# --- Webhooks (SPEC §13, README "Webhooks") ------------------------------------------
+# A receiver has this long to answer (SPEC §13: a 2xx within 10 s is success).
+WEBHOOK_TIMEOUT_SECONDS = 10.0
+# Attempts per delivery before it is `failed` (SPEC §13); a manual retry adds one.
+WEBHOOK_MAX_ATTEMPTS = 8
+# First retry after --webhook-retry-base seconds, doubling after each failure.
+DEFAULT_WEBHOOK_RETRY_BASE_SECONDS = 5.0
+# Each retry waits up to this fraction longer than its doubling step, never less: a
+# receiver that came back is not hit by every sender's retries in the same second.
+WEBHOOK_RETRY_JITTER = 0.25
+# Sends in flight at once, over all endpoints: webhooks never take more sockets than this.
+WEBHOOK_MAX_CONCURRENT_SENDS = 8
+# ... and per endpoint, so one slow receiver cannot take every slot from the others.
+WEBHOOK_MAX_SENDS_PER_ENDPOINT = 2
+# The per-endpoint circuit: after this many consecutive failed attempts, nothing is sent
+# to the endpoint for the cooldown; the next attempt after it closes the circuit on a
+# success or opens it again on a failure. A dead receiver then costs one attempt a minute.
+WEBHOOK_CIRCUIT_FAILURES = 5
+WEBHOOK_CIRCUIT_COOLDOWN_SECONDS = 60.0  # the default of --webhook-circuit-cooldown
+# Outbox events turned into deliveries per dispatch transaction: a backlog after a long
+# outage is worked off in short transactions that never hold the writer long.
+WEBHOOK_DISPATCH_BATCH = 200
+# With nothing due, the dispatcher still looks this often (a safety net: commits and
+# retries wake it sooner), which also moves its outbox cursor past non-terminal events
+# so the sweeper can prune them.
+WEBHOOK_IDLE_POLL_SECONDS = 5.0
+MAX_WEBHOOK_URL_CHARS = 2048
+MAX_WEBHOOK_DESCRIPTION_CHARS = 500
+# Secrets: `whsec_` + base64 of this many random bytes (SPEC §13: 24 or more).
+WEBHOOK_SECRET_BYTES = 24
+# Failed-attempt errors are stored and listed; a receiver's words are cut to this.
+MAX_WEBHOOK_ERROR_CHARS = 300
+# A deny-private check at create time resolves the host; it waits at most this long.
+WEBHOOK_CREATE_RESOLVE_SECONDS = 2.0

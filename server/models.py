@@ -12,6 +12,7 @@ JSON text it is stored as, and decoded only when rendered.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -165,3 +166,90 @@ class ApiKeyListing:
     created_at: str
     last_used_at: str | None
     revoked_at: str | None
+
+
+# --- webhooks (SPEC §13) -----------------------------------------------------------------
+
+
+class WebhookEventType(StrEnum):
+    """What a webhook endpoint can subscribe to: a bulk request reaching a final state."""
+
+    COMPLETED = "bulk_request.completed"
+    FAILED = "bulk_request.failed"
+    CANCELLED = "bulk_request.cancelled"
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookEndpoint:
+    id: int
+    environment_id: int
+    url: str
+    events: str  # as stored: a JSON array of WebhookEventType values
+    description: str | None
+    enabled: int
+    secret: str
+    created_at: str
+    consecutive_failures: int
+    circuit_open_until: str | None
+
+    def event_types(self) -> list[str]:
+        types: list[str] = orjson.loads(self.events)
+        return types
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAttempt:
+    delivery_id: int
+    number: int
+    at: str
+    http_status: int | None
+    error: str | None
+    duration_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    id: int
+    endpoint_id: int
+    outbox_id: int
+    event_id: str
+    event_type: str
+    bulk_request_id: int
+    body: str
+    status: str
+    next_attempt_at: str | None
+    attempt_count: int
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class DueDelivery:
+    """A pending delivery whose time has come, with what sending it needs."""
+
+    id: int
+    endpoint_id: int
+    event_id: str
+    body: str
+    url: str
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptOutcome:
+    """What one send of a delivery came to."""
+
+    delivery_id: int
+    at: str
+    http_status: int | None
+    error: str | None  # None: the receiver answered 2xx in time
+    duration_ms: int
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None

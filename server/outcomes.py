@@ -10,7 +10,7 @@ to remember those steps, and none can forget one.
 
 Every event goes to the outbox, heartbeats included: one small insert per batch measured
 within noise of the benchmark (README, "After a commit: events and the outbox"). Nothing
-reads the outbox yet; webhooks and multi-process event streams will.
+reads the outbox but the webhook dispatcher (server/webhooks/), nudged from here.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ class Transition(StrEnum):
 
 # After these, a worker can claim something it could not before.
 MAKES_WORK_RUNNABLE = frozenset({Transition.CREATED, Transition.RELEASED, Transition.REQUEUED})
+# The transitions webhooks are sent for (SPEC §13: a bulk request reached a final state).
+WEBHOOK_EVENTS = frozenset({Transition.COMPLETED, Transition.FAILED, Transition.CANCELLED})
 # Scheduling only: the client-visible state (and its progress version) is unchanged, so
 # streams are not sent it.
 INVISIBLE = frozenset({Transition.RELEASED})
@@ -94,13 +96,17 @@ class AfterCommit:
         hub: ProgressHub,
         wake: Callable[[], None],
         notify_cancel_requested: Callable[[int], None],
+        deliver_webhooks: Callable[[], None] = lambda: None,
     ) -> None:
         self._hub = hub
         self._wake = wake
         self._notify_cancel_requested = notify_cancel_requested
+        # Nudges the webhook dispatcher (server/webhooks/), which reads the outbox itself.
+        self._deliver_webhooks = deliver_webhooks
 
     def apply(self, events: Sequence[RequestChanged]) -> None:
         runnable = False
+        notify = False
         for event in events:
             if event.transition in LOGGED:
                 log_transition(
@@ -112,5 +118,8 @@ class AfterCommit:
             if event.transition is Transition.CANCEL_REQUESTED:
                 self._notify_cancel_requested(event.request_id)
             runnable = runnable or event.transition in MAKES_WORK_RUNNABLE
+            notify = notify or event.transition in WEBHOOK_EVENTS
         if runnable:
             self._wake()
+        if notify:
+            self._deliver_webhooks()

@@ -32,6 +32,9 @@ domain, the jobs or the handlers changes for it):
 
     class PostgresStorage:  # server/db/postgres/
         after_commit: AfterCommitHook | None
+        # server/db/webhook_port.py: the same tables, the cursor row updated under the
+        # dispatch transaction's lock (several processes may dispatch)
+        webhooks: WebhookStorage
 
         # asyncpg pool; schema migrations in a table, not PRAGMA user_version
         async def open(self) -> None: ...
@@ -116,6 +119,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from server.batches import Batch
+from server.db.webhook_port import WebhookStorage
 from server.ingest.validation import StreamRef
 from server.models import (
     ActiveApiKey,
@@ -214,6 +218,8 @@ class Storage(Protocol):
     """Everything the domain and the API need of storage (see the module docstring)."""
 
     after_commit: AfterCommitHook | None
+    # Endpoints, deliveries and the dispatcher's outbox cursor (SPEC §13).
+    webhooks: WebhookStorage
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...

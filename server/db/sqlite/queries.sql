@@ -347,8 +347,11 @@ VALUES (:bulk_request_id, :environment_id, :event_type, :payload, :now);
 
 -- name: delete_old_outbox_events
 -- At most :limit rows per transaction, so pruning a backlog never holds the writer long.
+-- Never an event the webhook dispatcher has not passed yet, however old (README "Webhooks").
 DELETE FROM outbox WHERE id IN (
-    SELECT id FROM outbox WHERE created_at < :not_before ORDER BY created_at LIMIT :limit
+    SELECT id FROM outbox
+    WHERE created_at < :not_before AND id <= (SELECT outbox_id FROM webhook_cursor)
+    ORDER BY created_at LIMIT :limit
 );
 
 -- name: list_upload_paths
@@ -372,3 +375,138 @@ FROM bulk_requests GROUP BY status, source;
 SELECT min(last_progress_at) AS oldest,
        coalesce(sum(last_progress_at < :stuck_before), 0) AS stuck
 FROM bulk_requests WHERE status = 'processing';
+
+-- --- webhooks (server/db/webhooks.py) ---------------------------------------------------
+
+-- name: insert_webhook_endpoint
+INSERT INTO webhook_endpoints (environment_id, url, events, description, enabled, secret,
+                               created_at)
+VALUES (:environment_id, :url, :events, :description, 1, :secret, :now)
+RETURNING *;
+
+-- name: get_webhook_endpoint
+SELECT * FROM webhook_endpoints WHERE id = :id AND environment_id = :environment_id;
+
+-- name: list_webhook_endpoints
+SELECT * FROM webhook_endpoints
+WHERE environment_id = :environment_id AND id > :after_id
+ORDER BY id LIMIT :limit;
+
+-- name: update_webhook_endpoint
+-- NULL keeps a field; enabling again closes the circuit (the operator says it is back).
+UPDATE webhook_endpoints SET
+    url = COALESCE(:url, url),
+    events = COALESCE(:events, events),
+    description = CASE WHEN :set_description THEN :description ELSE description END,
+    enabled = COALESCE(:enabled, enabled),
+    consecutive_failures = CASE WHEN :enabled THEN 0 ELSE consecutive_failures END,
+    circuit_open_until = CASE WHEN :enabled THEN NULL ELSE circuit_open_until END
+WHERE id = :id AND environment_id = :environment_id
+RETURNING *;
+
+-- name: delete_webhook_attempts_of_endpoint
+DELETE FROM webhook_attempts WHERE delivery_id IN (
+    SELECT id FROM webhook_deliveries WHERE endpoint_id = :endpoint_id
+);
+
+-- name: delete_webhook_deliveries_of_endpoint
+DELETE FROM webhook_deliveries WHERE endpoint_id = :endpoint_id;
+
+-- name: delete_webhook_endpoint
+DELETE FROM webhook_endpoints WHERE id = :id AND environment_id = :environment_id;
+
+-- name: get_webhook_cursor
+SELECT outbox_id FROM webhook_cursor WHERE id = 1;
+
+-- name: set_webhook_cursor
+UPDATE webhook_cursor SET outbox_id = :outbox_id WHERE id = 1;
+
+-- name: newest_outbox_id
+SELECT COALESCE(MAX(id), 0) FROM outbox;
+
+-- name: list_terminal_outbox_events
+SELECT id, bulk_request_id, environment_id, event_type, payload, created_at FROM outbox
+WHERE id > :after_id AND id <= :up_to
+  AND event_type IN ('completed', 'failed', 'cancelled')
+ORDER BY id LIMIT :limit;
+
+-- name: insert_webhook_deliveries_for_event
+-- One per enabled endpoint of the event's environment that subscribes to its type and
+-- existed when it happened.
+INSERT INTO webhook_deliveries (endpoint_id, outbox_id, event_id, event_type,
+                                bulk_request_id, body, status, next_attempt_at, created_at)
+SELECT e.id, :outbox_id, :event_id, :event_type, :bulk_request_id, :body, 'pending', :now, :now
+FROM webhook_endpoints e
+WHERE e.environment_id = :environment_id AND e.enabled = 1
+  AND e.created_at <= :event_created_at
+  AND EXISTS (SELECT 1 FROM json_each(e.events) WHERE value = :event_type)
+ON CONFLICT (endpoint_id, outbox_id) DO NOTHING;
+
+-- name: list_environments_with_webhooks
+SELECT DISTINCT environment_id FROM webhook_endpoints WHERE enabled = 1;
+
+-- name: event_has_webhook_endpoint
+-- Whether insert_webhook_deliveries_for_event would insert anything (same conditions).
+SELECT EXISTS (
+    SELECT 1 FROM webhook_endpoints e
+    WHERE e.environment_id = :environment_id AND e.enabled = 1
+      AND e.created_at <= :event_created_at
+      AND EXISTS (SELECT 1 FROM json_each(e.events) WHERE value = :event_type)
+) AS found;
+
+-- name: list_due_webhook_deliveries
+SELECT d.id, d.endpoint_id, d.event_id, d.body, e.url, e.secret
+FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+WHERE d.status = 'pending' AND d.next_attempt_at <= :now AND e.enabled = 1
+  AND (e.circuit_open_until IS NULL OR e.circuit_open_until <= :now)
+  AND d.id NOT IN (SELECT value FROM json_each(:in_flight))
+ORDER BY d.next_attempt_at, d.id LIMIT :limit;
+
+-- name: next_webhook_due_at
+-- When the next pending delivery may be sent: its own time or its endpoint's circuit.
+SELECT MIN(MAX(d.next_attempt_at, COALESCE(e.circuit_open_until, '')))
+FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+WHERE d.status = 'pending' AND e.enabled = 1
+  AND d.id NOT IN (SELECT value FROM json_each(:in_flight));
+
+-- name: get_webhook_delivery_state
+SELECT d.id, d.endpoint_id, d.attempt_count, e.consecutive_failures
+FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+WHERE d.id = :id;
+
+-- name: insert_webhook_attempt
+INSERT INTO webhook_attempts (delivery_id, number, at, http_status, error, duration_ms)
+VALUES (:delivery_id, :number, :at, :http_status, :error, :duration_ms);
+
+-- name: finish_webhook_attempt
+UPDATE webhook_deliveries
+SET status = :status, next_attempt_at = :next_attempt_at, attempt_count = :attempt_count
+WHERE id = :id;
+
+-- name: set_webhook_circuit
+UPDATE webhook_endpoints
+SET consecutive_failures = :consecutive_failures, circuit_open_until = :circuit_open_until
+WHERE id = :id;
+
+-- name: list_webhook_deliveries
+SELECT * FROM webhook_deliveries
+WHERE endpoint_id = :endpoint_id AND id < :before_id
+  AND (:status IS NULL OR status = :status)
+ORDER BY id DESC LIMIT :limit;
+
+-- name: list_webhook_attempts
+SELECT delivery_id, number, at, http_status, error, duration_ms FROM webhook_attempts
+WHERE delivery_id IN (SELECT value FROM json_each(:delivery_ids))
+ORDER BY delivery_id, number;
+
+-- name: get_webhook_delivery
+SELECT * FROM webhook_deliveries WHERE id = :id AND endpoint_id = :endpoint_id;
+
+-- name: redeliver_webhook
+-- Due now, whatever its status; the attempts so far stay in its log.
+UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = :now
+WHERE id = :id AND endpoint_id = :endpoint_id
+RETURNING *;
+
+-- name: close_webhook_circuit
+UPDATE webhook_endpoints SET circuit_open_until = NULL WHERE id = :id;

@@ -89,6 +89,27 @@ def bulk_request_from_row(row: sqlite3.Row) -> BulkRequest:
     )
 
 
+def bulk_request_from_stored(row: JSON) -> BulkRequest:
+    """The inverse of `stored_row`: a request from its stored row as a dict (an outbox
+    payload). By name, not by position: an outbox row may be older than a column, which
+    then reads as absent (None)."""
+    fields = dataclasses.fields(BulkRequest)
+    values: dict[str, Any] = {field.name: row.get(field.name) for field in fields[:-2]}
+    return BulkRequest(
+        **{
+            **values,
+            "status": _STATUSES[row["status"]],
+            "source": _SOURCES[row["source"]],
+            "on_conflict": _ON_CONFLICTS[row["on_conflict"]],
+            "parsing": bool(row["parsing"]),
+            "upload_format": _UPLOAD_FORMATS[row.get("upload_format")],
+            "nacha_options": _nacha_options(row.get("nacha_options")),
+            "data_stream_key": row.get("data_stream_key"),
+            "has_data_stream_key": "data_stream_key" in row,
+        }
+    )
+
+
 def stored_row(request: BulkRequest) -> JSON:
     """The request as its row is stored (the outbox payload): the table's columns in
     table order with their stored values (parsing 0/1, JSON columns as JSON text), then

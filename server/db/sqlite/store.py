@@ -40,8 +40,10 @@ from server.db.sqlite.connection import open_connection, open_writer_connection,
 from server.db.sqlite.queries import Q
 from server.db.sqlite.rows import bulk_request_from_row, chain_member_from_row
 from server.db.sqlite.tx import WriteTx, row_dict
+from server.db.sqlite.webhooks import WebhookStore
 from server.db.sqlite.writer import Writer
 from server.db.sqlite.writes import Writes
+from server.db.webhook_port import WebhookStorage
 from server.ingest.validation import StreamRef
 from server.models import (
     ActiveApiKey,
@@ -106,6 +108,8 @@ class Store(Writes):
         # The one place that acts on committed events (server/outcomes.py AfterCommit),
         # set by the app. Without one (a bare store), events are only in the outbox.
         self.after_commit: AfterCommitHook | None = None
+        # The webhook tables (server/db/webhook_port.py), on this store's writer and readers.
+        self.webhooks: WebhookStorage = WebhookStore(self)
 
     # --- lifecycle ---------------------------------------------------------------------
 
