@@ -225,3 +225,15 @@ SSE_TRACKED_REQUESTS = 4096
 # batches are now one statement, and 0.5 ms still measured ~2 % faster than 5 ms, for
 # the few hand-overs left in each transaction (see README, Performance).
 GIL_SWITCH_INTERVAL_SECONDS = 0.0005
+
+# Scheduled requests (SPEC §12). A schedule further ahead than this is more likely a typo
+# (a year off) than a plan; the spec's bound.
+MAX_SCHEDULE_AHEAD_DAYS = 366
+# Earliest accepted `run_at`: every later instant formats as fixed-width RFC 3339 text
+# (four-digit years), which is what keeps stored timestamps sortable as text. Anything
+# before it is just "in the past" anyway.
+MIN_RUN_AT_YEAR = 1970
+# An idle worker wakes this long after the earliest `run_at`, not at it: a timer may
+# fire a little early, and a claim a microsecond before `run_at` would find nothing and
+# sleep again.
+SCHEDULE_WAKE_MARGIN_SECONDS = 0.005

@@ -11,6 +11,7 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -23,6 +24,7 @@ from server.api.common import (
     STORE,
     idempotency_key,
     json_response,
+    run_at_field,
     translate_domain_errors,
 )
 from server.api.render import is_parsing, render_summary
@@ -33,9 +35,10 @@ from server.http.errors import Problem, field_error
 from server.ingest.detect import detect_format
 from server.ingest.json_checks import replace_lone_surrogates
 from server.ingest.nacha_codes import NachaOption, UnknownNachaOptions, parse_nacha_options
+from server.scheduling import run_at_text
 from server.types import JSON, OnConflict, UploadFormat
 
-TEXT_FIELDS = frozenset({"data_stream_key", "on_conflict", "format", "nacha_options"})
+TEXT_FIELDS = frozenset({"data_stream_key", "on_conflict", "format", "nacha_options", "run_at"})
 MAX_TEXT_FIELD_BYTES = 1024
 DETECTION_BYTES = 4096
 _UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f]")
@@ -165,6 +168,8 @@ async def create_upload(request: web.Request) -> web.Response:
         }
         if form.nacha_options:  # absent when empty: fingerprints of earlier uploads still match
             payload["nacha_options"] = list(form.nacha_options)
+        if form.run_at is not None:  # likewise; the instant, not its spelling
+            payload["run_at"] = run_at_text(form.run_at)
         key = idempotency_key(request)
         claim = IdempotencyClaim(key, domain.fingerprint("uploads", payload)) if key else None
         with translate_domain_errors():
@@ -178,6 +183,7 @@ async def create_upload(request: web.Request) -> web.Response:
                 on_conflict=form.on_conflict,
                 nacha_options=form.nacha_options,
                 claim=claim,
+                run_at=form.run_at,
             )
     except BaseException:
         if received is not None:
@@ -202,6 +208,7 @@ class _UploadForm:
     on_conflict: str
     stream_key: str | None
     nacha_options: tuple[str, ...] | None  # None for CSV; () for NACHA without relaxations
+    run_at: datetime | None  # SPEC §12: the file is parsed then, not before
 
 
 def _nacha_options(text: str, upload_format: str | None, errors: list[JSON]) -> tuple[str, ...]:
@@ -277,8 +284,13 @@ async def _validate(
                 )
             )
     options = _nacha_options(fields.get("nacha_options", ""), upload_format, errors)
+    run_at = run_at_field(fields["run_at"], errors) if fields.get("run_at") else None
     if errors:
         raise Problem(422, "validation-error", "the upload is not valid", errors=errors)
     return _UploadForm(
-        upload_format, on_conflict, stream_key, options if upload_format == "nacha" else None
+        upload_format,
+        on_conflict,
+        stream_key,
+        options if upload_format == "nacha" else None,
+        run_at,
     )

@@ -85,6 +85,7 @@ domain, the jobs or the handlers changes for it):
             chunks: Sequence[EncodedChunk],
             data_stream_key: str | None,
             claim: IdempotencyClaim | None,
+            run_at: datetime | None = None,
         ) -> tuple[BulkRequestRow, bool]: ...
         async def create_upload_request(
             self, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
@@ -108,6 +109,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -176,6 +178,8 @@ class NewUpload:
     on_conflict: str
     # The NACHA relaxations as stored (JSON text of their names); None for CSV.
     nacha_options: str | None
+    # Parsed and processed from this instant on (SPEC §12); None: at once.
+    run_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,8 +243,10 @@ class Storage(Protocol):
         chunks: Sequence[EncodedChunk],
         data_stream_key: str | None,
         claim: IdempotencyClaim | None,
+        run_at: datetime | None = None,
     ) -> tuple[BulkRequestRow, bool]:
-        """(request, replayed). `data_stream_key`: the one key all rows name, if any."""
+        """(request, replayed). `data_stream_key`: the one key all rows name, if any.
+        `run_at`: not claimable before this instant (SPEC §12); None runs at once."""
         ...
 
     async def create_upload_request(
@@ -327,7 +333,11 @@ class Storage(Protocol):
         data_stream_key: str | None,
         before_id: int,
         limit: int,
-    ) -> list[BulkRequestRow]: ...
+        scheduled: bool | None = None,
+    ) -> list[BulkRequestRow]:
+        """`scheduled`: only those waiting for their run_at (True), or the others."""
+        ...
+
     async def list_chains(
         self, environment_id: int, request_ids: Iterable[int]
     ) -> list[list[BulkRequestRow]]: ...
@@ -335,9 +345,18 @@ class Storage(Protocol):
         self, request_id: int, after_row: int, limit: int
     ) -> list[RowError]: ...
     async def get_chunk_at(self, request_id: int, row: int) -> StagedChunk | None: ...
-    async def has_runnable_request(self) -> bool: ...
+    async def has_runnable_request(self) -> bool:
+        """A request a worker could claim now (not one waiting for its run_at)."""
+        ...
+
     async def queue_depth(self) -> int:
-        """Raises StorageUnavailable when the storage cannot answer."""
+        """Runnable now (not waiting for a run_at). Raises StorageUnavailable when the
+        storage cannot answer."""
+        ...
+
+    async def next_run_at(self) -> datetime | None:
+        """When the earliest waiting scheduled request is due; None when none waits.
+        Cheap (an indexed probe): the pool asks it every time a worker goes idle."""
         ...
 
     async def referenced_upload_paths(self) -> set[str]: ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -29,6 +30,7 @@ from server.db.sqlite.tx import WriteTx
 from server.models import DataStream
 from server.outcomes import Transition, terminal_transition
 from server.rules import cancel_refusal, retry_refusal
+from server.scheduling import run_at_text
 from server.staging import ChunkWriter, EncodedChunk, StagedItem, decode_items
 from server.types import JSON, RowProblem, Source, Status
 
@@ -63,6 +65,7 @@ def create_records_request(
     chunks: Sequence[EncodedChunk],
     data_stream_key: str | None,
     claim: IdempotencyClaim | None,
+    run_at: datetime | None,
 ) -> tuple[BulkRequestRow, bool]:
     replayed = _replay(tx, environment_id, claim)
     if replayed is not None:
@@ -76,6 +79,7 @@ def create_records_request(
         on_conflict=on_conflict,
         total_items=total_items,
         data_stream_id=stream.id if stream else None,
+        run_at=run_at_text(run_at),
     )
     for first_row, row_count, body in chunks:
         tx.insert_chunk(row["id"], first_row, row_count, body)
@@ -101,6 +105,7 @@ def create_upload_request(
         filename=upload.filename,
         default_data_stream_key=upload.data_stream_key,
         nacha_options=upload.nacha_options,
+        run_at=run_at_text(upload.run_at),
     )
     _save_claim(tx, environment_id, claim, row["id"])
     row["data_stream_key"] = None
