@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from aiohttp import FormData
 
 from server.clock import parse_rfc3339, to_rfc3339, utc_now
+from server.db.sqlite.migrations import MIGRATIONS, migrate
 from server.db.sqlite.store import Store
 from tests.conftest import (
     API_KEY,
@@ -232,6 +234,18 @@ async def test_scheduled_upload_with_good_rows_stores_them_at_its_time(api: Api)
     assert parse_rfc3339(final["started_at"]) >= run_at
 
 
+async def test_a_cancelled_scheduled_upload_retried_parses_its_file_at_once(api: Api) -> None:
+    await api.create_stream()
+    body = await upload_at(api, b"date,amount\n2024-01-31,1.00\n2024-02-01,2.00\n", ahead(3600))
+    path = f"/v1/bulk_requests/{body['id']}"
+    status, cancelled = await api.call("POST", f"{path}/cancel")
+    assert (status, cancelled["status"], cancelled["parsing"]) == (200, "cancelled", False)
+    child = await api.post(f"{path}/retry", expect=201)
+    assert (child["run_at"], child["scheduled"]) == (None, False)
+    final = await api.wait_terminal(child["id"], within=10)
+    assert (final["status"], final["successful_items"]) == ("completed", 2)
+
+
 # --- idempotency ---------------------------------------------------------------------------
 
 
@@ -304,6 +318,30 @@ async def test_queue_depth_does_not_count_requests_waiting_for_their_time(api: A
     await submit_at(api, ahead(600))
     health = await api.get("/healthz")
     assert health["queue_depth"] == 0
+
+
+async def test_a_request_pending_before_the_migration_runs_unscheduled(
+    make_api: Any, settings: Any
+) -> None:
+    """A database as the server before scheduling left it, with a request still pending:
+    migrated at start, it is not scheduled and runs at once."""
+    schedule_migration = next(i for i, m in enumerate(MIGRATIONS) if "ADD COLUMN run_at" in m)
+    settings.db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(settings.db_path)
+    assert migrate(conn, up_to=schedule_migration) == schedule_migration
+    now = "2024-01-01T00:00:00.000000Z"
+    conn.executescript(
+        f"""
+        INSERT INTO environments (id, name, created_at) VALUES (1, 'default', '{now}');
+        INSERT INTO bulk_requests (id, environment_id, status, source, on_conflict,
+            total_items, created_at, queued_at)
+            VALUES (1, 1, 'pending', 'bulk_api', 'skip', 0, '{now}', '{now}');
+        """
+    )
+    conn.close()
+    api = await make_api(settings)
+    final = await api.wait_terminal(1, within=10)
+    assert (final["status"], final["run_at"], final["scheduled"]) == ("completed", None, False)
 
 
 # --- the storage operations (the port, on the SQLite adapter) -------------------------------
