@@ -22,6 +22,7 @@ from aiohttp import FormData
 from server.clock import parse_rfc3339, to_rfc3339, utc_now
 from server.db.sqlite.migrations import MIGRATIONS, migrate
 from server.db.sqlite.store import Store
+from server.staging import encode_items
 from tests.conftest import (
     API_KEY,
     Api,
@@ -333,15 +334,24 @@ async def test_a_request_pending_before_the_migration_runs_unscheduled(
     conn.executescript(
         f"""
         INSERT INTO environments (id, name, created_at) VALUES (1, 'default', '{now}');
+        INSERT INTO data_streams (id, environment_id, key, currency, created_at)
+            VALUES (1, 1, 'bank', 'USD', '{now}');
         INSERT INTO bulk_requests (id, environment_id, status, source, on_conflict,
             total_items, created_at, queued_at)
-            VALUES (1, 1, 'pending', 'bulk_api', 'skip', 0, '{now}', '{now}');
+            VALUES (1, 1, 'pending', 'bulk_api', 'skip', 1, '{now}', '{now}');
         """
     )
+    conn.execute(
+        "INSERT INTO request_chunks (bulk_request_id, first_row, row_count, body)"
+        " VALUES (1, 0, 1, ?)",
+        (encode_items([[None, record(1), None]]),),
+    )
+    conn.commit()
     conn.close()
     api = await make_api(settings)
     final = await api.wait_terminal(1, within=10)
     assert (final["status"], final["run_at"], final["scheduled"]) == ("completed", None, False)
+    assert final["successful_items"] == 1
 
 
 # --- the storage operations (the port, on the SQLite adapter) -------------------------------
