@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -47,10 +48,12 @@ async def submit_records(
     on_conflict: str,
     claim: IdempotencyClaim | None,
     body_bytes: int,
+    run_at: datetime | None = None,
 ) -> tuple[BulkRequest, bool]:
     """Stage the rows durably and enqueue them; returns (request, replayed).
 
-    `body_bytes`: the size of the request body the records came from.
+    `body_bytes`: the size of the request body the records came from. `run_at`: staged
+    now, claimed from then on (server/scheduling.py).
     """
     items: list[StagedItem] = [[None, record, None] for record in records]
     # Before the transaction, so the writer only copies bytes; in a thread, because zlib
@@ -77,6 +80,7 @@ async def submit_records(
         chunks=staged,
         data_stream_key=single_key,
         claim=claim,
+        run_at=run_at,
     )
 
 
@@ -92,6 +96,7 @@ async def submit_upload(
     nacha_options: Sequence[str] | None,
     csv_options: JSON | None = None,
     claim: IdempotencyClaim | None,
+    run_at: datetime | None = None,
 ) -> tuple[BulkRequest, bool]:
     """Enqueue a stored upload for parsing; returns (request, replayed).
 
@@ -108,6 +113,7 @@ async def submit_upload(
         on_conflict=on_conflict,
         nacha_options=stored_options,
         csv_options=None if csv_options is None else orjson.dumps(csv_options).decode(),
+        run_at=run_at,
     )
     return await storage.create_upload_request(environment_id, upload, claim)
 

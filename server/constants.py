@@ -270,3 +270,14 @@ WEBHOOK_SECRET_BYTES = 24
 MAX_WEBHOOK_ERROR_CHARS = 300
 # A deny-private check at create time resolves the host; it waits at most this long.
 WEBHOOK_CREATE_RESOLVE_SECONDS = 2.0
+# Scheduled requests (SPEC §12). A schedule further ahead than this is more likely a typo
+# (a year off) than a plan; the spec's bound.
+MAX_SCHEDULE_AHEAD_DAYS = 366
+# Earliest accepted `run_at`: every later instant formats as fixed-width RFC 3339 text
+# (four-digit years), which is what keeps stored timestamps sortable as text. Anything
+# before it is just "in the past" anyway.
+MIN_RUN_AT_YEAR = 1970
+# An idle worker wakes this long after the earliest `run_at`, not at it: a timer may
+# fire a little early, and a claim a microsecond before `run_at` would find nothing and
+# sleep again.
+SCHEDULE_WAKE_MARGIN_SECONDS = 0.005

@@ -64,6 +64,8 @@ class BulkRequest:
     nacha_options: tuple[str, ...] | None
     # As stored: JSON text of the CSV options object (SPEC §15); None for other requests.
     csv_options: str | None
+    # SPEC §12: not claimable before this instant (RFC 3339 UTC text); None runs at once.
+    run_at: str | None
     # Joined from data_streams by the reads; a write's returned row does not join, so
     # there it is None even when data_stream_id is set, and `has_data_stream_key` is
     # False (the outbox payload then omits the key, as it always has).

@@ -31,7 +31,8 @@ log = logging.getLogger("server.worker")
 class Transition(StrEnum):
     """The event type of a state change, as stored in `outbox.event_type`."""
 
-    CREATED = "created"  # submitted records, an upload, or a retry: runnable now
+    # Submitted records, an upload, or a retry: runnable now, or at its run_at (SPEC §12)
+    CREATED = "created"
     CLAIMED = "claimed"  # a worker took it (first attempt)
     RESUMED = "resumed"  # a worker took it again (later attempt)
     PARSE_PROGRESS = "parse_progress"  # a block of an upload was staged
@@ -45,7 +46,8 @@ class Transition(StrEnum):
     CANCELLED = Status.CANCELLED.value
 
 
-# After these, a worker can claim something it could not before.
+# After these, a worker can claim something it could not before, or (a new schedule)
+# must sleep less long: woken idle workers claim, then ask the storage for the next run_at.
 MAKES_WORK_RUNNABLE = frozenset({Transition.CREATED, Transition.RELEASED, Transition.REQUEUED})
 # The transitions webhooks are sent for (SPEC §13: a bulk request reached a final state).
 WEBHOOK_EVENTS = frozenset({Transition.COMPLETED, Transition.FAILED, Transition.CANCELLED})

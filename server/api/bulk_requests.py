@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 import orjson
@@ -20,8 +22,10 @@ from server.api.common import (
     page_limit,
     path_id,
     query_choice,
+    query_flag,
     read_json_document,
     require_object,
+    run_at_field,
     translate_domain_errors,
 )
 from server.api.error_export import stream_errors_csv
@@ -46,6 +50,7 @@ from server.ingest.json_checks import (
 )
 from server.models import BulkRequest
 from server.money import canonical_amount_text
+from server.scheduling import run_at_text
 from server.types import JSON, OnConflict, Source, Status
 
 REPLAYED = {"Idempotent-Replayed": "true"}
@@ -57,7 +62,14 @@ def _claim(key: str | None, operation: str, payload: object) -> IdempotencyClaim
     return IdempotencyClaim(key, domain.fingerprint(operation, payload))
 
 
-def _validate_submission(body: JSON) -> tuple[list[JSON], str]:
+@dataclass(frozen=True, slots=True)
+class _Submission:
+    records: list[JSON]
+    on_conflict: str
+    run_at: datetime | None
+
+
+def _validate_submission(body: JSON) -> _Submission:
     errors: list[JSON] = []
     records = body.get("records")
     if records is None:
@@ -87,10 +99,12 @@ def _validate_submission(body: JSON) -> tuple[list[JSON], str]:
         errors.append(
             field_error("/on_conflict", "invalid_choice", 'on_conflict must be "skip" or "error"')
         )
+    # null is "not scheduled", like leaving it out.
+    run_at = None if body.get("run_at") is None else run_at_field(body["run_at"], errors)
     if errors:
         raise Problem(422, "validation-error", "the bulk request is not valid", errors=errors)
     assert isinstance(records, list)
-    return records, on_conflict
+    return _Submission(records, on_conflict, run_at)
 
 
 def _rewrite_amounts(records: list[JSON]) -> None:
@@ -154,8 +168,14 @@ async def submit_records(request: web.Request) -> web.Response:
 async def _submit_records(request: web.Request) -> web.Response:
     caller = caller_of(request)
     document = await read_json_document(request)
-    body = require_object(document.value, {"records", "on_conflict"})
-    records, on_conflict = _validate_submission(body)
+    body = require_object(document.value, {"records", "on_conflict", "run_at"})
+    submission = _validate_submission(body)
+    records, on_conflict = submission.records, submission.on_conflict
+    # The fingerprint compares the instant, not its spelling (Z or +01:00); absent and
+    # null are the same request.
+    body.pop("run_at", None)
+    if submission.run_at is not None:
+        body["run_at"] = run_at_text(submission.run_at)
     key = idempotency_key(request)
     # Amounts are staged as exact decimal text when that matters: Decimals and big ints
     # cannot be staged as JSON numbers, and the idempotency fingerprint compares amounts
@@ -171,7 +191,13 @@ async def _submit_records(request: web.Request) -> web.Response:
         claim = _claim(key, "records.bulk", body)
         with translate_domain_errors():
             row, replayed = await domain.submit_records(
-                request.app[STORE], caller.environment_id, records, on_conflict, claim, body_bytes
+                request.app[STORE],
+                caller.environment_id,
+                records,
+                on_conflict,
+                claim,
+                body_bytes,
+                run_at=submission.run_at,
             )
     except orjson.JSONEncodeError:
         # A body the cheap proof cleared can still hold a lone surrogate or a number
@@ -225,6 +251,7 @@ async def list_bulk_requests(request: web.Request) -> web.Response:
         data_stream_key=request.query.get("data_stream_key"),
         before_id=before if before is not None else ABOVE_EVERY_ID,
         limit=limit,
+        scheduled=query_flag(request, "scheduled"),
     )
     last = rows[-1].id if rows else None
     return json_response(page(await _payloads(request, rows), limit, "bulk_requests", last))

@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
+from server.clock import utc_now
 from server.config import Settings
 from server.constants import (
     DEFAULT_PAGE_LIMIT,
@@ -35,6 +37,7 @@ from server.ingest.json_checks import (
     pointer_token,
 )
 from server.jobs.worker import WorkerPool
+from server.scheduling import RunAtProblem, parse_run_at
 from server.types import JSON
 
 Choice = TypeVar("Choice", bound=StrEnum)
@@ -185,6 +188,15 @@ def require_object(body: Any, allowed: set[str]) -> JSON:
     return body
 
 
+def run_at_field(value: object, errors: list[JSON]) -> datetime | None:
+    """A submitted `run_at` (SPEC §12) as an instant; a field error when it is not one."""
+    parsed = parse_run_at(value, utc_now())
+    if isinstance(parsed, RunAtProblem):
+        errors.append(field_error("/run_at", parsed.code, parsed.message))
+        return None
+    return parsed
+
+
 def path_id(request: web.Request, what: str = "bulk request") -> int:
     text = request.match_info["id"]
     # Ids are positive integers; anything else cannot name an existing object.
@@ -282,6 +294,21 @@ def query_choice(request: web.Request, name: str, choices: type[Choice]) -> Choi
             errors=[parameter_error(name, "invalid_choice", f"got {value!r}")],
         )
     return choices(value)
+
+
+def query_flag(request: web.Request, name: str) -> bool | None:
+    """The query parameter `name` as `true`/`false`; absent → None, anything else → 400."""
+    value = request.query.get(name)
+    if value is None:
+        return None
+    if value not in ("true", "false"):
+        raise Problem(
+            400,
+            "invalid-parameter",
+            f"{name} must be true or false",
+            errors=[parameter_error(name, "invalid_choice", f"got {value!r}")],
+        )
+    return value == "true"
 
 
 @contextmanager

@@ -8,6 +8,7 @@ from server.bulk_requests import can_cancel
 from server.clock import parse_rfc3339, utc_now
 from server.models import BulkRequest, DataStream, Record, RowError
 from server.money import currency_exponent, format_major_units
+from server.scheduling import is_scheduled
 from server.types import JSON, TERMINAL_STATUSES
 
 SUMMARY_FIELDS = (
@@ -69,6 +70,9 @@ def render_bulk_request(row: BulkRequest, stuck_after: float, *, can_retry: bool
         "completed_at": row.completed_at,
         "last_progress_at": row.last_progress_at,
         "cancellation_requested_at": row.cancellation_requested_at,
+        # SPEC §12: when it runs (null: at once), and whether it still waits for that.
+        "run_at": row.run_at,
+        "scheduled": is_scheduled(row, utc_now()),
         "parsing": is_parsing(row),
         "stuck": is_stuck(row, stuck_after),
         "error_message": row.error_message,

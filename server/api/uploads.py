@@ -11,6 +11,7 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -23,6 +24,7 @@ from server.api.common import (
     STORE,
     idempotency_key,
     json_response,
+    run_at_field,
     translate_domain_errors,
 )
 from server.api.render import is_parsing, render_summary
@@ -40,12 +42,13 @@ from server.ingest.csv_options import FIELDS as CSV_OPTION_FIELDS
 from server.ingest.detect import detect_format
 from server.ingest.json_checks import replace_lone_surrogates
 from server.ingest.nacha_codes import NachaOption, UnknownNachaOptions, parse_nacha_options
+from server.scheduling import run_at_text
 from server.types import JSON, OnConflict, UploadFormat
 
 DEFAULT_CSV_JSON = DEFAULT_CSV_OPTIONS.to_json()
 
 TEXT_FIELDS = frozenset(
-    {"data_stream_key", "on_conflict", "format", "nacha_options", *CSV_OPTION_FIELDS}
+    {"data_stream_key", "on_conflict", "format", "nacha_options", *CSV_OPTION_FIELDS, "run_at"}
 )
 MAX_TEXT_FIELD_BYTES = 1024
 # A mapping of a wide export is longer than the other fields (constants.py says how long).
@@ -183,6 +186,8 @@ async def create_upload(request: web.Request) -> web.Response:
             payload["nacha_options"] = list(form.nacha_options)
         if form.csv_options is not None and form.csv_options != DEFAULT_CSV_JSON:
             payload["csv_options"] = form.csv_options  # absent when default, likewise
+        if form.run_at is not None:  # likewise; the instant, not its spelling
+            payload["run_at"] = run_at_text(form.run_at)
         key = idempotency_key(request)
         claim = IdempotencyClaim(key, domain.fingerprint("uploads", payload)) if key else None
         with translate_domain_errors():
@@ -197,6 +202,7 @@ async def create_upload(request: web.Request) -> web.Response:
                 nacha_options=form.nacha_options,
                 csv_options=form.csv_options,
                 claim=claim,
+                run_at=form.run_at,
             )
     except BaseException:
         if received is not None:
@@ -222,6 +228,7 @@ class _UploadForm:
     stream_key: str | None
     nacha_options: tuple[str, ...] | None  # None for CSV; () for NACHA without relaxations
     csv_options: JSON | None  # None for NACHA; CsvOptions.to_json() for CSV
+    run_at: datetime | None  # SPEC §12: the file is parsed then, not before
 
 
 def _nacha_options(text: str, upload_format: str | None, errors: list[JSON]) -> tuple[str, ...]:
@@ -298,6 +305,7 @@ async def _validate(
             )
     options = _nacha_options(fields.get("nacha_options", ""), upload_format, errors)
     csv_options = _csv_options(fields, upload_format, errors)
+    run_at = run_at_field(fields["run_at"], errors) if fields.get("run_at") else None
     if errors:
         raise Problem(422, "validation-error", "the upload is not valid", errors=errors)
     return _UploadForm(
@@ -306,6 +314,7 @@ async def _validate(
         stream_key,
         options if upload_format == "nacha" else None,
         csv_options if upload_format == "csv" else None,
+        run_at,
     )
 
 

@@ -89,6 +89,7 @@ def measure_ceiling(db_path: Path, rows: int, request_rows: int, tx_rows: int) -
                     "csv_options": None,
                     "data_stream_id": stream["id"],
                     "parent_bulk_request_id": None,
+                    "run_at": None,
                     "now": now,
                 },
             ).fetchall()[0]["id"]

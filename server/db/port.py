@@ -88,6 +88,7 @@ domain, the jobs or the handlers changes for it):
             chunks: Sequence[EncodedChunk],
             data_stream_key: str | None,
             claim: IdempotencyClaim | None,
+            run_at: datetime | None = None,
         ) -> tuple[BulkRequest, bool]: ...
         async def create_upload_request(
             self, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
@@ -115,6 +116,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -192,6 +194,8 @@ class NewUpload:
     nacha_options: str | None
     # The CSV options (SPEC §15) as stored (JSON text of the object); None for NACHA.
     csv_options: str | None = None
+    # Parsed and processed from this instant on (SPEC §12); None: at once.
+    run_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,8 +273,10 @@ class Storage(Protocol):
         chunks: Sequence[EncodedChunk],
         data_stream_key: str | None,
         claim: IdempotencyClaim | None,
+        run_at: datetime | None = None,
     ) -> tuple[BulkRequest, bool]:
-        """(request, replayed). `data_stream_key`: the one key all rows name, if any."""
+        """(request, replayed). `data_stream_key`: the one key all rows name, if any.
+        `run_at`: not claimable before this instant (SPEC §12); None runs at once."""
         ...
 
     async def create_upload_request(
@@ -357,7 +363,11 @@ class Storage(Protocol):
         data_stream_key: str | None,
         before_id: int,
         limit: int,
-    ) -> list[BulkRequest]: ...
+        scheduled: bool | None = None,
+    ) -> list[BulkRequest]:
+        """`scheduled`: only those waiting for their run_at (True), or the others."""
+        ...
+
     async def list_chains(
         self, environment_id: int, request_ids: Iterable[int]
     ) -> list[list[ChainMember]]: ...
@@ -365,9 +375,18 @@ class Storage(Protocol):
         self, request_id: int, after_row: int, limit: int
     ) -> list[RowError]: ...
     async def get_chunk_at(self, request_id: int, row: int) -> StagedChunk | None: ...
-    async def has_runnable_request(self) -> bool: ...
+    async def has_runnable_request(self) -> bool:
+        """A request a worker could claim now (not one waiting for its run_at)."""
+        ...
+
     async def queue_depth(self) -> int:
-        """Raises StorageUnavailable when the storage cannot answer."""
+        """Runnable now (not waiting for a run_at). Raises StorageUnavailable when the
+        storage cannot answer."""
+        ...
+
+    async def next_run_at(self) -> datetime | None:
+        """When the earliest waiting scheduled request is due; None when none waits.
+        Cheap (an indexed probe): the pool asks it every time a worker goes idle."""
         ...
 
     async def referenced_upload_paths(self) -> set[str]: ...

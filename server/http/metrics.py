@@ -90,6 +90,11 @@ class _Families:
             "bulk_recoveries",
             "Interrupted requests this process requeued (at start or by the sweeper)",
         )
+        self.claim_attempts = CounterMetricFamily(
+            "bulk_worker_claim_attempts",
+            "Claim transactions the workers ran, whether they found work or not "
+            "(idle workers sleep until woken or the next run_at: this stays flat while idle)",
+        )
         self.subscribers = GaugeMetricFamily(
             "bulk_sse_subscribers", "Open event streams, by scope", labels=["scope"]
         )
@@ -104,6 +109,7 @@ class _Families:
             self.stuck,
             self.workers,
             self.recoveries,
+            self.claim_attempts,
             self.subscribers,
         ]
 
@@ -152,6 +158,7 @@ class _StateCollector:
         families.workers.add_metric(["busy"], busy)
         families.workers.add_metric(["idle"], max(0, self.pool.worker_count - busy))
         families.recoveries.add_metric([], self.pool.recovered_total)
+        families.claim_attempts.add_metric([], self.pool.claim_attempts_total)
         for scope in ("request", "environment"):
             families.subscribers.add_metric([scope], self.hub.subscriber_count(scope))
         return iter(families.all())

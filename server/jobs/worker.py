@@ -19,12 +19,14 @@ import secrets
 from collections.abc import Sequence
 
 from server.batches import stream_keys_of, validate_batch
+from server.clock import utc_now
 from server.config import Settings
 from server.constants import (
     CLAIM_RETRY_SECONDS,
     MAX_ERROR_MESSAGE_CHARS,
     MAX_REMEMBERED_SLICED_IDS,
     OUTBOX_PRUNE_BATCH,
+    SCHEDULE_WAKE_MARGIN_SECONDS,
     SHUTDOWN_GRACE_SECONDS,
     WORKER_IDLE_POLL_SECONDS,
 )
@@ -54,6 +56,9 @@ class WorkerPool:
         # Given back after a time slice: their next claim is routine, logged at DEBUG.
         self._sliced: set[int] = set()
         self.recovered_total = 0
+        # Claim transactions run, found work or not (/metrics): shows that idle workers
+        # sleep until the next run_at instead of polling.
+        self.claim_attempts_total = 0
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -85,7 +90,8 @@ class WorkerPool:
         self._tasks.clear()
 
     def wake(self) -> None:
-        """New work was committed: idle workers claim it now instead of polling.
+        """New work was committed: idle workers claim it now instead of polling (or, for
+        a new schedule, sleep until its run_at if that is the earliest).
         Called by server/outcomes.py AfterCommit only, after the commit that made it."""
         self._wake.set()
 
@@ -136,16 +142,18 @@ class WorkerPool:
         try:
             while not self._stopping:
                 try:
+                    self.claim_attempts_total += 1
                     job = await self.store.claim_next_request(
                         worker, sliced=frozenset(self._sliced)
                     )
+                    idle_for = await self._idle_timeout() if job is None else 0.0
                 except Exception:
                     log.exception("claiming failed; retrying")
                     await asyncio.sleep(CLAIM_RETRY_SECONDS)
                     continue
                 if job is None:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), WORKER_IDLE_POLL_SECONDS)
+                        await asyncio.wait_for(self._wake.wait(), idle_for)
                     if not self._stopping:  # once stopping, the event stays set for all
                         self._wake.clear()
                     continue
@@ -164,6 +172,16 @@ class WorkerPool:
                     self._busy.discard(worker)
         finally:
             self._live.discard(worker)
+
+    async def _idle_timeout(self) -> float:
+        """How long an idle worker sleeps: until the earliest scheduled request is due
+        (SPEC §12), at most WORKER_IDLE_POLL_SECONDS. A new submission, a new schedule
+        included, wakes it sooner (`wake`), and it asks again."""
+        due = await self.store.next_run_at()
+        if due is None:
+            return WORKER_IDLE_POLL_SECONDS
+        until_due = (due - utc_now()).total_seconds() + SCHEDULE_WAKE_MARGIN_SECONDS
+        return min(WORKER_IDLE_POLL_SECONDS, max(0.0, until_due))
 
     def _new_worker_id(self, n: int) -> str:
         worker = f"{self.boot_id}:{n}:{secrets.token_hex(2)}"

@@ -33,6 +33,8 @@
  * @property {string | null} completed_at
  * @property {string | null} last_progress_at
  * @property {string | null} cancellation_requested_at
+ * @property {string | null} run_at
+ * @property {boolean} scheduled
  * @property {boolean} parsing
  * @property {boolean} stuck
  * @property {string | null} error_message
@@ -110,9 +112,10 @@
  * The elements of one list entry that live updates patch.
  * @typedef {object} ListItem
  * @property {HTMLLIElement} li
- * @property {{ link: HTMLAnchorElement, badge: HTMLElement, stuck: HTMLElement, what: HTMLElement,
- *   progress: HTMLProgressElement, percent: HTMLElement, counts: HTMLElement,
- *   createdAt: HTMLElement, cancelling: HTMLElement }} refs
+ * @property {{ link: HTMLAnchorElement, badge: HTMLElement, stuck: HTMLElement,
+ *   scheduled: HTMLElement, what: HTMLElement, progress: HTMLProgressElement,
+ *   percent: HTMLElement, counts: HTMLElement, createdAt: HTMLElement,
+ *   runs: HTMLElement, runAt: HTMLElement, cancelling: HTMLElement }} refs
  */
 
 /**

@@ -19,6 +19,24 @@ function previewChosenFile() {
   showPreview($input("file-input").files[0]).catch((err) => showProblem({ title: "Could not read the file", detail: String(err) }));
 }
 
+/**
+ * A datetime-local value ("2026-12-24T09:00" or with seconds) as RFC 3339 with this
+ * browser's UTC offset at that date ("2026-12-24T09:00:00+01:00"), which the API needs
+ * (SPEC §12: a time without an offset names no instant). "" for an empty field.
+ * @param {string} value
+ */
+export function runAtFromLocal(value) {
+  if (!value) return "";
+  const withSeconds = value.length === 16 ? `${value}:00` : value;
+  const local = new Date(withSeconds); // a date-time without offset is local time
+  if (Number.isNaN(local.getTime())) return value; // the server names what is wrong
+  const minutes = -local.getTimezoneOffset();
+  const sign = minutes < 0 ? "-" : "+";
+  const abs = Math.abs(minutes);
+  const pad = (/** @type {number} */ n) => String(n).padStart(2, "0");
+  return `${withSeconds}${sign}${pad(Math.floor(abs / 60))}:${pad(abs % 60)}`;
+}
+
 function uploadFile(file, fields, onProgress) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
@@ -76,6 +94,7 @@ export async function submitUpload(event) {
   bar.value = 0;
   text.textContent = `0 of ${fmtBytes(file.size)}`;
   result.textContent = `Uploading ${file.name}…`;
+  const runAt = $input("upload-run-at").value;
   try {
     const summary = await uploadFile(
       file,
@@ -83,6 +102,7 @@ export async function submitUpload(event) {
         data_stream_key: $input("upload-stream").value.trim(),
         on_conflict: $select("upload-conflict").value,
         format: $select("upload-format").value,
+        run_at: runAtFromLocal($input("upload-run-at").value),
         nacha_options: [...document.querySelectorAll(/** @type {"input"} */ ('input[name="nacha-option"]:checked'))].map((box) => box.value).join(","),
         ...csvFields(),
       },
@@ -97,10 +117,11 @@ export async function submitUpload(event) {
     result.replaceChildren(
       `Uploaded ${file.name} as `,
       h("a", { href: `#/requests/${summary.id}`, text: `request #${summary.id}` }),
-      summary.status === "pending" ? "; it is queued." : ".",
+      summary.status === "pending" ? (runAt ? "; it is scheduled." : "; it is queued.") : ".",
     );
     input.value = "";
     clearPreview();
+    $input("upload-run-at").value = "";
     // Relaxations are chosen per file: the next file starts strict again.
     for (const box of document.querySelectorAll(/** @type {"input"} */ ('input[name="nacha-option"]'))) box.checked = false;
     showChosenFile();

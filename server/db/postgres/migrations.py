@@ -233,6 +233,13 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE bulk_requests ADD COLUMN csv_options text;
     """,
+    # 3: SQLite migration 8, scheduled requests (SPEC §12): `run_at` and the partial index
+    # the pool's "when is the next one due" probes.
+    """
+    ALTER TABLE bulk_requests ADD COLUMN run_at text COLLATE "C";
+    CREATE INDEX bulk_requests_scheduled ON bulk_requests (run_at)
+        WHERE status = 'pending' AND run_at IS NOT NULL;
+    """,
 ]
 
 

@@ -125,12 +125,14 @@ WHERE r.bulk_request_id = $1 AND s.environment_id = $2 AND r.id > $3
 ORDER BY r.id LIMIT $4;
 
 -- name: insert_bulk_request
--- params: environment_id, source, on_conflict, total_items, parsing, upload_format, upload_path, filename, default_data_stream_key, nacha_options, csv_options, data_stream_id, parent_bulk_request_id, now
+-- params: environment_id, source, on_conflict, total_items, parsing, upload_format, upload_path, filename, default_data_stream_key, nacha_options, csv_options, data_stream_id, parent_bulk_request_id, now, run_at
+-- A scheduled request joins the queue at its run_at (as on SQLite).
 INSERT INTO bulk_requests (environment_id, status, source, on_conflict, total_items, parsing,
                            upload_format, upload_path, filename, default_data_stream_key,
                            nacha_options, csv_options, data_stream_id, parent_bulk_request_id,
-                           created_at, queued_at)
-VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)
+                           created_at, run_at, queued_at)
+VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+        CASE WHEN $15::text > $14::text THEN $15 ELSE $14 END)
 RETURNING *;
 
 -- name: insert_chunk
@@ -172,13 +174,15 @@ LEFT JOIN data_streams s ON s.id = b.data_stream_id
 WHERE b.id = $1;
 
 -- name: list_bulk_requests
--- params: environment_id, before_id, status, source, data_stream_key, limit
+-- params: environment_id, before_id, status, source, data_stream_key, limit, scheduled, now
 SELECT b.*, s.key AS data_stream_key FROM bulk_requests b
 LEFT JOIN data_streams s ON s.id = b.data_stream_id
 WHERE b.environment_id = $1 AND b.id < $2
   AND ($3::text IS NULL OR b.status = $3)
   AND ($4::text IS NULL OR b.source = $4)
   AND ($5::text IS NULL OR s.key = $5)
+  AND ($7::boolean IS NULL
+       OR $7 = (b.status = 'pending' AND b.run_at IS NOT NULL AND b.run_at > $8::text))
 ORDER BY b.id DESC LIMIT $6;
 
 -- name: list_chain
@@ -254,6 +258,7 @@ SET status = 'processing',
     claimed_by = $2
 FROM (SELECT id FROM bulk_requests
       WHERE status IN ('pending', 'processing') AND claimed_by IS NULL
+        AND (run_at IS NULL OR run_at <= $1)
       ORDER BY started_at IS NOT NULL, queued_at, id
       LIMIT 1
       FOR UPDATE SKIP LOCKED) AS next
@@ -261,13 +266,20 @@ WHERE b.id = next.id
 RETURNING b.*;
 
 -- name: has_runnable_request
--- params:
+-- params: now
 SELECT EXISTS (SELECT 1 FROM bulk_requests
-               WHERE status IN ('pending', 'processing') AND claimed_by IS NULL);
+               WHERE status IN ('pending', 'processing') AND claimed_by IS NULL
+                 AND (run_at IS NULL OR run_at <= $1));
 
 -- name: count_runnable_requests
--- params:
-SELECT count(*) FROM bulk_requests WHERE status IN ('pending', 'processing');
+-- params: now
+SELECT count(*) FROM bulk_requests WHERE status IN ('pending', 'processing')
+  AND (run_at IS NULL OR run_at <= $1);
+
+-- name: next_run_at
+-- params: now
+SELECT min(run_at) FROM bulk_requests
+WHERE status = 'pending' AND run_at IS NOT NULL AND run_at > $1;
 
 -- name: release_request
 -- params: now, id, attempt, worker

@@ -234,6 +234,15 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO webhook_cursor (id, outbox_id) SELECT 1, COALESCE(MAX(id), 0) FROM outbox;
     """,
+    # 8: scheduled requests (SPEC §12). `run_at`: RFC 3339 UTC text like every timestamp
+    # (sortable as text), NULL when not scheduled. The partial index holds only pending
+    # scheduled requests, so the pool's "when is the next one due" is one short probe
+    # however many requests have ever been scheduled.
+    """
+    ALTER TABLE bulk_requests ADD COLUMN run_at TEXT;
+    CREATE INDEX bulk_requests_scheduled ON bulk_requests (run_at)
+        WHERE status = 'pending' AND run_at IS NOT NULL;
+    """,
 ]
 
 

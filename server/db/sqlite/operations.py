@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -30,6 +31,7 @@ from server.db.sqlite.tx import WriteTx
 from server.models import BulkRequest, ChainMember, DataStream
 from server.outcomes import Transition, terminal_transition
 from server.rules import cancel_refusal, retry_refusal
+from server.scheduling import run_at_text
 from server.staging import ChunkWriter, EncodedChunk, StagedItem, decode_items
 from server.types import JSON, RowProblem, Source, Status
 
@@ -64,6 +66,7 @@ def create_records_request(
     chunks: Sequence[EncodedChunk],
     data_stream_key: str | None,
     claim: IdempotencyClaim | None,
+    run_at: datetime | None,
 ) -> tuple[BulkRequest, bool]:
     replayed = _replay(tx, environment_id, claim)
     if replayed is not None:
@@ -77,6 +80,7 @@ def create_records_request(
         on_conflict=on_conflict,
         total_items=total_items,
         data_stream_id=stream.id if stream else None,
+        run_at=run_at_text(run_at),
     )
     for first_row, row_count, body in chunks:
         tx.insert_chunk(row.id, first_row, row_count, body)
@@ -105,6 +109,7 @@ def create_upload_request(
         default_data_stream_key=upload.data_stream_key,
         nacha_options=upload.nacha_options,
         csv_options=upload.csv_options,
+        run_at=run_at_text(upload.run_at),
     )
     _save_claim(tx, environment_id, claim, row.id)
     row = dataclasses.replace(row, data_stream_key=None, has_data_stream_key=True)

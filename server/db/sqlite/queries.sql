@@ -106,10 +106,13 @@ ORDER BY r.id LIMIT :limit;
 INSERT INTO bulk_requests (environment_id, status, source, on_conflict, total_items, parsing,
                            upload_format, upload_path, filename, default_data_stream_key,
                            nacha_options, csv_options, data_stream_id, parent_bulk_request_id,
-                           created_at, queued_at)
+                           created_at, run_at, queued_at)
+-- A scheduled request joins the queue at its run_at: once due it lines up behind what
+-- was submitted before that instant, not before everything submitted since it was made.
 VALUES (:environment_id, 'pending', :source, :on_conflict, :total_items, :parsing,
         :upload_format, :upload_path, :filename, :default_data_stream_key,
-        :nacha_options, :csv_options, :data_stream_id, :parent_bulk_request_id, :now, :now)
+        :nacha_options, :csv_options, :data_stream_id, :parent_bulk_request_id, :now,
+        :run_at, CASE WHEN :run_at > :now THEN :run_at ELSE :now END)
 RETURNING *;
 
 -- name: insert_chunk
@@ -150,6 +153,9 @@ WHERE b.environment_id = :environment_id AND b.id < :before_id
   AND (:status IS NULL OR b.status = :status)
   AND (:source IS NULL OR b.source = :source)
   AND (:data_stream_key IS NULL OR s.key = :data_stream_key)
+  -- `scheduled` as the payload defines it (server/scheduling.py is_scheduled); never NULL.
+  AND (:scheduled IS NULL
+       OR :scheduled = (b.status = 'pending' AND b.run_at IS NOT NULL AND b.run_at > :now))
 ORDER BY b.id DESC LIMIT :limit;
 
 -- name: list_chain
@@ -213,6 +219,7 @@ VALUES (?, ?, ?, ?);
 -- Requests never started come first, oldest first; then the ones a worker gave back
 -- after a time slice, in the order they were given back (round-robin). So a small new
 -- request waits for at most one time slice, however many large ones are running.
+-- A scheduled request is not claimable before its run_at.
 UPDATE bulk_requests
 SET status = 'processing',
     started_at = coalesce(started_at, :now),
@@ -221,15 +228,25 @@ SET status = 'processing',
     claimed_by = :worker
 WHERE id = (SELECT id FROM bulk_requests
             WHERE status IN ('pending', 'processing') AND claimed_by IS NULL
+              AND (run_at IS NULL OR run_at <= :now)
             ORDER BY started_at IS NOT NULL, queued_at, id LIMIT 1)
 RETURNING *;
 
 -- name: has_runnable_request
 SELECT EXISTS (SELECT 1 FROM bulk_requests
-               WHERE status IN ('pending', 'processing') AND claimed_by IS NULL);
+               WHERE status IN ('pending', 'processing') AND claimed_by IS NULL
+                 AND (run_at IS NULL OR run_at <= :now));
 
 -- name: count_runnable_requests
-SELECT count(*) FROM bulk_requests WHERE status IN ('pending', 'processing');
+-- The queue: requests waiting for their run_at are not a backlog yet.
+SELECT count(*) FROM bulk_requests WHERE status IN ('pending', 'processing')
+  AND (run_at IS NULL OR run_at <= :now);
+
+-- name: next_run_at
+-- When the earliest waiting scheduled request is due (NULL: none waits). One probe of
+-- the partial index bulk_requests_scheduled: the pool asks it each time it goes idle.
+SELECT min(run_at) FROM bulk_requests
+WHERE status = 'pending' AND run_at IS NOT NULL AND run_at > :now;
 
 -- name: release_request
 UPDATE bulk_requests SET claimed_by = NULL, queued_at = :now

@@ -22,13 +22,14 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
 
-from server.clock import now_rfc3339
+from server.clock import now_rfc3339, parse_rfc3339
 from server.constants import CHECKPOINT_INTERVAL_SECONDS, READER_CONNECTIONS
 from server.db.port import (
     AfterCommitHook,
@@ -348,6 +349,7 @@ class Store(Writes):
         data_stream_key: str | None,
         before_id: int,
         limit: int,
+        scheduled: bool | None = None,
     ) -> list[BulkRequest]:
         return await self._read_requests(
             Q.list_bulk_requests,
@@ -356,6 +358,8 @@ class Store(Writes):
                 "status": status,
                 "source": source,
                 "data_stream_key": data_stream_key,
+                "scheduled": scheduled,
+                "now": now_rfc3339(),
                 "before_id": before_id,
                 "limit": limit,
             },
@@ -387,10 +391,15 @@ class Store(Writes):
         return StagedChunk(**found) if found is not None else None
 
     async def has_runnable_request(self) -> bool:
-        return bool(await self.read_value(Q.has_runnable_request))
+        return bool(await self.read_value(Q.has_runnable_request, {"now": now_rfc3339()}))
 
     async def queue_depth(self) -> int:
-        return int(await _available(self.read_value(Q.count_runnable_requests)))
+        count = self.read_value(Q.count_runnable_requests, {"now": now_rfc3339()})
+        return int(await _available(count))
+
+    async def next_run_at(self) -> datetime | None:
+        due: str | None = await self.read_value(Q.next_run_at, {"now": now_rfc3339()})
+        return None if due is None else parse_rfc3339(due)
 
     async def referenced_upload_paths(self) -> set[str]:
         return {r["upload_path"] for r in await self.read_all(Q.list_upload_paths)}

@@ -160,6 +160,7 @@ class WriteTx:
             "csv_options": None,
             "data_stream_id": None,
             "parent_bulk_request_id": None,
+            "run_at": None,
             **fields,
             "now": now_rfc3339(),
         }

@@ -8,6 +8,7 @@ cancel, retry) go before worker and sweeper transactions (server/db/sqlite/write
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -41,6 +42,7 @@ class Writes:
         chunks: Sequence[EncodedChunk],
         data_stream_key: str | None,
         claim: IdempotencyClaim | None,
+        run_at: datetime | None = None,
     ) -> tuple[BulkRequest, bool]:
         work = partial(
             operations.create_records_request,
@@ -50,6 +52,7 @@ class Writes:
             chunks=chunks,
             data_stream_key=data_stream_key,
             claim=claim,
+            run_at=run_at,
         )
         # urgent: the client waits for this commit, a worker's next batch can wait 1 ms more.
         return await self.write(work, urgent=True)
