@@ -73,7 +73,9 @@ def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> w
     app[HUB] = hub
     app[LARGE_BODIES] = asyncio.Semaphore(LARGE_JSON_BODY_SLOTS)
     app[POOL] = pool = WorkerPool(store, settings)
-    store.after_commit = AfterCommit(hub, pool.wake, pool.notify_cancel_requested).apply
+    store.after_commit = AfterCommit(
+        hub, pool.wake, pool.notify_cancel_requested, pool.purge_soon
+    ).apply
     app[METRICS] = Metrics(store, app[POOL], hub, settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -9,7 +9,7 @@ a row error keeps — is decided here, the same for every adapter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -104,3 +104,43 @@ def split_duplicates(
             seen.add(pair)
         inserts.append(row)
     return inserts
+
+
+def withhold_reserved(
+    batch: Batch,
+    rows: Sequence[T],
+    reserved: set[tuple[int, str]],
+    problems: list[tuple[int, RowProblem]],
+) -> list[T]:
+    """Candidates whose (stream, external_id) hidden records of another atomic request
+    hold (SPEC §14) become external_id_reserved problems, whatever on_conflict says; the
+    batch keeps the other candidates, and their rows are returned (aligned with them)."""
+    kept: list[tuple[int, ValidRecord]] = []
+    kept_rows: list[T] = []
+    for (offset, rec), row in zip(batch.candidates, rows, strict=True):
+        if rec.external_id is not None and (rec.data_stream_id, rec.external_id) in reserved:
+            problems.append(
+                (
+                    offset,
+                    RowProblem(
+                        "external_id_reserved",
+                        f"external_id {rec.external_id!r} is held by an atomic bulk request "
+                        "of this data stream that has not completed; retry this row once "
+                        "that request has ended",
+                        "/external_id",
+                    ),
+                )
+            )
+            continue
+        kept.append((offset, rec))
+        kept_rows.append(row)
+    batch.candidates = kept
+    return kept_rows
+
+
+def atomic_failure_message(row: Mapping[str, Any]) -> str:
+    """The error_message of an atomic request that ended with failed rows (SPEC §14)."""
+    return (
+        f"atomic request: {row['failed_items']} of {row['total_items']} rows failed, so no "
+        f"record of it was stored; the failed rows are at /v1/bulk_requests/{row['id']}/errors"
+    )

@@ -27,7 +27,7 @@ from server.db.port import (
 )
 from server.rules import CANCELLABLE_STATUSES, RETRYABLE_STATUSES, retry_refusal
 from server.staging import StagedItem, encode_in_chunks, encode_items
-from server.types import JSON
+from server.types import JSON, Mode
 
 
 def fingerprint(operation: str, payload: Any) -> str:
@@ -47,6 +47,8 @@ async def submit_records(
     on_conflict: str,
     claim: IdempotencyClaim | None,
     body_bytes: int,
+    *,
+    mode: Mode = Mode.PARTIAL,
 ) -> tuple[BulkRequestRow, bool]:
     """Stage the rows durably and enqueue them; returns (request, replayed).
 
@@ -73,6 +75,7 @@ async def submit_records(
     return await storage.create_records_request(
         environment_id,
         on_conflict=on_conflict,
+        mode=mode,
         total_items=len(records),
         chunks=staged,
         data_stream_key=single_key,
@@ -91,6 +94,7 @@ async def submit_upload(
     on_conflict: str,
     nacha_options: Sequence[str] | None,
     claim: IdempotencyClaim | None,
+    mode: Mode = Mode.PARTIAL,
 ) -> tuple[BulkRequestRow, bool]:
     """Enqueue a stored upload for parsing; returns (request, replayed).
 
@@ -105,6 +109,7 @@ async def submit_upload(
         data_stream_key=data_stream_key,
         on_conflict=on_conflict,
         nacha_options=stored_options,
+        mode=mode,
     )
     return await storage.create_upload_request(environment_id, upload, claim)
 

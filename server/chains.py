@@ -16,7 +16,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from server.types import JSON
+from server.types import JSON, Mode, Status
 
 # A half-open range of row indexes [start, end).
 RowRange = tuple[int, int]
@@ -158,6 +158,9 @@ def chain_coverage(
                     error_rows[parent["id"]],
                 )
         row_map = maps[member["id"]] = RowMap(runs)
+        if member.get("mode") == Mode.ATOMIC and member["status"] != Status.COMPLETED:
+            # SPEC §14: an atomic request that did not complete stored (and skipped) nothing.
+            continue
         for start, end in handled_rows(member["next_row"], error_rows[member["id"]]):
             for origin_start, origin_end in row_map.to_origin(start, end):
                 coverage.mark(origin_start, origin_end)

@@ -39,16 +39,21 @@ class Transition(StrEnum):
     RELEASED = "released"  # given back after a time slice: runnable again
     REQUEUED = "requeued"  # its worker was gone: runnable again from its checkpoint
     CANCEL_REQUESTED = "cancel_requested"  # the holder stops at its next heartbeat
+    # A failed or cancelled atomic request's hidden records are all deleted (SPEC §14):
+    # a retry of it, which waited for that, is runnable now.
+    RECORDS_PURGED = "records_purged"
     COMPLETED = Status.COMPLETED.value
     FAILED = Status.FAILED.value
     CANCELLED = Status.CANCELLED.value
 
 
 # After these, a worker can claim something it could not before.
-MAKES_WORK_RUNNABLE = frozenset({Transition.CREATED, Transition.RELEASED, Transition.REQUEUED})
+MAKES_WORK_RUNNABLE = frozenset(
+    {Transition.CREATED, Transition.RELEASED, Transition.REQUEUED, Transition.RECORDS_PURGED}
+)
 # Scheduling only: the client-visible state (and its progress version) is unchanged, so
 # streams are not sent it.
-INVISIBLE = frozenset({Transition.RELEASED})
+INVISIBLE = frozenset({Transition.RELEASED, Transition.RECORDS_PURGED})
 # The job transitions with a log line each (README, "Live progress, metrics and logs").
 # Not one per batch: the terminal line has the totals. Creations and cancellation
 # requests are API calls, in the access log.
@@ -63,6 +68,10 @@ LOGGED = frozenset(
         Transition.CANCELLED,
     }
 )
+
+
+# An atomic request that ends so has hidden records to purge.
+LEAVES_HIDDEN_RECORDS = frozenset({Transition.FAILED, Transition.CANCELLED})
 
 
 def terminal_transition(status: str) -> Transition:
@@ -93,10 +102,12 @@ class AfterCommit:
         hub: ProgressHub,
         wake: Callable[[], None],
         notify_cancel_requested: Callable[[int], None],
+        purge_soon: Callable[[], None] = lambda: None,
     ) -> None:
         self._hub = hub
         self._wake = wake
         self._notify_cancel_requested = notify_cancel_requested
+        self._purge_soon = purge_soon
 
     def apply(self, events: Sequence[RequestChanged]) -> None:
         runnable = False
@@ -111,5 +122,9 @@ class AfterCommit:
             if event.transition is Transition.CANCEL_REQUESTED:
                 self._notify_cancel_requested(event.request_id)
             runnable = runnable or event.transition in MAKES_WORK_RUNNABLE
+            if event.transition in LEAVES_HIDDEN_RECORDS and event.row.get("mode") == "atomic":
+                # SPEC §14: its records stay hidden until purged; purge them now rather
+                # than at the next sweep (a retry of it waits for that).
+                self._purge_soon()
         if runnable:
             self._wake()

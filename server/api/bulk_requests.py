@@ -45,7 +45,7 @@ from server.ingest.json_checks import (
     shallow_count,
 )
 from server.money import canonical_amount_text
-from server.types import JSON, OnConflict, Source, Status
+from server.types import JSON, Mode, OnConflict, Source, Status
 
 REPLAYED = {"Idempotent-Replayed": "true"}
 
@@ -56,7 +56,7 @@ def _claim(key: str | None, operation: str, payload: object) -> IdempotencyClaim
     return IdempotencyClaim(key, domain.fingerprint(operation, payload))
 
 
-def _validate_submission(body: JSON) -> tuple[list[JSON], str]:
+def _validate_submission(body: JSON) -> tuple[list[JSON], str, Mode]:
     errors: list[JSON] = []
     records = body.get("records")
     if records is None:
@@ -86,10 +86,13 @@ def _validate_submission(body: JSON) -> tuple[list[JSON], str]:
         errors.append(
             field_error("/on_conflict", "invalid_choice", 'on_conflict must be "skip" or "error"')
         )
+    mode = body.get("mode", Mode.PARTIAL)
+    if not isinstance(mode, str) or mode not in frozenset(Mode):
+        errors.append(field_error("/mode", "invalid_choice", 'mode must be "partial" or "atomic"'))
     if errors:
         raise Problem(422, "validation-error", "the bulk request is not valid", errors=errors)
     assert isinstance(records, list)
-    return records, on_conflict
+    return records, on_conflict, Mode(mode)
 
 
 def _rewrite_amounts(records: list[JSON]) -> None:
@@ -153,8 +156,8 @@ async def submit_records(request: web.Request) -> web.Response:
 async def _submit_records(request: web.Request) -> web.Response:
     caller = caller_of(request)
     document = await read_json_document(request)
-    body = require_object(document.value, {"records", "on_conflict"})
-    records, on_conflict = _validate_submission(body)
+    body = require_object(document.value, {"records", "on_conflict", "mode"})
+    records, on_conflict, mode = _validate_submission(body)
     key = idempotency_key(request)
     # Amounts are staged as exact decimal text when that matters: Decimals and big ints
     # cannot be staged as JSON numbers, and the idempotency fingerprint compares amounts
@@ -170,7 +173,13 @@ async def _submit_records(request: web.Request) -> web.Response:
         claim = _claim(key, "records.bulk", body)
         with translate_domain_errors():
             row, replayed = await domain.submit_records(
-                request.app[STORE], caller.environment_id, records, on_conflict, claim, body_bytes
+                request.app[STORE],
+                caller.environment_id,
+                records,
+                on_conflict,
+                claim,
+                body_bytes,
+                mode=mode,
             )
     except orjson.JSONEncodeError:
         # A body the cheap proof cleared can still hold a lone surrogate or a number

@@ -76,6 +76,8 @@ def render_bulk_request(row: JSON, stuck_after: float, *, can_retry: bool) -> JS
         "recoveries": row["recoveries"],
         "parent_bulk_request_id": row["parent_bulk_request_id"],
         "on_conflict": row["on_conflict"],
+        # SPEC §14: "atomic" stores all rows or none; "partial" every valid row.
+        "mode": row["mode"],
         # NACHA uploads (and their retries): the relaxations named at upload, [] for none.
         "nacha_options": orjson.loads(row["nacha_options"]) if row["nacha_options"] else None,
         "data_stream_id": row["data_stream_id"],

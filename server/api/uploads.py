@@ -33,9 +33,9 @@ from server.http.errors import Problem, field_error
 from server.ingest.detect import detect_format
 from server.ingest.json_checks import replace_lone_surrogates
 from server.ingest.nacha_codes import NachaOption, UnknownNachaOptions, parse_nacha_options
-from server.types import JSON, OnConflict, UploadFormat
+from server.types import JSON, Mode, OnConflict, UploadFormat
 
-TEXT_FIELDS = frozenset({"data_stream_key", "on_conflict", "format", "nacha_options"})
+TEXT_FIELDS = frozenset({"data_stream_key", "on_conflict", "format", "nacha_options", "mode"})
 MAX_TEXT_FIELD_BYTES = 1024
 DETECTION_BYTES = 4096
 _UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f]")
@@ -165,6 +165,8 @@ async def create_upload(request: web.Request) -> web.Response:
         }
         if form.nacha_options:  # absent when empty: fingerprints of earlier uploads still match
             payload["nacha_options"] = list(form.nacha_options)
+        if form.mode is not Mode.PARTIAL:  # absent when partial, for the same reason
+            payload["mode"] = form.mode.value
         key = idempotency_key(request)
         claim = IdempotencyClaim(key, domain.fingerprint("uploads", payload)) if key else None
         with translate_domain_errors():
@@ -178,6 +180,7 @@ async def create_upload(request: web.Request) -> web.Response:
                 on_conflict=form.on_conflict,
                 nacha_options=form.nacha_options,
                 claim=claim,
+                mode=form.mode,
             )
     except BaseException:
         if received is not None:
@@ -202,6 +205,7 @@ class _UploadForm:
     on_conflict: str
     stream_key: str | None
     nacha_options: tuple[str, ...] | None  # None for CSV; () for NACHA without relaxations
+    mode: Mode
 
 
 def _nacha_options(text: str, upload_format: str | None, errors: list[JSON]) -> tuple[str, ...]:
@@ -259,6 +263,9 @@ async def _validate(
         errors.append(
             field_error("/on_conflict", "invalid_choice", "on_conflict must be skip or error")
         )
+    mode = fields.get("mode", Mode.PARTIAL)
+    if mode not in frozenset(Mode) and mode != "":
+        errors.append(field_error("/mode", "invalid_choice", "mode must be partial or atomic"))
     stream_key = fields.get("data_stream_key") or None
     if stream_key is None and upload_format == "nacha":
         errors.append(
@@ -280,5 +287,9 @@ async def _validate(
     if errors:
         raise Problem(422, "validation-error", "the upload is not valid", errors=errors)
     return _UploadForm(
-        upload_format, on_conflict, stream_key, options if upload_format == "nacha" else None
+        upload_format,
+        on_conflict,
+        stream_key,
+        options if upload_format == "nacha" else None,
+        Mode(mode),
     )

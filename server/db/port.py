@@ -81,6 +81,7 @@ domain, the jobs or the handlers changes for it):
             environment_id: int,
             *,
             on_conflict: str,
+            mode: Mode = Mode.PARTIAL,
             total_items: int,
             chunks: Sequence[EncodedChunk],
             data_stream_key: str | None,
@@ -98,6 +99,7 @@ domain, the jobs or the handlers changes for it):
         async def requeue_orphans(self, live_workers: Iterable[str], reason: str) -> list[int]: ...
         async def delete_expired_idempotency_keys(self) -> int: ...
         async def prune_outbox(self) -> int: ...
+        async def purge_hidden_records(self) -> int | None: ...
 
         # and every read of `Storage` below as one pooled query each
 
@@ -116,7 +118,7 @@ from server.ingest.validation import StreamRef
 from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record, RowError
 from server.outcomes import RequestChanged
 from server.staging import EncodedChunk, StagedChunk
-from server.types import JSON, Source, Status
+from server.types import JSON, Mode, Source, Status
 
 # A bulk request's row as stored (plus the joined data_stream_key): still a dict.
 BulkRequestRow = JSON
@@ -176,6 +178,8 @@ class NewUpload:
     on_conflict: str
     # The NACHA relaxations as stored (JSON text of their names); None for CSV.
     nacha_options: str | None
+    # SPEC §14: all rows or none.
+    mode: Mode = Mode.PARTIAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +239,7 @@ class Storage(Protocol):
         environment_id: int,
         *,
         on_conflict: str,
+        mode: Mode = Mode.PARTIAL,
         total_items: int,
         chunks: Sequence[EncodedChunk],
         data_stream_key: str | None,
@@ -310,6 +315,12 @@ class Storage(Protocol):
     async def delete_expired_idempotency_keys(self) -> int: ...
     async def prune_outbox(self) -> int:
         """Delete one bounded batch of outbox events past retention; how many."""
+        ...
+
+    async def purge_hidden_records(self) -> int | None:
+        """Delete one bounded batch of the hidden records of a failed or cancelled atomic
+        request (SPEC §14); that request's id, or None when none has any left. Once its
+        last record is gone the request is no longer unpublished (a retry of it may run)."""
         ...
 
     # --- bulk requests: reads -------------------------------------------------------------

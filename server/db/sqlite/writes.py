@@ -13,11 +13,12 @@ from typing import Any, TypeVar
 
 from server.batches import Batch
 from server.clock import now_rfc3339
+from server.constants import ATOMIC_PURGE_BATCH
 from server.db.port import BulkRequestRow, CancelOutcome, IdempotencyClaim, NewUpload
 from server.db.sqlite import operations
 from server.db.sqlite.tx import WriteTx
 from server.staging import EncodedChunk
-from server.types import JSON, Status
+from server.types import JSON, Mode, Status
 
 T = TypeVar("T")
 
@@ -36,6 +37,7 @@ class Writes:
         environment_id: int,
         *,
         on_conflict: str,
+        mode: Mode = Mode.PARTIAL,
         total_items: int,
         chunks: Sequence[EncodedChunk],
         data_stream_key: str | None,
@@ -45,6 +47,7 @@ class Writes:
             operations.create_records_request,
             environment_id=environment_id,
             on_conflict=on_conflict,
+            mode=mode,
             total_items=total_items,
             chunks=chunks,
             data_stream_key=data_stream_key,
@@ -177,3 +180,6 @@ class Writes:
 
     async def prune_outbox(self) -> int:
         return await self.write(lambda tx: tx.delete_old_outbox_events())
+
+    async def purge_hidden_records(self) -> int | None:
+        return await self.write(partial(operations.purge_hidden_records, limit=ATOMIC_PURGE_BATCH))
