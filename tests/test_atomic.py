@@ -349,3 +349,18 @@ async def test_mode_defaults_to_partial(api: Api) -> None:
         "completed",
         1,
     )
+
+
+async def test_an_atomic_file_rejected_as_a_whole_leaves_nothing_hidden(
+    api: Api, settings: Settings
+) -> None:
+    from aiohttp import FormData
+
+    form = FormData()
+    form.add_field("mode", "atomic")
+    form.add_field("file", b"date,amount,data_stream_key\n", filename="empty.csv")
+    _, answer = await api.call("POST", "/v1/uploads", data=form, expect=202)
+    final = await api.wait_terminal(answer["id"])
+    assert (final["status"], final["total_items"]) == ("failed", 0)
+    # No records, but purged all the same: not left in the set every batch checks.
+    await wait_purged(settings.db_path, final["id"])

@@ -11,6 +11,7 @@ from typing import Any
 from server.batches import validate_batch
 from server.bulk_requests import submit_records
 from server.constants import ATOMIC_PURGE_BATCH
+from server.db.port import NewUpload
 from server.db.sqlite.store import Store
 from server.types import Mode, Status
 from tests.conftest import claim_next, make_environment, make_stream
@@ -114,3 +115,19 @@ async def test_the_completing_batch_publishes_in_its_own_transaction(store: Stor
         env, data_stream_key="bank", bulk_request_id=done["id"], after_id=0, limit=100
     )
     assert len(listed) == 30
+
+
+async def test_an_atomic_upload_parsed_to_no_rows_completes_with_nothing_hidden(
+    store: Store,
+) -> None:
+    """finish_parsing completes a file of no rows (e.g. NACHA with allow_zero_batches):
+    an atomic one must not stay unpublished, or every batch would check it forever."""
+    env = await make_environment(store)
+    upload = NewUpload("nacha", "/nonexistent.ach", None, "bank", "skip", "[]", Mode.ATOMIC)
+    await store.create_upload_request(env, upload, None)
+    job = await claim_next(store, WORKER)
+    assert job is not None
+    done = await store.finish_parsing(
+        job, WORKER, total_items=0, data_stream_id=None, error_details=None
+    )
+    assert (done["status"], done["unpublished"]) == (Status.COMPLETED, 0)

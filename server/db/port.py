@@ -16,6 +16,15 @@ the retry rule (server/rules.py `retry_refusal`, `cancel_refusal`), chain arithm
 duplicate-row problems (server/batches.py `split_duplicates`), and the staged-row
 encoding (server/staging.py).
 
+Atomic requests (SPEC §14; README, Design): an adapter stores an atomic request's rows
+batch by batch like any other, but keeps them out of every records read until the batch
+that completes the request publishes them in its own transaction (SQLite: the
+`unpublished` flag and a partial index); rows that hidden records of another request
+hold fail as `external_id_reserved` (`withhold_reserved`), a request with failed rows
+ends failed (`atomic_failure_message`), `purge_hidden_records` deletes a failed or
+cancelled one's records in bounded batches, and a retry is not claimed before its
+parent is purged.
+
 Adapters
 --------
 `server/db/sqlite/` (`Store`): one writer connection on its own thread running each

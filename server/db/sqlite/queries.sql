@@ -322,7 +322,9 @@ SET parsing = 0, total_items = :total_items, data_stream_id = :data_stream_id,
     error_details = CASE WHEN :error_details IS NULL THEN error_details
                          ELSE json_patch(coalesce(error_details, '{}'), :error_details) END,
     status = CASE WHEN :total_items = 0 THEN 'completed' ELSE status END,
-    completed_at = CASE WHEN :total_items = 0 THEN :now ELSE NULL END
+    completed_at = CASE WHEN :total_items = 0 THEN :now ELSE NULL END,
+    -- An atomic upload without rows completes here: nothing to hide any more.
+    unpublished = CASE WHEN :total_items = 0 THEN 0 ELSE unpublished END
 WHERE id = :id AND attempt = :attempt AND claimed_by = :worker AND status = 'processing'
 RETURNING *;
 
