@@ -80,7 +80,7 @@ def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> w
         lambda row: webhooks.render_event_data(store, settings.stuck_after, row),
     )
     store.after_commit = AfterCommit(
-        hub, pool.wake, pool.notify_cancel_requested, dispatcher.nudge
+        hub, pool.wake, pool.notify_cancel_requested, pool.purge_soon, dispatcher.nudge
     ).apply
     app[METRICS] = Metrics(store, app[POOL], hub, settings)
 

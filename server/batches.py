@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from server.ingest.validation import StreamRef, ValidRecord, validate_row
+from server.models import BulkRequest
 from server.staging import StagedItem
 from server.types import RowProblem
 
@@ -104,3 +105,44 @@ def split_duplicates(
             seen.add(pair)
         inserts.append(row)
     return inserts
+
+
+def withhold_reserved(
+    batch: Batch,
+    rows: Sequence[T],
+    reserved: set[tuple[int, str]],
+    problems: list[tuple[int, RowProblem]],
+) -> list[T]:
+    """Candidates whose (stream, external_id) hidden records of another atomic request
+    hold (SPEC §14) become external_id_reserved problems, whatever on_conflict says; the
+    batch keeps the other candidates, and their rows are returned (aligned with them)."""
+    kept: list[tuple[int, ValidRecord]] = []
+    kept_rows: list[T] = []
+    for (offset, rec), row in zip(batch.candidates, rows, strict=True):
+        if rec.external_id is not None and (rec.data_stream_id, rec.external_id) in reserved:
+            problems.append(
+                (
+                    offset,
+                    RowProblem(
+                        "external_id_reserved",
+                        f"external_id {rec.external_id!r} is held by an atomic bulk request "
+                        "of this data stream that has not completed; retry this row once "
+                        "that request has ended",
+                        "/external_id",
+                    ),
+                )
+            )
+            continue
+        kept.append((offset, rec))
+        kept_rows.append(row)
+    batch.candidates = kept
+    return kept_rows
+
+
+def atomic_failure_message(request: BulkRequest) -> str:
+    """The error_message of an atomic request that ended with failed rows (SPEC §14)."""
+    return (
+        f"atomic request: {request.failed_items} of {request.total_items} rows failed, so no "
+        f"record of it was stored; the failed rows are at "
+        f"/v1/bulk_requests/{request.id}/errors"
+    )

@@ -28,7 +28,7 @@ from server.db.port import (
 from server.models import BulkRequest
 from server.rules import CANCELLABLE_STATUSES, RETRYABLE_STATUSES, retry_refusal
 from server.staging import StagedItem, encode_in_chunks, encode_items
-from server.types import JSON
+from server.types import JSON, Mode
 
 
 def fingerprint(operation: str, payload: Any) -> str:
@@ -49,6 +49,7 @@ async def submit_records(
     claim: IdempotencyClaim | None,
     body_bytes: int,
     run_at: datetime | None = None,
+    mode: Mode = Mode.PARTIAL,
 ) -> tuple[BulkRequest, bool]:
     """Stage the rows durably and enqueue them; returns (request, replayed).
 
@@ -76,6 +77,7 @@ async def submit_records(
     return await storage.create_records_request(
         environment_id,
         on_conflict=on_conflict,
+        mode=mode,
         total_items=len(records),
         chunks=staged,
         data_stream_key=single_key,
@@ -97,6 +99,7 @@ async def submit_upload(
     csv_options: JSON | None = None,
     claim: IdempotencyClaim | None,
     run_at: datetime | None = None,
+    mode: Mode = Mode.PARTIAL,
 ) -> tuple[BulkRequest, bool]:
     """Enqueue a stored upload for parsing; returns (request, replayed).
 
@@ -114,6 +117,7 @@ async def submit_upload(
         nacha_options=stored_options,
         csv_options=None if csv_options is None else orjson.dumps(csv_options).decode(),
         run_at=run_at,
+        mode=mode,
     )
     return await storage.create_upload_request(environment_id, upload, claim)
 

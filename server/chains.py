@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from server.models import ChainMember
+from server.types import Mode, Status
 
 # A half-open range of row indexes [start, end).
 RowRange = tuple[int, int]
@@ -158,6 +159,9 @@ def chain_coverage(
                     error_rows[parent.id],
                 )
         row_map = maps[member.id] = RowMap(runs)
+        if member.mode == Mode.ATOMIC and member.status != Status.COMPLETED:
+            # SPEC §14: an atomic request that did not complete stored (and skipped) nothing.
+            continue
         for start, end in handled_rows(member.next_row, error_rows[member.id]):
             for origin_start, origin_end in row_map.to_origin(start, end):
                 coverage.mark(origin_start, origin_end)

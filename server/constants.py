@@ -88,6 +88,12 @@ URGENT_BURST = 8
 # of 32766 bound parameters, and a larger --batch-size simply takes several statements.
 MAX_ROWS_PER_INSERT = 500
 
+# --- Atomic requests (SPEC §14) -------------------------------------------------------
+# The sweeper deletes a failed or cancelled atomic request's hidden records at most this
+# many per transaction (like OUTBOX_PRUNE_BATCH): purging a million rows never holds the
+# writer for more than a few milliseconds at a time, so batches and client calls interleave.
+ATOMIC_PURGE_BATCH = 5000
+
 # --- Stuck detection and recovery (SPEC §7) ------------------------------------------
 DEFAULT_STUCK_AFTER_SECONDS = 300
 # How often the sweeper looks for orphaned requests and expired idempotency keys.

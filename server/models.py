@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from server.types import OnConflict, Source, Status, UploadFormat
+from server.types import Mode, OnConflict, Source, Status, UploadFormat
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +66,10 @@ class BulkRequest:
     csv_options: str | None
     # SPEC §12: not claimable before this instant (RFC 3339 UTC text); None runs at once.
     run_at: str | None
+    # SPEC §14: all rows or none. `unpublished`: an atomic request's records are hidden
+    # from every read (until it completes; then purged if it did not).
+    mode: Mode
+    unpublished: bool
     # Joined from data_streams by the reads; a write's returned row does not join, so
     # there it is None even when data_stream_id is set, and `has_data_stream_key` is
     # False (the outbox payload then omits the key, as it always has).
@@ -87,6 +91,7 @@ class ChainMember:
     next_row: int
     total_items: int
     parent_bulk_request_id: int | None
+    mode: Mode
 
     @classmethod
     def of(cls, request: BulkRequest) -> ChainMember:
@@ -100,6 +105,7 @@ class ChainMember:
             next_row=request.next_row,
             total_items=request.total_items,
             parent_bulk_request_id=request.parent_bulk_request_id,
+            mode=request.mode,
         )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from server.events import ProgressHub, log_transition
 from server.models import BulkRequest
-from server.types import Status
+from server.types import Mode, Status
 
 log = logging.getLogger("server.worker")
 
@@ -41,19 +41,25 @@ class Transition(StrEnum):
     RELEASED = "released"  # given back after a time slice: runnable again
     REQUEUED = "requeued"  # its worker was gone: runnable again from its checkpoint
     CANCEL_REQUESTED = "cancel_requested"  # the holder stops at its next heartbeat
+    # A failed or cancelled atomic request's hidden records are all deleted (SPEC §14):
+    # a retry of it, which waited for that, is runnable now.
+    RECORDS_PURGED = "records_purged"
     COMPLETED = Status.COMPLETED.value
     FAILED = Status.FAILED.value
     CANCELLED = Status.CANCELLED.value
 
 
 # After these, a worker can claim something it could not before, or (a new schedule)
-# must sleep less long: woken idle workers claim, then ask the storage for the next run_at.
-MAKES_WORK_RUNNABLE = frozenset({Transition.CREATED, Transition.RELEASED, Transition.REQUEUED})
+# must sleep less long: woken idle workers claim, then ask the storage for the next run_at;
+# a purge lets the retry of an atomic request that waited for it run.
+MAKES_WORK_RUNNABLE = frozenset(
+    {Transition.CREATED, Transition.RELEASED, Transition.REQUEUED, Transition.RECORDS_PURGED}
+)
 # The transitions webhooks are sent for (SPEC §13: a bulk request reached a final state).
 WEBHOOK_EVENTS = frozenset({Transition.COMPLETED, Transition.FAILED, Transition.CANCELLED})
 # Scheduling only: the client-visible state (and its progress version) is unchanged, so
 # streams are not sent it.
-INVISIBLE = frozenset({Transition.RELEASED})
+INVISIBLE = frozenset({Transition.RELEASED, Transition.RECORDS_PURGED})
 # The job transitions with a log line each (README, "Live progress, metrics and logs").
 # Not one per batch: the terminal line has the totals. Creations and cancellation
 # requests are API calls, in the access log.
@@ -68,6 +74,10 @@ LOGGED = frozenset(
         Transition.CANCELLED,
     }
 )
+
+
+# An atomic request that ends so has hidden records to purge.
+LEAVES_HIDDEN_RECORDS = frozenset({Transition.FAILED, Transition.CANCELLED})
 
 
 def terminal_transition(status: str) -> Transition:
@@ -98,11 +108,13 @@ class AfterCommit:
         hub: ProgressHub,
         wake: Callable[[], None],
         notify_cancel_requested: Callable[[int], None],
+        purge_soon: Callable[[], None] = lambda: None,
         deliver_webhooks: Callable[[], None] = lambda: None,
     ) -> None:
         self._hub = hub
         self._wake = wake
         self._notify_cancel_requested = notify_cancel_requested
+        self._purge_soon = purge_soon
         # Nudges the webhook dispatcher (server/webhooks/), which reads the outbox itself.
         self._deliver_webhooks = deliver_webhooks
 
@@ -121,6 +133,10 @@ class AfterCommit:
                 self._notify_cancel_requested(event.request_id)
             runnable = runnable or event.transition in MAKES_WORK_RUNNABLE
             notify = notify or event.transition in WEBHOOK_EVENTS
+            if event.transition in LEAVES_HIDDEN_RECORDS and event.row.mode == Mode.ATOMIC:
+                # SPEC §14: its records stay hidden until purged; purge them now rather
+                # than at the next sweep (a retry of it waits for that).
+                self._purge_soon()
         if runnable:
             self._wake()
         if notify:

@@ -251,6 +251,7 @@ async def seed_request(conn: asyncpg.Connection, **overrides: object) -> int:
         "nacha_options": None,
         "csv_options": None,
         "run_at": None,
+        "mode": "partial",
         "data_stream_id": None,
         "parent_bulk_request_id": None,
         "now": NOW,

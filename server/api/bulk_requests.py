@@ -51,7 +51,7 @@ from server.ingest.json_checks import (
 from server.models import BulkRequest
 from server.money import canonical_amount_text
 from server.scheduling import run_at_text
-from server.types import JSON, OnConflict, Source, Status
+from server.types import JSON, Mode, OnConflict, Source, Status
 
 REPLAYED = {"Idempotent-Replayed": "true"}
 
@@ -67,6 +67,7 @@ class _Submission:
     records: list[JSON]
     on_conflict: str
     run_at: datetime | None
+    mode: Mode
 
 
 def _validate_submission(body: JSON) -> _Submission:
@@ -101,10 +102,13 @@ def _validate_submission(body: JSON) -> _Submission:
         )
     # null is "not scheduled", like leaving it out.
     run_at = None if body.get("run_at") is None else run_at_field(body["run_at"], errors)
+    mode = body.get("mode", Mode.PARTIAL)
+    if not isinstance(mode, str) or mode not in frozenset(Mode):
+        errors.append(field_error("/mode", "invalid_choice", 'mode must be "partial" or "atomic"'))
     if errors:
         raise Problem(422, "validation-error", "the bulk request is not valid", errors=errors)
     assert isinstance(records, list)
-    return _Submission(records, on_conflict, run_at)
+    return _Submission(records, on_conflict, run_at, Mode(mode))
 
 
 def _rewrite_amounts(records: list[JSON]) -> None:
@@ -168,9 +172,9 @@ async def submit_records(request: web.Request) -> web.Response:
 async def _submit_records(request: web.Request) -> web.Response:
     caller = caller_of(request)
     document = await read_json_document(request)
-    body = require_object(document.value, {"records", "on_conflict", "run_at"})
+    body = require_object(document.value, {"records", "on_conflict", "run_at", "mode"})
     submission = _validate_submission(body)
-    records, on_conflict = submission.records, submission.on_conflict
+    records, on_conflict, mode = submission.records, submission.on_conflict, submission.mode
     # The fingerprint compares the instant, not its spelling (Z or +01:00); absent and
     # null are the same request.
     body.pop("run_at", None)
@@ -198,6 +202,7 @@ async def _submit_records(request: web.Request) -> web.Response:
                 claim,
                 body_bytes,
                 run_at=submission.run_at,
+                mode=mode,
             )
     except orjson.JSONEncodeError:
         # A body the cheap proof cleared can still hold a lone surrogate or a number

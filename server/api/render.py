@@ -80,6 +80,8 @@ def render_bulk_request(row: BulkRequest, stuck_after: float, *, can_retry: bool
         "recoveries": row.recoveries,
         "parent_bulk_request_id": row.parent_bulk_request_id,
         "on_conflict": row.on_conflict.value,
+        # SPEC §14: "atomic" stores all rows or none; "partial" every valid row.
+        "mode": row.mode.value,
         # NACHA uploads (and their retries): the relaxations named at upload, [] for none.
         "nacha_options": list(row.nacha_options) if row.nacha_options is not None else None,
         # CSV uploads (and their retries): the options the file is read with (SPEC §15).

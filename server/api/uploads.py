@@ -43,12 +43,20 @@ from server.ingest.detect import detect_format
 from server.ingest.json_checks import replace_lone_surrogates
 from server.ingest.nacha_codes import NachaOption, UnknownNachaOptions, parse_nacha_options
 from server.scheduling import run_at_text
-from server.types import JSON, OnConflict, UploadFormat
+from server.types import JSON, Mode, OnConflict, UploadFormat
 
 DEFAULT_CSV_JSON = DEFAULT_CSV_OPTIONS.to_json()
 
 TEXT_FIELDS = frozenset(
-    {"data_stream_key", "on_conflict", "format", "nacha_options", *CSV_OPTION_FIELDS, "run_at"}
+    {
+        "data_stream_key",
+        "on_conflict",
+        "format",
+        "nacha_options",
+        *CSV_OPTION_FIELDS,
+        "run_at",
+        "mode",
+    }
 )
 MAX_TEXT_FIELD_BYTES = 1024
 # A mapping of a wide export is longer than the other fields (constants.py says how long).
@@ -188,6 +196,8 @@ async def create_upload(request: web.Request) -> web.Response:
             payload["csv_options"] = form.csv_options  # absent when default, likewise
         if form.run_at is not None:  # likewise; the instant, not its spelling
             payload["run_at"] = run_at_text(form.run_at)
+        if form.mode is not Mode.PARTIAL:  # absent when partial, for the same reason
+            payload["mode"] = form.mode.value
         key = idempotency_key(request)
         claim = IdempotencyClaim(key, domain.fingerprint("uploads", payload)) if key else None
         with translate_domain_errors():
@@ -203,6 +213,7 @@ async def create_upload(request: web.Request) -> web.Response:
                 csv_options=form.csv_options,
                 claim=claim,
                 run_at=form.run_at,
+                mode=form.mode,
             )
     except BaseException:
         if received is not None:
@@ -229,6 +240,7 @@ class _UploadForm:
     nacha_options: tuple[str, ...] | None  # None for CSV; () for NACHA without relaxations
     csv_options: JSON | None  # None for NACHA; CsvOptions.to_json() for CSV
     run_at: datetime | None  # SPEC §12: the file is parsed then, not before
+    mode: Mode
 
 
 def _nacha_options(text: str, upload_format: str | None, errors: list[JSON]) -> tuple[str, ...]:
@@ -286,6 +298,9 @@ async def _validate(
         errors.append(
             field_error("/on_conflict", "invalid_choice", "on_conflict must be skip or error")
         )
+    mode = fields.get("mode", Mode.PARTIAL)
+    if mode not in frozenset(Mode) and mode != "":
+        errors.append(field_error("/mode", "invalid_choice", "mode must be partial or atomic"))
     stream_key = fields.get("data_stream_key") or None
     if stream_key is None and upload_format == "nacha":
         errors.append(
@@ -315,6 +330,7 @@ async def _validate(
         options if upload_format == "nacha" else None,
         csv_options if upload_format == "csv" else None,
         run_at,
+        Mode(mode),
     )
 
 

@@ -90,6 +90,7 @@ def measure_ceiling(db_path: Path, rows: int, request_rows: int, tx_rows: int) -
                     "data_stream_id": stream["id"],
                     "parent_bulk_request_id": None,
                     "run_at": None,
+                    "mode": "partial",
                     "now": now,
                 },
             ).fetchall()[0]["id"]

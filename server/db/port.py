@@ -16,6 +16,15 @@ the retry rule (server/rules.py `retry_refusal`, `cancel_refusal`), chain arithm
 duplicate-row problems (server/batches.py `split_duplicates`), and the staged-row
 encoding (server/staging.py).
 
+Atomic requests (SPEC §14; README, Design): an adapter stores an atomic request's rows
+batch by batch like any other, but keeps them out of every records read until the batch
+that completes the request publishes them in its own transaction (SQLite: the
+`unpublished` flag and a partial index); rows that hidden records of another request
+hold fail as `external_id_reserved` (`withhold_reserved`), a request with failed rows
+ends failed (`atomic_failure_message`), `purge_hidden_records` deletes a failed or
+cancelled one's records in bounded batches, and a retry is not claimed before its
+parent is purged.
+
 Adapters
 --------
 `server/db/sqlite/` (`Store`): one writer connection on its own thread running each
@@ -84,6 +93,7 @@ domain, the jobs or the handlers changes for it):
             environment_id: int,
             *,
             on_conflict: str,
+            mode: Mode = Mode.PARTIAL,
             total_items: int,
             chunks: Sequence[EncodedChunk],
             data_stream_key: str | None,
@@ -102,6 +112,7 @@ domain, the jobs or the handlers changes for it):
         async def requeue_orphans(self, live_workers: Iterable[str], reason: str) -> list[int]: ...
         async def delete_expired_idempotency_keys(self) -> int: ...
         async def prune_outbox(self) -> int: ...
+        async def purge_hidden_records(self) -> int | None: ...
 
         # and every read of `Storage` below as one pooled query each
 
@@ -134,7 +145,7 @@ from server.models import (
 )
 from server.outcomes import RequestChanged
 from server.staging import EncodedChunk, StagedChunk
-from server.types import JSON, Source, Status
+from server.types import JSON, Mode, Source, Status
 
 # Where committed events go: server/outcomes.py AfterCommit.apply, set by the app.
 AfterCommitHook = Callable[[Sequence[RequestChanged]], None]
@@ -196,6 +207,8 @@ class NewUpload:
     csv_options: str | None = None
     # Parsed and processed from this instant on (SPEC §12); None: at once.
     run_at: datetime | None = None
+    # SPEC §14: all rows or none.
+    mode: Mode = Mode.PARTIAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +282,7 @@ class Storage(Protocol):
         environment_id: int,
         *,
         on_conflict: str,
+        mode: Mode = Mode.PARTIAL,
         total_items: int,
         chunks: Sequence[EncodedChunk],
         data_stream_key: str | None,
@@ -346,6 +360,12 @@ class Storage(Protocol):
     async def delete_expired_idempotency_keys(self) -> int: ...
     async def prune_outbox(self) -> int:
         """Delete one bounded batch of outbox events past retention; how many."""
+        ...
+
+    async def purge_hidden_records(self) -> int | None:
+        """Delete one bounded batch of the hidden records of a failed or cancelled atomic
+        request (SPEC §14); that request's id, or None when none has any left. Once its
+        last record is gone the request is no longer unpublished (a retry of it may run)."""
         ...
 
     # --- bulk requests: reads -------------------------------------------------------------

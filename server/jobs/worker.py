@@ -49,6 +49,9 @@ class WorkerPool:
         self._wake = asyncio.Event()
         self._stopping = False
         self._stop_event = asyncio.Event()
+        # Set to run the sweeper now: an atomic request ended with records to purge, or
+        # the pool is stopping.
+        self._sweep_now = asyncio.Event()
         self._live: set[str] = set()
         self._busy: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -78,6 +81,7 @@ class WorkerPool:
         """Let each worker finish its current batch, then return (requests stay resumable)."""
         self._stopping = True
         self._stop_event.set()
+        self._sweep_now.set()
         self._wake.set()
         if not self._tasks:
             return
@@ -117,15 +121,17 @@ class WorkerPool:
     async def _sweeper_loop(self) -> None:
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_event.wait(), self.settings.sweep_interval)
+                await asyncio.wait_for(self._sweep_now.wait(), self.settings.sweep_interval)
             if self._stopping:
                 return
+            self._sweep_now.clear()
             try:
                 ids = await self.requeue_orphans("worker gone")
                 if ids:
                     log.warning("requeued orphaned bulk request(s) %s", ids)
                 await self.store.delete_expired_idempotency_keys()
                 await self._prune_outbox()
+                await self._purge_hidden_records()
             except Exception:
                 log.exception("sweeper pass failed; trying again next interval")
 
@@ -136,6 +142,17 @@ class WorkerPool:
             deleted = await self.store.prune_outbox()
             if deleted < OUTBOX_PRUNE_BATCH:
                 return
+
+    async def _purge_hidden_records(self) -> None:
+        """Delete the hidden records of failed and cancelled atomic requests (SPEC §14),
+        ATOMIC_PURGE_BATCH per transaction, so a purge never holds the writer long."""
+        while not self._stopping and await self.store.purge_hidden_records() is not None:
+            pass
+
+    def purge_soon(self) -> None:
+        """An atomic request failed or was cancelled: sweep now, purging its hidden
+        records. Called by server/outcomes.py AfterCommit only, after that commit."""
+        self._sweep_now.set()
 
     async def _worker_loop(self, n: int) -> None:
         worker = self._new_worker_id(n)

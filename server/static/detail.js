@@ -233,6 +233,7 @@ export function renderDetail(req) {
   const info = [
     ["Source", sourceText(req)],
     ["On conflict", req.on_conflict ?? "—"],
+    ["Mode", req.mode === "atomic" ? "atomic (all rows or none)" : "partial"],
     ...(req.nacha_options ? [["NACHA relaxations", req.nacha_options.join(", ") || "none"]] : []),
     ["Created", { time: req.created_at }],
     ...(req.run_at ? [["Scheduled for", { time: req.run_at }]] : []),

@@ -42,6 +42,7 @@
  * @property {number} recoveries
  * @property {number | null} parent_bulk_request_id
  * @property {"skip" | "error"} on_conflict
+ * @property {"partial" | "atomic"} mode
  * @property {string[] | null} nacha_options
  * @property {CsvOptions | null} csv_options
  * @property {number | null} data_stream_id

@@ -101,6 +101,7 @@ export async function submitUpload(event) {
       {
         data_stream_key: $input("upload-stream").value.trim(),
         on_conflict: $select("upload-conflict").value,
+        mode: $select("upload-mode").value,
         format: $select("upload-format").value,
         run_at: runAtFromLocal($input("upload-run-at").value),
         nacha_options: [...document.querySelectorAll(/** @type {"input"} */ ('input[name="nacha-option"]:checked'))].map((box) => box.value).join(","),

@@ -240,6 +240,13 @@ MIGRATIONS: list[str] = [
     CREATE INDEX bulk_requests_scheduled ON bulk_requests (run_at)
         WHERE status = 'pending' AND run_at IS NOT NULL;
     """,
+    # 4: SQLite migration 9, atomic requests (SPEC §14): `mode`, and `unpublished` while
+    # an atomic request's records are hidden, with the partial index every read probes.
+    """
+    ALTER TABLE bulk_requests ADD COLUMN mode text NOT NULL DEFAULT 'partial';
+    ALTER TABLE bulk_requests ADD COLUMN unpublished bigint NOT NULL DEFAULT 0;
+    CREATE INDEX bulk_requests_unpublished ON bulk_requests (id) WHERE unpublished = 1;
+    """,
 ]
 
 

@@ -125,14 +125,15 @@ WHERE r.bulk_request_id = $1 AND s.environment_id = $2 AND r.id > $3
 ORDER BY r.id LIMIT $4;
 
 -- name: insert_bulk_request
--- params: environment_id, source, on_conflict, total_items, parsing, upload_format, upload_path, filename, default_data_stream_key, nacha_options, csv_options, data_stream_id, parent_bulk_request_id, now, run_at
+-- params: environment_id, source, on_conflict, total_items, parsing, upload_format, upload_path, filename, default_data_stream_key, nacha_options, csv_options, data_stream_id, parent_bulk_request_id, now, run_at, mode
 -- A scheduled request joins the queue at its run_at (as on SQLite).
 INSERT INTO bulk_requests (environment_id, status, source, on_conflict, total_items, parsing,
                            upload_format, upload_path, filename, default_data_stream_key,
                            nacha_options, csv_options, data_stream_id, parent_bulk_request_id,
-                           created_at, run_at, queued_at)
+                           created_at, run_at, queued_at, mode, unpublished)
 VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-        CASE WHEN $15::text > $14::text THEN $15 ELSE $14 END)
+        CASE WHEN $15::text > $14::text THEN $15 ELSE $14 END,
+        $16, CASE WHEN $16::text = 'atomic' THEN 1 ELSE 0 END)
 RETURNING *;
 
 -- name: insert_chunk
@@ -507,3 +508,40 @@ FROM bulk_requests GROUP BY status, source;
 SELECT min(last_progress_at) AS oldest,
        count(*) FILTER (WHERE last_progress_at < $1) AS stuck
 FROM bulk_requests WHERE status = 'processing';
+
+-- Atomic requests (SPEC §14): as on SQLite.
+
+-- name: fail_atomic_request
+-- params: error_message, id
+UPDATE bulk_requests SET status = 'failed', error_message = $1
+WHERE id = $2 AND status = 'completed' AND mode = 'atomic' AND unpublished = 1
+RETURNING *;
+
+-- name: any_other_unpublished
+-- params: id
+SELECT EXISTS (SELECT 1 FROM bulk_requests WHERE unpublished = 1 AND id <> $1);
+
+-- name: find_reserved_external_ids
+-- params: pairs, bulk_request_id
+SELECT r.data_stream_id, r.external_id
+FROM jsonb_array_elements($1::jsonb) AS pair(value)
+JOIN records AS r
+  ON r.data_stream_id = (pair.value ->> 0)::bigint AND r.external_id = pair.value ->> 1
+ AND r.external_id IS NOT NULL
+WHERE r.bulk_request_id <> $2
+  AND r.bulk_request_id IN (SELECT id FROM bulk_requests WHERE unpublished = 1);
+
+-- name: next_request_to_purge
+-- params:
+SELECT id FROM bulk_requests
+WHERE unpublished = 1 AND status IN ('failed', 'cancelled') ORDER BY id LIMIT 1;
+
+-- name: purge_request_records
+-- params: bulk_request_id, limit
+DELETE FROM records WHERE id IN (
+    SELECT id FROM records WHERE bulk_request_id = $1 LIMIT $2
+);
+
+-- name: mark_purged
+-- params: id
+UPDATE bulk_requests SET unpublished = 0 WHERE id = $1 AND unpublished = 1;

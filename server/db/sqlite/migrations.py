@@ -243,6 +243,17 @@ MIGRATIONS: list[str] = [
     CREATE INDEX bulk_requests_scheduled ON bulk_requests (run_at)
         WHERE status = 'pending' AND run_at IS NOT NULL;
     """,
+    # 9: atomic requests (SPEC §14; README, "Atomic requests"). `mode` is 'partial' (every
+    # request so far) or 'atomic'. `unpublished` is 1 while an atomic request's records must
+    # stay hidden: from its creation until the batch that completes it, or, if it fails or
+    # is cancelled, until the sweeper has purged its records. Every records read excludes
+    # the records of unpublished requests; the partial index keeps that set a few entries
+    # long, however many requests the table holds.
+    """
+    ALTER TABLE bulk_requests ADD COLUMN mode TEXT NOT NULL DEFAULT 'partial';
+    ALTER TABLE bulk_requests ADD COLUMN unpublished INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX bulk_requests_unpublished ON bulk_requests (id) WHERE unpublished = 1;
+    """,
 ]
 
 

@@ -16,7 +16,14 @@ from typing import Any
 
 import orjson
 
-from server.batches import Batch, candidate_pairs, external_id_of, split_duplicates
+from server.batches import (
+    Batch,
+    atomic_failure_message,
+    candidate_pairs,
+    external_id_of,
+    split_duplicates,
+    withhold_reserved,
+)
 from server.chains import RowRun, RunBuilder, chain_coverage
 from server.db.port import (
     CancelOutcome,
@@ -33,7 +40,7 @@ from server.outcomes import Transition, terminal_transition
 from server.rules import cancel_refusal, retry_refusal
 from server.scheduling import run_at_text
 from server.staging import ChunkWriter, EncodedChunk, StagedItem, decode_items
-from server.types import JSON, RowProblem, Source, Status
+from server.types import JSON, Mode, RowProblem, Source, Status
 
 # --- client-facing ------------------------------------------------------------------------
 
@@ -62,6 +69,7 @@ def create_records_request(
     tx: WriteTx,
     environment_id: int,
     on_conflict: str,
+    mode: Mode,
     total_items: int,
     chunks: Sequence[EncodedChunk],
     data_stream_key: str | None,
@@ -78,6 +86,7 @@ def create_records_request(
         environment_id=environment_id,
         source=Source.BULK_API,
         on_conflict=on_conflict,
+        mode=mode,
         total_items=total_items,
         data_stream_id=stream.id if stream else None,
         run_at=run_at_text(run_at),
@@ -102,6 +111,7 @@ def create_upload_request(
         environment_id=environment_id,
         source=Source(upload.upload_format),
         on_conflict=upload.on_conflict,
+        mode=upload.mode,
         parsing=1,
         upload_format=upload.upload_format,
         upload_path=upload.upload_path,
@@ -165,6 +175,9 @@ def create_retry(
         "environment_id": environment_id,
         "source": Source.RETRY,
         "on_conflict": latest.on_conflict,
+        # An atomic chain stays atomic; its failed members stored nothing (chain_coverage),
+        # so its retry holds every row again.
+        "mode": latest.mode,
         "filename": latest.filename,
         "data_stream_id": latest.data_stream_id,
         "parent_bulk_request_id": latest.id,
@@ -278,6 +291,13 @@ def commit_batch(
     request_id = job.id
     start = batch.start_row
     problems = list(batch.problems)
+    # Hidden records of another atomic request hold these external_ids: refused whatever
+    # on_conflict says, as neither storing (a duplicate if that request completes) nor
+    # skipping (a lost row if it fails) is safe. The row can be retried once it has ended.
+    if tx.others_unpublished(request_id):
+        reserved = tx.find_reserved_external_ids(request_id, candidate_pairs(batch))
+        if reserved:
+            candidates = withhold_reserved(batch, candidates, reserved, problems)
     if job.on_conflict == "skip":
         # The unique index decides; only the count of skipped rows is needed.
         inserted = tx.insert_records_skipping_duplicates(candidates) if candidates else 0
@@ -301,6 +321,14 @@ def commit_batch(
     )
     if updated is None:
         raise FencedOut(request_id)
+    if updated.status == "completed" and updated.unpublished:
+        # An atomic request's last batch, with failed rows: it fails, storing nothing
+        # (its records stay hidden; the sweeper purges them). Its staged rows are kept
+        # for a retry.
+        failed = tx.fail_atomic_request(request_id, atomic_failure_message(updated))
+        assert failed is not None
+        tx.emit(failed, Transition.FAILED, error=failed.error_message)
+        return failed
     if updated.status == "completed":
         tx.delete_chunks(request_id)
         tx.emit(updated, Transition.COMPLETED)
@@ -365,6 +393,20 @@ def finish_request(
     extra: dict[str, Any] = {"error": error_message} if error_message else {}
     tx.emit(row, terminal_transition(status), **extra)
     return row
+
+
+def purge_hidden_records(tx: WriteTx, limit: int) -> int | None:
+    """Delete up to `limit` hidden records of one failed or cancelled atomic request;
+    its id, or None when none has any left. Once a pass deletes fewer than `limit`, its
+    last record is gone: it is marked purged, with an event (a retry of it may run now)."""
+    request_id = tx.next_request_to_purge()
+    if request_id is None:
+        return None
+    if tx.purge_request_records(request_id, limit) < limit:
+        row = tx.mark_purged(request_id)
+        assert row is not None
+        tx.emit(row, Transition.RECORDS_PURGED)
+    return request_id
 
 
 def record_parse_progress(

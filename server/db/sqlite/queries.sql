@@ -80,10 +80,14 @@ CROSS JOIN records AS r
  AND r.external_id IS NOT NULL;
 
 -- name: list_records
+-- Every records read hides the records of unpublished (atomic, not completed) requests:
+-- SPEC §14, no client sees part of an atomic request. The subquery reads the partial
+-- index bulk_requests_unpublished once per statement (a handful of ids).
 SELECT r.id, s.key AS data_stream_key, r.date, r.amount_minor, r.currency, r.description,
        r.external_id, r.metadata, r.bulk_request_id, r.created_at
 FROM records r JOIN data_streams s ON s.id = r.data_stream_id
 WHERE s.environment_id = :environment_id AND r.id > :after_id
+  AND r.bulk_request_id NOT IN (SELECT id FROM bulk_requests WHERE unpublished = 1)
 ORDER BY r.id LIMIT :limit;
 
 -- name: list_records_by_stream
@@ -92,6 +96,7 @@ SELECT r.id, s.key AS data_stream_key, r.date, r.amount_minor, r.currency, r.des
 FROM records r JOIN data_streams s ON s.id = r.data_stream_id
 WHERE s.environment_id = :environment_id AND s.key = :data_stream_key AND r.id > :after_id
   AND (:bulk_request_id IS NULL OR r.bulk_request_id = :bulk_request_id)
+  AND r.bulk_request_id NOT IN (SELECT id FROM bulk_requests WHERE unpublished = 1)
 ORDER BY r.id LIMIT :limit;
 
 -- name: list_records_by_request
@@ -100,19 +105,21 @@ SELECT r.id, s.key AS data_stream_key, r.date, r.amount_minor, r.currency, r.des
 FROM records r JOIN data_streams s ON s.id = r.data_stream_id
 WHERE r.bulk_request_id = :bulk_request_id AND s.environment_id = :environment_id
   AND r.id > :after_id
+  AND r.bulk_request_id NOT IN (SELECT id FROM bulk_requests WHERE unpublished = 1)
 ORDER BY r.id LIMIT :limit;
 
 -- name: insert_bulk_request
 INSERT INTO bulk_requests (environment_id, status, source, on_conflict, total_items, parsing,
                            upload_format, upload_path, filename, default_data_stream_key,
                            nacha_options, csv_options, data_stream_id, parent_bulk_request_id,
-                           created_at, run_at, queued_at)
+                           created_at, run_at, queued_at, mode, unpublished)
 -- A scheduled request joins the queue at its run_at: once due it lines up behind what
 -- was submitted before that instant, not before everything submitted since it was made.
 VALUES (:environment_id, 'pending', :source, :on_conflict, :total_items, :parsing,
         :upload_format, :upload_path, :filename, :default_data_stream_key,
         :nacha_options, :csv_options, :data_stream_id, :parent_bulk_request_id, :now,
-        :run_at, CASE WHEN :run_at > :now THEN :run_at ELSE :now END)
+        :run_at, CASE WHEN :run_at > :now THEN :run_at ELSE :now END,
+        :mode, CASE WHEN :mode = 'atomic' THEN 1 ELSE 0 END)
 RETURNING *;
 
 -- name: insert_chunk
@@ -199,7 +206,7 @@ WITH RECURSIVE
   )
 -- Only the columns the retry rule reads (server/models.py ChainMember).
 SELECT m.root AS chain_root, b.id, b.status, b.parsing, b.upload_path, b.error_message,
-       b.failed_items, b.next_row, b.total_items, b.parent_bulk_request_id
+       b.failed_items, b.next_row, b.total_items, b.parent_bulk_request_id, b.mode
 FROM members m JOIN bulk_requests b ON b.id = m.id
 ORDER BY m.root, b.id;
 
@@ -220,6 +227,8 @@ VALUES (?, ?, ?, ?);
 -- after a time slice, in the order they were given back (round-robin). So a small new
 -- request waits for at most one time slice, however many large ones are running.
 -- A scheduled request is not claimable before its run_at.
+-- A retry waits until its parent's hidden records are purged (an unpublished parent):
+-- they hold the very external_ids the retry is about to store.
 UPDATE bulk_requests
 SET status = 'processing',
     started_at = coalesce(started_at, :now),
@@ -229,13 +238,17 @@ SET status = 'processing',
 WHERE id = (SELECT id FROM bulk_requests
             WHERE status IN ('pending', 'processing') AND claimed_by IS NULL
               AND (run_at IS NULL OR run_at <= :now)
+              AND (parent_bulk_request_id IS NULL OR parent_bulk_request_id NOT IN
+                   (SELECT id FROM bulk_requests WHERE unpublished = 1))
             ORDER BY started_at IS NOT NULL, queued_at, id LIMIT 1)
 RETURNING *;
 
 -- name: has_runnable_request
 SELECT EXISTS (SELECT 1 FROM bulk_requests
                WHERE status IN ('pending', 'processing') AND claimed_by IS NULL
-                 AND (run_at IS NULL OR run_at <= :now));
+                 AND (run_at IS NULL OR run_at <= :now)
+                 AND (parent_bulk_request_id IS NULL OR parent_bulk_request_id NOT IN
+                      (SELECT id FROM bulk_requests WHERE unpublished = 1)));
 
 -- name: count_runnable_requests
 -- The queue: requests waiting for their run_at are not a backlog yet.
@@ -265,10 +278,53 @@ SET processed_items = processed_items + :processed,
     last_progress_at = :now,
     status = CASE WHEN next_row + :processed >= total_items THEN 'completed' ELSE status END,
     completed_at = CASE WHEN next_row + :processed >= total_items THEN :now ELSE NULL END,
-    claimed_by = CASE WHEN next_row + :processed >= total_items THEN NULL ELSE claimed_by END
+    claimed_by = CASE WHEN next_row + :processed >= total_items THEN NULL ELSE claimed_by END,
+    -- An atomic request's records are published by the batch that completes it without a
+    -- failed row (one small transaction, however many rows it holds); with a failed row
+    -- the caller fails it in this same transaction (fail_atomic_request).
+    unpublished = CASE WHEN next_row + :processed >= total_items AND failed_items + :failed = 0
+                       THEN 0 ELSE unpublished END
 WHERE id = :id AND attempt = :attempt AND claimed_by = :worker AND status = 'processing'
   AND parsing = 0 AND next_row + :processed = :next_row
 RETURNING *;
+
+-- name: fail_atomic_request
+-- The last batch of an atomic request that has failed rows: it ends failed and its
+-- records stay hidden until the sweeper purges them (purge_unpublished_records).
+UPDATE bulk_requests SET status = 'failed', error_message = :error_message
+WHERE id = :id AND status = 'completed' AND mode = 'atomic' AND unpublished = 1
+RETURNING *;
+
+-- name: any_other_unpublished
+-- Whether some other request's records are hidden now: only then can a batch's
+-- external_ids collide with hidden records (find_reserved_external_ids).
+SELECT EXISTS (SELECT 1 FROM bulk_requests WHERE unpublished = 1 AND id <> :id);
+
+-- name: find_reserved_external_ids
+-- The pairs of :pairs (as find_existing_external_ids) held by hidden records of another
+-- unpublished request: a running atomic request, or a failed one not yet purged.
+SELECT r.data_stream_id, r.external_id
+FROM json_each(:pairs) AS pair
+CROSS JOIN records AS r
+  ON r.data_stream_id = pair.value ->> 0 AND r.external_id = pair.value ->> 1
+ AND r.external_id IS NOT NULL
+WHERE r.bulk_request_id <> :bulk_request_id
+  AND r.bulk_request_id IN (SELECT id FROM bulk_requests WHERE unpublished = 1);
+
+-- name: next_request_to_purge
+-- A failed or cancelled atomic request whose hidden records are still stored.
+SELECT id FROM bulk_requests
+WHERE unpublished = 1 AND status IN ('failed', 'cancelled') ORDER BY id LIMIT 1;
+
+-- name: purge_request_records
+-- At most :limit records per transaction (records_request_row finds them).
+DELETE FROM records WHERE id IN (
+    SELECT id FROM records WHERE bulk_request_id = :bulk_request_id LIMIT :limit
+);
+
+-- name: mark_purged
+-- The request's last hidden record is gone: nothing is left to hide.
+UPDATE bulk_requests SET unpublished = 0 WHERE id = :id AND unpublished = 1;
 
 -- name: record_parse_progress
 -- Returns the whole row: it is published to live event streams as the parse heartbeat.
@@ -283,7 +339,9 @@ SET parsing = 0, total_items = :total_items, data_stream_id = :data_stream_id,
     error_details = CASE WHEN :error_details IS NULL THEN error_details
                          ELSE json_patch(coalesce(error_details, '{}'), :error_details) END,
     status = CASE WHEN :total_items = 0 THEN 'completed' ELSE status END,
-    completed_at = CASE WHEN :total_items = 0 THEN :now ELSE NULL END
+    completed_at = CASE WHEN :total_items = 0 THEN :now ELSE NULL END,
+    -- An atomic upload without rows completes here: nothing to hide any more.
+    unpublished = CASE WHEN :total_items = 0 THEN 0 ELSE unpublished END
 WHERE id = :id AND attempt = :attempt AND claimed_by = :worker AND status = 'processing'
 RETURNING *;
 

@@ -32,7 +32,7 @@ from server.db.sqlite.queries import Q, multi_row
 from server.db.sqlite.rows import bulk_request_from_row, stored_row
 from server.models import BulkRequest, DataStream
 from server.outcomes import RequestChanged, Transition
-from server.types import JSON, Status
+from server.types import JSON, Mode, Status
 
 
 def row_dict(row: sqlite3.Row | None) -> JSON | None:
@@ -161,6 +161,7 @@ class WriteTx:
             "data_stream_id": None,
             "parent_bulk_request_id": None,
             "run_at": None,
+            "mode": Mode.PARTIAL,
             **fields,
             "now": now_rfc3339(),
         }
@@ -248,6 +249,36 @@ class WriteTx:
         payload = orjson.dumps(list(pairs)).decode()
         rows = self.conn.execute(Q.find_existing_external_ids, {"pairs": payload}).fetchall()
         return {(r[0], r[1]) for r in rows}
+
+    def others_unpublished(self, request_id: int) -> bool:
+        """Whether another request's records are hidden now (one probe of a tiny index)."""
+        return bool(self.conn.execute(Q.any_other_unpublished, {"id": request_id}).fetchone()[0])
+
+    def find_reserved_external_ids(
+        self, request_id: int, pairs: Sequence[tuple[int, str]]
+    ) -> set[tuple[int, str]]:
+        """The pairs held by hidden records of another unpublished request (SPEC §14)."""
+        if not pairs:
+            return set()
+        payload = orjson.dumps(list(pairs)).decode()
+        params = {"pairs": payload, "bulk_request_id": request_id}
+        rows = self.conn.execute(Q.find_reserved_external_ids, params).fetchall()
+        return {(r[0], r[1]) for r in rows}
+
+    def fail_atomic_request(self, request_id: int, error_message: str) -> BulkRequest | None:
+        params = {"id": request_id, "error_message": error_message}
+        return self.request(Q.fail_atomic_request, params)
+
+    def next_request_to_purge(self) -> int | None:
+        found = self.one(Q.next_request_to_purge)
+        return None if found is None else int(found["id"])
+
+    def purge_request_records(self, request_id: int, limit: int) -> int:
+        return self.run(Q.purge_request_records, {"bulk_request_id": request_id, "limit": limit})
+
+    def mark_purged(self, request_id: int) -> BulkRequest | None:
+        self.run(Q.mark_purged, {"id": request_id})
+        return self.get_bulk_request_any_environment(request_id)
 
     def _insert_rows(self, name: str, rows: Sequence[Sequence[Any]]) -> int:
         """Insert rows with multi-row statements (see queries.multi_row); returns changes."""

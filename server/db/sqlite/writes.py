@@ -14,12 +14,13 @@ from typing import Any, TypeVar
 
 from server.batches import Batch
 from server.clock import now_rfc3339
+from server.constants import ATOMIC_PURGE_BATCH
 from server.db.port import CancelOutcome, IdempotencyClaim, NewUpload
 from server.db.sqlite import operations
 from server.db.sqlite.tx import WriteTx
 from server.models import BulkRequest
 from server.staging import EncodedChunk
-from server.types import JSON, Status
+from server.types import JSON, Mode, Status
 
 T = TypeVar("T")
 
@@ -38,6 +39,7 @@ class Writes:
         environment_id: int,
         *,
         on_conflict: str,
+        mode: Mode = Mode.PARTIAL,
         total_items: int,
         chunks: Sequence[EncodedChunk],
         data_stream_key: str | None,
@@ -48,6 +50,7 @@ class Writes:
             operations.create_records_request,
             environment_id=environment_id,
             on_conflict=on_conflict,
+            mode=mode,
             total_items=total_items,
             chunks=chunks,
             data_stream_key=data_stream_key,
@@ -181,3 +184,6 @@ class Writes:
 
     async def prune_outbox(self) -> int:
         return await self.write(lambda tx: tx.delete_old_outbox_events())
+
+    async def purge_hidden_records(self) -> int | None:
+        return await self.write(partial(operations.purge_hidden_records, limit=ATOMIC_PURGE_BATCH))
