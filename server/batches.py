@@ -23,7 +23,8 @@ T = TypeVar("T")
 @dataclass(slots=True)
 class Batch:
     start_row: int
-    items: Sequence[StagedItem]
+    # The staged rows (a validated batch: its records, which never make a row error).
+    items: Sequence[StagedItem] | Sequence[ValidRecord]
     candidates: list[tuple[int, ValidRecord]] = field(default_factory=list)
     problems: list[tuple[int, RowProblem]] = field(default_factory=list)
 
@@ -42,6 +43,12 @@ def validate_batch(
         else:
             batch.candidates.append((offset, result))
     return batch
+
+
+def validated_batch(start_row: int, records: Sequence[ValidRecord]) -> Batch:
+    """A batch of rows the accept proved valid (server/staging.py ValidatedRows): every
+    row is a candidate, nothing is validated again."""
+    return Batch(start_row, records, candidates=list(enumerate(records)))
 
 
 def stream_keys_of(items: Sequence[StagedItem]) -> set[str]:

@@ -11,8 +11,8 @@ row's error with its code and pointer exactly as today. So the fast path changes
 speed, never an answer: for every row it accepts it builds the very `ValidRecord`
 validate_row builds (tests/test_fast_records.py checks that on arbitrary rows).
 
-Pure code, no I/O, nothing of HTTP. Not wired into the accept path yet (see README
-"Performance").
+Pure code, no I/O, nothing of HTTP. The accept path (server/api/bulk_requests.py) uses
+it for a whole body or not at all: see README "Performance".
 """
 
 from __future__ import annotations
@@ -151,13 +151,9 @@ def fast_record(raw: bytes, streams: Mapping[str, StreamRef]) -> ValidRecord | N
     return _record(row, streams)
 
 
-def fast_body_records(
-    body: bytes, streams: Mapping[str, StreamRef]
-) -> list[ValidRecord | None] | None:
-    """Every row of a whole bulk body in one C pass: each row's record, or None for a
-    row the precise path must decide. None for the whole when the body is not all
-    ordinary rows (a row fails to decode, a key may repeat): then go row by row
-    (split_records + validate_rows)."""
+def decode_fast_body(body: bytes) -> FastBody | None:
+    """A whole bulk body decoded in one C pass, or None when it is not all ordinary
+    rows (a row fails to decode, a key may repeat): then go row by row."""
     try:
         decoded = _BODY.decode(body)
     except msgspec.DecodeError:
@@ -165,7 +161,41 @@ def fast_body_records(
     members = 1 + (decoded.on_conflict is not UNSET) + sum(map(_members, decoded.records))
     if body.count(b":") != members:  # the repeated-key proof, for the whole body
         return None
+    return decoded
+
+
+def fast_body_records(
+    body: bytes, streams: Mapping[str, StreamRef]
+) -> list[ValidRecord | None] | None:
+    """Every row of a whole bulk body in one C pass: each row's record, or None for a
+    row the precise path must decide. None for the whole when the body is not all
+    ordinary rows (a row fails to decode, a key may repeat): then go row by row
+    (split_records + validate_rows)."""
+    decoded = decode_fast_body(body)
+    if decoded is None:
+        return None
     return [_record(row, streams) for row in decoded.records]
+
+
+def every_record(decoded: FastBody, streams: Mapping[str, StreamRef]) -> list[ValidRecord] | None:
+    """Each row's record when the fast path proves every row, else None (then the whole
+    body goes the precise way, which words each row error)."""
+    records: list[ValidRecord] = []
+    for row in decoded.records:
+        record = _record(row, streams)
+        if record is None:
+            return None
+        records.append(record)
+    return records
+
+
+def stream_keys(decoded: FastBody) -> set[str]:
+    return {row.data_stream_key for row in decoded.records}
+
+
+def skips_conflicts(decoded: FastBody) -> bool:
+    """on_conflict is absent or exactly "skip" (anything else: the precise path)."""
+    return decoded.on_conflict is UNSET or bytes(decoded.on_conflict) == b'"skip"'
 
 
 def validate_rows(
