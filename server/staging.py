@@ -116,6 +116,10 @@ class StagedChunk:
     def rows(self) -> list[StagedItem] | ValidatedRows:
         return decode_chunk(self.body)
 
+    def items(self) -> list[StagedItem]:
+        """The rows of a chunk staged as they arrived (JSON); not of a validated one."""
+        return decode_items(self.body)
+
 
 class ChunkFill:
     """The rows and bytes of the chunk being filled."""
