@@ -10,8 +10,9 @@ from aiohttp import web
 
 from server.api import bulk_requests, dashboard, data_streams, health, uploads, webhooks
 from server.api import events as event_streams
-from server.api.common import HUB, LARGE_BODIES, POOL, SETTINGS, STORE
+from server.api.common import HUB, LARGE_BODIES, POOL, SETTINGS, STORE, STREAMS
 from server.api.openapi import openapi_document
+from server.bulk_requests import StreamCache
 from server.config import Settings
 from server.constants import LARGE_JSON_BODY_SLOTS, MAX_JSON_BODY_BYTES
 from server.db.port import Storage
@@ -73,6 +74,7 @@ def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> w
     app[STORE] = store
     app[HUB] = hub
     app[LARGE_BODIES] = asyncio.Semaphore(LARGE_JSON_BODY_SLOTS)
+    app[STREAMS] = StreamCache()
     app[POOL] = pool = WorkerPool(store, settings)
     app[webhooks.WEBHOOKS] = dispatcher = WebhookDispatcher(
         store.webhooks,

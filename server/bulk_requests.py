@@ -12,22 +12,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
 
-from server.constants import PARSE_CHUNK_BYTES
+from server.constants import MAX_CACHED_STREAMS, PARSE_CHUNK_BYTES
 from server.db.port import (
     CancelOutcome,
     IdempotencyClaim,
     NewUpload,
     Storage,
 )
+from server.ingest.validation import StreamRef, ValidRecord
 from server.models import BulkRequest
 from server.rules import CANCELLABLE_STATUSES, RETRYABLE_STATUSES, retry_refusal
-from server.staging import StagedItem, encode_in_chunks, encode_items
+from server.staging import (
+    StagedItem,
+    ValidatedRows,
+    encode_in_chunks,
+    encode_items,
+    encode_validated_in_chunks,
+)
 from server.types import JSON, Mode
 
 
@@ -83,6 +90,53 @@ async def submit_records(
         data_stream_key=single_key,
         claim=claim,
         run_at=run_at,
+    )
+
+
+class StreamCache:
+    """Data streams by environment and key, for the accept's fast path. Streams are
+    never changed or deleted, so a found one stays right; a key not found is asked for
+    again each time (its stream may have been created meanwhile)."""
+
+    def __init__(self) -> None:
+        self._found: dict[int, dict[str, StreamRef]] = {}
+        self._size = 0
+
+    async def lookup(
+        self, storage: Storage, environment_id: int, keys: Collection[str]
+    ) -> dict[str, StreamRef]:
+        """The environment's streams known so far, with every one of `keys` that exists."""
+        known = self._found.get(environment_id)
+        if known is None:
+            known = self._found[environment_id] = {}
+        missing = [key for key in keys if key not in known]
+        if missing:
+            found = await storage.find_data_streams(environment_id, missing)
+            if self._size + len(found) > MAX_CACHED_STREAMS:
+                self._found, self._size = {environment_id: known}, len(known)
+            known.update(found)
+            self._size += len(found)
+        return known
+
+
+async def submit_validated_records(
+    storage: Storage,
+    environment_id: int,
+    records: list[ValidRecord],
+    streams: dict[str, StreamRef],
+    claim: IdempotencyClaim | None,
+) -> tuple[BulkRequest, bool]:
+    """Like submit_records, for rows the accept's fast path proved valid (always
+    on_conflict=skip): staged as validated records, which the worker only binds.
+    `streams`: the streams the rows name, as they were proved against."""
+    staged = await asyncio.to_thread(encode_validated_in_chunks, ValidatedRows(streams, records))
+    return await storage.create_records_request(
+        environment_id,
+        on_conflict="skip",
+        total_items=len(records),
+        chunks=staged,
+        data_stream_key=next(iter(streams)) if len(streams) == 1 else None,
+        claim=claim,
     )
 
 

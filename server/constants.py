@@ -77,6 +77,9 @@ PARSE_CHUNK_ROWS = 2000
 # memory while it is staged and again when a worker processes it, so 2000 rows of up to
 # 64 KiB (~170 MB as Python objects) would break the RSS bound; 4 MiB of text is ~10 MB.
 PARSE_CHUNK_BYTES = 4 * 1024 * 1024
+# Data streams the accept's fast path remembers (key → id, currency), all environments
+# together: ~200 bytes each; past this the memory is dropped and refilled on demand.
+MAX_CACHED_STREAMS = 10_000
 # Read size for uploaded files; also the streaming unit when receiving them.
 FILE_READ_BYTES = 256 * 1024
 

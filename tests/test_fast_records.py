@@ -12,9 +12,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from server.ingest.fast_records import (
+    decode_fast_body,
+    every_record,
     fast_body_records,
     fast_record,
     split_records,
+    stream_keys,
     validate_rows,
 )
 from server.ingest.json_checks import duplicate_key_issue, value_issues
@@ -281,3 +284,19 @@ def test_the_whole_body_pass_leaves_a_repeated_key_to_the_precise_path() -> None
         f'{{"records": [{row}}}], "other": 1}}',
     ]:
         assert fast_body_records(body.encode(), STREAMS) is None, body
+
+
+@given(st.lists(valid_rows.map(_ordinary) | one_field_off() | rows_as_text(), max_size=6))
+def test_every_record_is_the_whole_body_pass_or_nothing(raws: list[bytes]) -> None:
+    """What the accept stages (every_record) is the body pass's records when it proves
+    every row, and nothing (the precise path) when one row is left to validate_row."""
+    body = b'{"records": [' + b", ".join(raws) + b"]}"
+    decoded = decode_fast_body(body)
+    results = fast_body_records(body, STREAMS)
+    if decoded is None:
+        assert results is None
+        return
+    assert results is not None
+    expected = None if None in results else results
+    assert every_record(decoded, STREAMS) == expected
+    assert stream_keys(decoded) == {json.loads(raw)["data_stream_key"] for raw in raws}

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from server.api.common import POOL, STORE
-from server.batches import stream_keys_of, validate_batch
+from server.batches import validated_batch
 from server.config import Settings
 from server.constants import OUTBOX_PRUNE_BATCH
 from server.db.port import FencedOut
@@ -26,6 +26,7 @@ from server.db.sqlite.rows import stored_row
 from server.db.sqlite.store import Store
 from server.db.sqlite.tx import WriteTx
 from server.outcomes import RequestChanged, Transition
+from server.staging import ValidatedRows
 from server.types import Source
 from tests.conftest import Api, claim_without_event, record, wait_until
 from tests.test_uploads import upload
@@ -228,9 +229,10 @@ async def test_a_fenced_out_batch_leaves_neither_records_nor_event(
     assert job is not None
     chunk = await store.get_chunk_at(summary["id"], 0)
     assert chunk is not None
-    items = chunk.items()
-    streams = await store.find_data_streams(job.environment_id, stream_keys_of(items))
-    batch = validate_batch(0, items, streams)
+    # Ordinary rows are staged validated (the accept's fast path): bound, not validated.
+    rows = chunk.rows()
+    assert isinstance(rows, ValidatedRows)
+    batch = validated_batch(0, rows.records, rows.streams)
     with pytest.raises(FencedOut):
         await store.commit_batch(job, "zombie:0:0000", batch)
     assert types_of(await outbox(api, summary["id"])) == ["created"]

@@ -14,16 +14,18 @@ from server.api.common import (
     LARGE_BODIES,
     SETTINGS,
     STORE,
+    STREAMS,
     JsonDocument,
     decode_cursor,
     idempotency_key,
     json_response,
     page,
     page_limit,
+    parse_json_document,
     path_id,
     query_choice,
     query_flag,
-    read_json_document,
+    read_json_text,
     require_object,
     run_at_field,
     translate_domain_errors,
@@ -39,6 +41,12 @@ from server.constants import (
 from server.db.port import IdempotencyClaim
 from server.http.auth import caller_of
 from server.http.errors import Problem, field_error, not_found
+from server.ingest.fast_records import (
+    decode_fast_body,
+    every_record,
+    skips_conflicts,
+    stream_keys,
+)
 from server.ingest.json_checks import (
     BodyIssue,
     duplicate_key_issue,
@@ -169,9 +177,59 @@ async def submit_records(request: web.Request) -> web.Response:
         return await _submit_records(request)
 
 
+def _accepted(row: BulkRequest, replayed: bool) -> web.Response:
+    if replayed:
+        return json_response(render_summary(row), status=200, headers=REPLAYED)
+    return json_response(
+        render_summary(row), status=202, headers={"Location": f"/v1/bulk_requests/{row.id}"}
+    )
+
+
+def _fingerprint_payload(raw: bytes) -> JSON:
+    """The body as the precise path fingerprints it (parsed, amounts as canonical text),
+    so a key's fingerprint does not depend on which path accepted the body."""
+    body: JSON = parse_json_document(raw).value
+    _rewrite_amounts(body["records"])
+    return body
+
+
+async def _submit_proved(request: web.Request, raw: bytes) -> web.Response | None:
+    """The fast path: when every row of the body is proved ordinary in one C pass
+    (server/ingest/fast_records.py), stage the records validated, skipping the parse,
+    the body checks and the worker's validation. None: the precise path decides (any
+    row it cannot prove, on_conflict other than skip), which words every error."""
+    decoded = decode_fast_body(raw)
+    if (
+        decoded is None
+        or not 0 < len(decoded.records) <= MAX_RECORDS_PER_REQUEST
+        or not skips_conflicts(decoded)
+    ):
+        return None
+    environment_id = caller_of(request).environment_id
+    store = request.app[STORE]
+    keys = stream_keys(decoded)
+    known = await request.app[STREAMS].lookup(store, environment_id, keys)
+    records = every_record(decoded, known)
+    if records is None:
+        return None
+    del decoded
+    key = idempotency_key(request)
+    claim = _claim(key, "records.bulk", _fingerprint_payload(raw)) if key is not None else None
+    with translate_domain_errors():
+        row, replayed = await domain.submit_validated_records(
+            store, environment_id, records, {k: known[k] for k in keys}, claim
+        )
+    return _accepted(row, replayed)
+
+
 async def _submit_records(request: web.Request) -> web.Response:
     caller = caller_of(request)
-    document = await read_json_document(request)
+    raw = await read_json_text(request)
+    proved = await _submit_proved(request, raw)
+    if proved is not None:
+        return proved
+    document = parse_json_document(raw)
+    del raw
     body = require_object(document.value, {"records", "on_conflict", "run_at", "mode"})
     submission = _validate_submission(body)
     records, on_conflict, mode = submission.records, submission.on_conflict, submission.mode
@@ -212,11 +270,7 @@ async def _submit_records(request: web.Request) -> web.Response:
         if not issues:
             raise
         raise _body_problem(issues) from None
-    if replayed:
-        return json_response(render_summary(row), status=200, headers=REPLAYED)
-    return json_response(
-        render_summary(row), status=202, headers={"Location": f"/v1/bulk_requests/{row.id}"}
-    )
+    return _accepted(row, replayed)
 
 
 async def _load(request: web.Request) -> BulkRequest:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
+from server.bulk_requests import StreamCache
 from server.clock import utc_now
 from server.config import Settings
 from server.constants import (
@@ -48,6 +49,8 @@ POOL = web.AppKey("pool", WorkerPool)
 HUB = web.AppKey("hub", ProgressHub)
 # Admits one large JSON body at a time (constants.LARGE_JSON_BODY_BYTES).
 LARGE_BODIES = web.AppKey("large_bodies", asyncio.Semaphore)
+# The streams the accept's fast path proves rows against (server/bulk_requests.py).
+STREAMS = web.AppKey("fast_path_streams", StreamCache)
 
 JSON_CONTENT_TYPES = frozenset({"application/json"})
 
@@ -120,11 +123,12 @@ async def read_json_body(request: web.Request) -> Any:
 
 
 async def read_json_document(request: web.Request) -> JsonDocument:
-    """The parsed body, with its text (see JsonDocument).
+    """The parsed body, with its text (see JsonDocument)."""
+    return parse_json_document(await read_json_text(request))
 
-    Numbers a double holds exactly come back as float/int; any other number comes
-    back as an exact Decimal (or a big int), and then `may_hold_decimals` is True.
-    """
+
+async def read_json_text(request: web.Request) -> bytes:
+    """The body of a JSON request, not parsed yet: 415 for another type, 400 when empty."""
     if request.content_type not in JSON_CONTENT_TYPES and not request.content_type.endswith(
         "+json"
     ):
@@ -136,6 +140,15 @@ async def read_json_document(request: web.Request) -> JsonDocument:
     raw = await request.read()  # bounded by the app's client_max_size → 413
     if not raw:
         raise Problem(400, "invalid-json", "the request body is empty")
+    return raw
+
+
+def parse_json_document(raw: bytes) -> JsonDocument:
+    """A JSON body parsed (see JsonDocument).
+
+    Numbers a double holds exactly come back as float/int; any other number comes
+    back as an exact Decimal (or a big int), and then `may_hold_decimals` is True.
+    """
     shape = raw.translate(_SHAPE)
     structural = shape.count(b"x")
     maybe_inexact = _LONG_NUMBER in shape or _EXPONENT in shape

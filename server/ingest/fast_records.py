@@ -11,8 +11,8 @@ row's error with its code and pointer exactly as today. So the fast path changes
 speed, never an answer: for every row it accepts it builds the very `ValidRecord`
 validate_row builds (tests/test_fast_records.py checks that on arbitrary rows).
 
-Pure code, no I/O, nothing of HTTP. Not wired into the accept path yet (see README
-"Performance").
+Pure code, no I/O, nothing of HTTP. The accept path (server/api/bulk_requests.py) uses
+it for a whole body or not at all: see README "Performance".
 """
 
 from __future__ import annotations
@@ -111,44 +111,69 @@ def _minor_units(raw: bytes, exponent: int) -> int | None:
     return minor if -MAX_ABS_MINOR_UNITS <= minor <= MAX_ABS_MINOR_UNITS else None
 
 
+# A ValidRecord from its fields without _make's Python frame (this runs once per row).
+_new_record = tuple.__new__
+
+
 def _record(row: FastRow, streams: Mapping[str, StreamRef]) -> ValidRecord | None:
-    """The record of a decoded row, or None when the precise path must decide."""
+    """The record of a decoded row, or None when the precise path must decide.
+    (Identity tests against UNSET rather than isinstance: this runs once per row.)"""
     if row.metadata is not UNSET:
         return None
     stream = streams.get(row.data_stream_key)
     if stream is None or not _is_calendar_date(row.date):
         return None
     currency = row.currency
-    if currency is None or isinstance(currency, UnsetType):
+    if currency is None or currency is UNSET:
         currency = stream.currency
+    assert isinstance(currency, str)
     exponent = currency_exponent(currency)
     if exponent is None:
         return None
     amount_minor = _minor_units(bytes(row.amount), exponent)
     if amount_minor is None:
         return None
-    description = None if isinstance(row.description, UnsetType) else row.description
-    external_id = None if isinstance(row.external_id, UnsetType) else row.external_id
-    if (description is not None and "\x00" in description) or (
-        external_id is not None and "\x00" in external_id
-    ):
+    description = row.description
+    if description is UNSET:
+        description = None
+    elif description is not None and "\x00" in description:
         return None
-    return ValidRecord._make(
-        (stream.id, row.date, amount_minor, currency, description, external_id, None)
+    external_id = row.external_id
+    if external_id is UNSET:
+        external_id = None
+    elif external_id is not None and "\x00" in external_id:
+        return None
+    record: ValidRecord = _new_record(
+        ValidRecord,
+        (stream.id, row.date, amount_minor, currency, description, external_id, None),
     )
+    return record
 
 
 def fast_record(raw: bytes, streams: Mapping[str, StreamRef]) -> ValidRecord | None:
     """The record of one row's JSON text, or None when the precise path must decide."""
     try:
         row = _ROW.decode(raw)
-    except msgspec.DecodeError:  # ValidationError is a DecodeError
+    except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
         return None
     # msgspec keeps the last of a repeated key where the precise path refuses the body:
     # every member needs a ':', so as many ':' as members proves there is no repeat.
     if raw.count(b":") != _members(row):
         return None
     return _record(row, streams)
+
+
+def decode_fast_body(body: bytes) -> FastBody | None:
+    """A whole bulk body decoded in one C pass, or None when it is not all ordinary
+    rows (a row fails to decode, a key may repeat): then go row by row."""
+    try:
+        decoded = _BODY.decode(body)
+    except (msgspec.DecodeError, RecursionError):  # msgspec's depth limit: RecursionError
+        return None
+    members = 1 + (decoded.on_conflict is not UNSET) + sum(map(_members, decoded.records))
+    if body.count(b":") != members:  # the repeated-key proof, for the whole body
+        return None
+    return decoded
 
 
 def fast_body_records(
@@ -158,14 +183,31 @@ def fast_body_records(
     row the precise path must decide. None for the whole when the body is not all
     ordinary rows (a row fails to decode, a key may repeat): then go row by row
     (split_records + validate_rows)."""
-    try:
-        decoded = _BODY.decode(body)
-    except msgspec.DecodeError:
-        return None
-    members = 1 + (decoded.on_conflict is not UNSET) + sum(map(_members, decoded.records))
-    if body.count(b":") != members:  # the repeated-key proof, for the whole body
+    decoded = decode_fast_body(body)
+    if decoded is None:
         return None
     return [_record(row, streams) for row in decoded.records]
+
+
+def every_record(decoded: FastBody, streams: Mapping[str, StreamRef]) -> list[ValidRecord] | None:
+    """Each row's record when the fast path proves every row, else None (then the whole
+    body goes the precise way, which words each row error)."""
+    records: list[ValidRecord] = []
+    for row in decoded.records:
+        record = _record(row, streams)
+        if record is None:
+            return None
+        records.append(record)
+    return records
+
+
+def stream_keys(decoded: FastBody) -> set[str]:
+    return {row.data_stream_key for row in decoded.records}
+
+
+def skips_conflicts(decoded: FastBody) -> bool:
+    """on_conflict is absent or exactly "skip" (anything else: the precise path)."""
+    return decoded.on_conflict is UNSET or bytes(decoded.on_conflict) == b'"skip"'
 
 
 def validate_rows(
@@ -194,5 +236,5 @@ def split_records(body: bytes) -> list[bytes] | None:
     object with a `records` array (the precise path words that)."""
     try:
         return [bytes(raw) for raw in _RAW_RECORDS.decode(body).records]
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None

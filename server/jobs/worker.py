@@ -18,7 +18,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 
-from server.batches import stream_keys_of, validate_batch
+from server.batches import stream_keys_of, validate_batch, validated_batch
 from server.clock import utc_now
 from server.config import Settings
 from server.constants import (
@@ -34,10 +34,14 @@ from server.db.port import FencedOut, Storage
 from server.ingest.validation import StreamRef
 from server.jobs.parsing import parse_upload, remove_unreferenced_uploads
 from server.models import BulkRequest
-from server.staging import StagedItem
+from server.staging import StagedItem, ValidatedRows
 from server.types import JSON, Status
 
 log = logging.getLogger("server.worker")
+
+
+def _row_count(rows: list[StagedItem] | ValidatedRows) -> int:
+    return len(rows) if isinstance(rows, list) else len(rows.records)
 
 
 class WorkerPool:
@@ -217,7 +221,7 @@ class WorkerPool:
                 return
             job = parsed
         streams: dict[str, StreamRef] = {}
-        chunk: tuple[int, list[StagedItem]] | None = None
+        chunk: tuple[int, list[StagedItem] | ValidatedRows] | None = None
         while job.status == "processing":
             if self.should_cancel(job):
                 await self.finish(job, worker, Status.CANCELLED)
@@ -228,13 +232,21 @@ class WorkerPool:
                 await self._release(job, worker)
                 return
             start = job.next_row
-            if chunk is None or not chunk[0] <= start < chunk[0] + len(chunk[1]):
+            if chunk is None or not chunk[0] <= start < chunk[0] + _row_count(chunk[1]):
                 chunk = await self._load_chunk(job.id, start)
             first_row, rows = chunk
-            end = min(start + self.settings.batch_size, first_row + len(rows), job.total_items)
-            items = rows[start - first_row : end - first_row]
-            await self._resolve_streams(job.environment_id, items, streams)
-            batch = validate_batch(start, items, streams)
+            end = min(
+                start + self.settings.batch_size, first_row + _row_count(rows), job.total_items
+            )
+            if isinstance(rows, list):
+                items = rows[start - first_row : end - first_row]
+                await self._resolve_streams(job.environment_id, items, streams)
+                batch = validate_batch(start, items, streams)
+            else:
+                await self._check_streams(job, rows, streams)
+                batch = validated_batch(
+                    start, rows.records[start - first_row : end - first_row], rows.streams
+                )
             job = await self.store.commit_batch(job, worker, batch)
             if self.settings.batch_pause and job.status == "processing":
                 await self._pause_between_batches()
@@ -253,11 +265,34 @@ class WorkerPool:
     def should_cancel(self, job: BulkRequest) -> bool:
         return job.id in self._cancel_requested or job.cancellation_requested_at is not None
 
-    async def _load_chunk(self, request_id: int, row: int) -> tuple[int, list[StagedItem]]:
+    async def _load_chunk(
+        self, request_id: int, row: int
+    ) -> tuple[int, list[StagedItem] | ValidatedRows]:
         found = await self.store.get_chunk_at(request_id, row)
         if found is None or row >= found.first_row + found.row_count:
             raise RuntimeError(f"staged rows of bulk request {request_id} are missing at row {row}")
-        return found.first_row, found.items()
+        return found.first_row, found.rows()
+
+    async def _check_streams(
+        self, job: BulkRequest, rows: ValidatedRows, streams: dict[str, StreamRef]
+    ) -> None:
+        """Before a batch of rows the accept validated (decoded and bound, not validated
+        again): the streams they were proved against must be this environment's as they
+        are now. Streams never change, so this guards against a chunk that is not what it
+        claims; found streams are cached for the claim, so it costs a dict compare."""
+        if job.on_conflict != "skip":
+            # Validated rows are staged for on_conflict=skip only (they keep no source
+            # for a duplicate_external_id row error), and retries keep on_conflict.
+            raise RuntimeError(f"bulk request {job.id} has validated rows but on_conflict=error")
+        missing = rows.streams.keys() - streams.keys()
+        if missing:
+            streams.update(await self.store.find_data_streams(job.environment_id, missing))
+        for key, proved in rows.streams.items():
+            if streams.get(key) != proved:
+                raise RuntimeError(
+                    f"bulk request {job.id}: data stream {key!r} is not what its rows were "
+                    "validated against"
+                )
 
     async def _resolve_streams(
         self, environment_id: int, items: Sequence[StagedItem], streams: dict[str, StreamRef]

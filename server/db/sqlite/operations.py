@@ -21,6 +21,7 @@ from server.batches import (
     atomic_failure_message,
     candidate_pairs,
     external_id_of,
+    source_item,
     split_duplicates,
     withhold_reserved,
 )
@@ -39,7 +40,14 @@ from server.models import BulkRequest, ChainMember, DataStream
 from server.outcomes import Transition, terminal_transition
 from server.rules import cancel_refusal, retry_refusal
 from server.scheduling import run_at_text
-from server.staging import ChunkWriter, EncodedChunk, StagedItem, decode_items
+from server.staging import (
+    ChunkWriter,
+    EncodedChunk,
+    StagedItem,
+    ValidatedRows,
+    ValidatedWriter,
+    decode_chunk,
+)
 from server.types import JSON, Mode, RowProblem, Source, Status
 
 # --- client-facing ------------------------------------------------------------------------
@@ -226,33 +234,46 @@ def _retry_rows(tx: WriteTx, chain: Sequence[BulkRequest], common: dict[str, Any
     # Chunks close by the same rule as parsing (a buffer of 2000 rows of 64 KiB peaked
     # at 537 MB).
     writer = ChunkWriter()
+    # Rows the origin staged validated are copied validated (never re-validated: streams
+    # never change); a chunk holds one encoding, so switching flushes the other writer.
+    validated = ValidatedWriter()
     written = 0
 
     def flush() -> None:
         nonlocal written
-        if writer.rows:
-            row_count, body = writer.take()
-            tx.insert_chunk(child_id, written, row_count, body)
-            written += row_count
+        for filled in (writer, validated):
+            if filled.rows:
+                row_count, body = filled.take()
+                tx.insert_chunk(child_id, written, row_count, body)
+                written += row_count
 
     # The child holds the rows in the origin's order, copied from the origin's chunks
     # (kept until a request completes, and no member of a retried chain has).
     # One origin chunk is decoded at a time, once, however many gaps fall into it.
     first_row = 0
-    items: list[StagedItem] = []
+    rows: list[StagedItem] | ValidatedRows = []
     for start, end in coverage.gaps():
         runs.add(start, end)
         position = start
         while position < end:
-            if not first_row <= position < first_row + len(items):
+            if not first_row <= position < first_row + _row_count(rows):
                 found = tx.next_chunk_from(origin_id, position)
                 if found is None or found["first_row"] > position:
                     raise RuntimeError(f"staged rows of bulk request {origin_id} are missing")
-                first_row, items = found["first_row"], decode_items(found["body"])
-            stop = min(end, first_row + len(items))
-            for item in items[position - first_row : stop - first_row]:
-                if writer.add(item):
+                first_row, rows = found["first_row"], decode_chunk(found["body"])
+            stop = min(end, first_row + _row_count(rows))
+            if isinstance(rows, list):
+                if validated.rows:
                     flush()
+                for item in rows[position - first_row : stop - first_row]:
+                    if writer.add(item):
+                        flush()
+            else:
+                if writer.rows:
+                    flush()
+                for record in rows.records[position - first_row : stop - first_row]:
+                    if validated.add(record, rows.streams):
+                        flush()
             position = stop
     flush()
     if written == 0:
@@ -262,6 +283,10 @@ def _retry_rows(tx: WriteTx, chain: Sequence[BulkRequest], common: dict[str, Any
     tx.insert_retry_row_runs(child_id, runs.runs)
     tx.set_total_items(child_id, written)
     return dataclasses.replace(row, total_items=written)
+
+
+def _row_count(rows: list[StagedItem] | ValidatedRows) -> int:
+    return len(rows) if isinstance(rows, list) else len(rows.records)
 
 
 # --- the worker side ------------------------------------------------------------------------
@@ -341,19 +366,22 @@ def _row_errors(
     request_id: int, batch: Batch, problems: Sequence[tuple[int, RowProblem]]
 ) -> list[tuple[Any, ...]]:
     start = batch.start_row
-    return [
-        (
-            request_id,
-            start + offset,
-            batch.items[offset][0],
-            external_id_of(batch.items[offset][1]),
-            p.code,
-            p.message,
-            f"/records/{start + offset}{p.pointer}",
-            orjson.dumps(batch.items[offset]).decode(),
+    errors = []
+    for offset, p in problems:
+        line, fields, _problem = item = source_item(batch, offset)
+        errors.append(
+            (
+                request_id,
+                start + offset,
+                line,
+                external_id_of(fields),
+                p.code,
+                p.message,
+                f"/records/{start + offset}{p.pointer}",
+                orjson.dumps(item).decode(),
+            )
         )
-        for offset, p in problems
-    ]
+    return errors
 
 
 def _keeping_stream_key(updated: BulkRequest, job: BulkRequest) -> BulkRequest:

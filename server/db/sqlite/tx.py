@@ -178,7 +178,8 @@ class WriteTx:
         return self.request(Q.get_bulk_request_any_environment, {"id": request_id})
 
     def insert_chunk(self, request_id: int, first_row: int, row_count: int, body: bytes) -> None:
-        """Stage rows; `body` comes from encode_items, made before the transaction."""
+        """Stage rows; `body` comes from server/staging.py (JSON or validated rows), made
+        before the transaction."""
         self.run(
             Q.insert_chunk,
             {
