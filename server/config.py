@@ -30,6 +30,9 @@ class Settings:
     batch_pause: float = C.DEFAULT_BATCH_PAUSE_SECONDS
     keepalive_timeout: float = C.KEEPALIVE_TIMEOUT_SECONDS
     head_timeout: float = C.REQUEST_HEAD_TIMEOUT_SECONDS
+    # PostgreSQL instead of the SQLite file (README, "Running on PostgreSQL").
+    database_url: str | None = None
+    heartbeat_timeout: float = C.DEFAULT_HEARTBEAT_TIMEOUT_SECONDS
 
     @property
     def data_dir(self) -> Path:
@@ -71,6 +74,12 @@ def non_negative_float(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text}")
     return value
+
+
+def _database_url(text: str) -> str:
+    if not text.startswith(("postgresql://", "postgres://")):
+        raise argparse.ArgumentTypeError("must be a postgresql://… URL")
+    return text
 
 
 def _synchronous(text: str) -> str:
@@ -131,6 +140,19 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "keepalive_timeout",
         positive_float,
         "seconds an idle keep-alive connection stays open",
+    ),
+    (
+        "--database-url",
+        "database_url",
+        _database_url,
+        "PostgreSQL database (postgresql://user@host/db) instead of the SQLite file; "
+        "any number of server processes may share it",
+    ),
+    (
+        "--heartbeat-timeout",
+        "heartbeat_timeout",
+        positive_float,
+        "PostgreSQL: seconds without a heartbeat before another process resumes a claim",
     ),
     (
         "--head-timeout",

@@ -25,8 +25,8 @@ POSTGRES_ONLY = {
     # Several processes: a dead process's claims are rescued by heartbeat age (SPEC §16);
     # one SQLite process requeues every claim of its own dead workers instead.
     "rescue_stale_requests",
-    # The LISTEN/NOTIFY event streams read the events after their cursor.
-    "list_outbox_events_after",
+    # The LISTEN/NOTIFY listener reads the events its notifications name.
+    "list_outbox_events_by_ids",
     # Uploads are stored in the database, in chunks (SPEC §16); SQLite keeps a file.
     "insert_upload",
     "insert_upload_chunk",
@@ -339,8 +339,8 @@ async def test_each_committed_outbox_insert_notifies_and_a_rolled_back_one_does_
         notice = orjson.loads(await asyncio.wait_for(received.get(), timeout=5))
         assert notice["event_type"] == "created"
         assert notice["bulk_request_id"] == request
-        events = await run(writer, "list_outbox_events_after", after_id=0, limit=10)
-        assert [event["id"] for event in events] == [notice["id"]]
+        events = await run(writer, "list_outbox_events_by_ids", ids=[notice["id"]])
+        assert [event["event_type"] for event in events] == ["created"]
         assert received.empty()
     finally:
         await listener.close()

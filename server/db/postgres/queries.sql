@@ -245,11 +245,14 @@ VALUES ($1, $2, $3, $4);
 -- As on SQLite (requests never started first, then round-robin by queued_at), and
 -- SKIP LOCKED: processes claiming at once each take a different request instead of
 -- queueing on the first one's lock. The locked row's WHERE is re-checked after the lock.
+-- Unlike SQLite, the claim is a heartbeat: with several processes, a request that waited
+-- in the queue longer than the rescue threshold would otherwise look dead to the other
+-- processes' rescue the moment it is claimed (rescue_stale_requests).
 -- params: now, worker
 UPDATE bulk_requests AS b
 SET status = 'processing',
     started_at = coalesce(b.started_at, $1),
-    last_progress_at = coalesce(b.last_progress_at, $1),
+    last_progress_at = $1,
     attempt = b.attempt + 1,
     claimed_by = $2
 FROM (SELECT id FROM bulk_requests
@@ -417,13 +420,15 @@ DELETE FROM idempotency_keys WHERE created_at <= $1;
 -- The outbox_notify trigger NOTIFYs every process's listeners at commit.
 -- params: bulk_request_id, environment_id, event_type, payload, now
 INSERT INTO outbox (bulk_request_id, environment_id, event_type, payload, created_at)
-VALUES ($1, $2, $3, $4, $5);
+VALUES ($1, $2, $3, $4, $5)
+RETURNING id;
 
--- name: list_outbox_events_after
--- What a LISTENing process reads when notified: the events after its cursor, in order.
--- params: after_id, limit
-SELECT id, bulk_request_id, environment_id, event_type, payload, created_at FROM outbox
-WHERE id > $1 ORDER BY id LIMIT $2;
+-- name: list_outbox_events_by_ids
+-- What a LISTENing process reads when notified: the events named by the notifications
+-- (delivered in commit order; ids are not, so no "after id N" cursor can be trusted).
+-- params: ids
+SELECT id, bulk_request_id, environment_id, event_type, payload FROM outbox
+WHERE id = ANY($1::bigint[]) ORDER BY array_position($1::bigint[], id);
 
 -- name: delete_old_outbox_events
 -- At most `limit` rows per transaction, so pruning a backlog never holds locks long.
