@@ -261,3 +261,8 @@ POSTGRES_LISTEN_RETRY_SECONDS = 1.0
 # Own outbox ids remembered so the listener skips events this process already applied;
 # a rolled-back transaction's ids are never notified, so the set is dropped past this.
 POSTGRES_MAX_REMEMBERED_OUTBOX_IDS = 100_000
+# The parser reads an upload's chunks back this many at a time (4 x 256 KiB per query).
+POSTGRES_UPLOAD_READ_AHEAD_CHUNKS = 4
+# An upload never completed (its receiving process died mid-stream) is deleted by a
+# start-up sweep once this old: long enough that no live process is still receiving it.
+POSTGRES_ABANDONED_UPLOAD_SECONDS = 24 * 3600

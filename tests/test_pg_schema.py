@@ -34,6 +34,7 @@ POSTGRES_ONLY = {
     "get_upload",
     "list_upload_chunks",
     "delete_unreferenced_uploads",
+    "delete_upload",
 }
 # Parameters only PostgreSQL takes, and why.
 POSTGRES_ONLY_PARAMS = {

@@ -96,6 +96,9 @@ async def create_upload_request(
     replayed = await _replay(tx, environment_id, claim)
     if replayed is not None:
         return replayed, True
+    # Complete in the request's transaction: the sweep never sees it unreferenced.
+    if not await tx.complete_upload(upload.upload_path):
+        raise RuntimeError(f"upload {upload.upload_path!r} is not stored")
     row = await tx.insert_bulk_request(
         environment_id=environment_id,
         source=Source(upload.upload_format),

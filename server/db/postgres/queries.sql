@@ -471,6 +471,11 @@ SELECT seq, body FROM upload_chunks
 WHERE upload_name = $1 AND seq >= $2
 ORDER BY seq LIMIT $3;
 
+-- name: delete_upload
+-- A refused, replayed or parsed upload; its chunks go with it (ON DELETE CASCADE).
+-- params: name
+DELETE FROM uploads WHERE name = $1;
+
 -- name: delete_unreferenced_uploads
 -- Uploads no request refers to any more (parsed, rejected, or abandoned mid-receive
 -- before `not_before`); their chunks go with them (ON DELETE CASCADE).

@@ -28,6 +28,7 @@ import orjson
 from server.batches import Batch
 from server.clock import now_rfc3339, to_rfc3339, utc_now
 from server.constants import (
+    POSTGRES_ABANDONED_UPLOAD_SECONDS,
     POSTGRES_LISTEN_RETRY_SECONDS,
     POSTGRES_MAX_REMEMBERED_OUTBOX_IDS,
     POSTGRES_OUTBOX_CHANNEL,
@@ -41,12 +42,15 @@ from server.db.port import (
     IdempotencyClaim,
     NewUpload,
     StorageUnavailable,
+    UploadSink,
+    UploadSource,
 )
-from server.db.postgres import operations
+from server.db.postgres import operations, uploads
 from server.db.postgres.migrations import migrate
 from server.db.postgres.queries import bind
 from server.db.postgres.reads import Reads
 from server.db.postgres.tx import CREATE_STAGED_RECORDS, PgTx
+from server.db.postgres.uploads import PgUploadSink
 from server.models import DataStream
 from server.outcomes import RequestChanged, Transition
 from server.staging import EncodedChunk
@@ -424,6 +428,23 @@ class PostgresStorage(Reads):
             operations.requeue_orphans, live_workers=live, reason=reason, stale_before=stale_before
         )
         return await self.write(work)
+
+    # --- uploads: chunks in the database (uploads.py) ---------------------------------
+
+    async def begin_upload(self) -> UploadSink:
+        return await PgUploadSink.begin(self.pool)
+
+    async def open_upload(self, name: str) -> UploadSource:
+        return await uploads.open_upload(self.pool, name)
+
+    async def delete_upload(self, name: str) -> None:
+        await uploads.delete_upload(self.pool, name)
+
+    async def delete_unreferenced_uploads(self) -> int:
+        """Uploads no request refers to: parsed or refused ones a crash left, and ones
+        never completed, once older than any upload still being received."""
+        not_before = to_rfc3339(utc_now() - timedelta(seconds=POSTGRES_ABANDONED_UPLOAD_SECONDS))
+        return len(await self.rows("delete_unreferenced_uploads", not_before=not_before))
 
     # --- sweeps ----------------------------------------------------------------------
 

@@ -307,6 +307,9 @@ class PgTx:
         )
         return found is not None
 
+    async def complete_upload(self, name: str) -> bool:
+        return await self.one("complete_upload", name=name, now=now_rfc3339()) is not None
+
     # --- worker side: every statement fenced by (attempt, claimed_by) ------------------------
 
     async def claim_next_request(self, worker: str) -> JSON | None:
