@@ -6,6 +6,7 @@ share, with `?` placeholders: on PostgreSQL they become `$1, $2, …`.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,10 @@ async def stored_uploads(store: Storage) -> list[str]:
     if isinstance(store, PostgresStorage):
         return [row["name"] for row in await store.pool.fetch("SELECT name FROM uploads")]
     assert isinstance(store, Store)
-    directory: Path = store.upload_dir
+    return await asyncio.to_thread(_files_in, store.upload_dir)
+
+
+def _files_in(directory: Path) -> list[str]:
     return sorted(str(path) for path in directory.iterdir()) if directory.is_dir() else []
 
 
@@ -57,3 +61,12 @@ async def store_upload(store: Storage, body: bytes, upload_format: str = "csv") 
     sink = await store.begin_upload()
     await sink.write(body)
     return await sink.finish(upload_format)
+
+
+async def stored_execute(store: Storage, sql: str, *args: Any) -> None:
+    """A statement run behind the port's back (a test arranging the database)."""
+    if isinstance(store, PostgresStorage):
+        await store.pool.execute(_numbered(sql), *args)
+        return
+    assert isinstance(store, Store)
+    await store.write(lambda tx: tx.run(sql, args))

@@ -8,6 +8,7 @@ only server/outcomes.py publishes, wakes the pool or logs a transition.
 from __future__ import annotations
 
 import ast
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from server.db.sqlite.tx import WriteTx
 from server.outcomes import RequestChanged, Transition
 from server.types import Source
 from tests.conftest import Api, claim_without_event, record, wait_until
+from tests.db_access import stored_execute, stored_rows, stored_value
 from tests.test_uploads import upload
 
 ApiFactory = Callable[[Settings], Awaitable[Api]]
@@ -33,10 +35,11 @@ SERVER = Path(__file__).resolve().parents[1] / "server"
 
 
 async def outbox(api: Api, request_id: int) -> list[tuple[str, dict[str, Any]]]:
-    rows = await api.app[STORE].read_all(
+    rows = await stored_rows(
+        api.app[STORE],
         "SELECT event_type, environment_id, payload FROM outbox"
         " WHERE bulk_request_id = ? ORDER BY id",
-        (request_id,),
+        request_id,
     )
     events = [(r["event_type"], orjson.loads(r["payload"])) for r in rows]
     # The columns a reader filters on agree with the payload.
@@ -72,7 +75,7 @@ def as_stored(applied: Sequence[RequestChanged], request_id: int) -> list[tuple[
 
 
 async def count(api: Api, sql: str, *params: Any) -> int:
-    value: int = await api.app[STORE].read_value(sql, params)
+    value: int = await stored_value(api.app[STORE], sql, *params)
     return value
 
 
@@ -192,12 +195,14 @@ async def test_an_upload_parsed_then_processed(api: Api) -> None:
 async def test_crash_recovery_requeue_leaves_a_requeued_event(
     make_api: ApiFactory, settings: Settings
 ) -> None:
-    # No workers: the claim below is one a dead process left behind.
-    api = await make_api(dataclasses.replace(settings, workers=0))
+    # No workers: the claim below is one a dead process left behind (on PostgreSQL its
+    # heartbeat is past the timeout at once: other processes' claims go by heartbeat).
+    api = await make_api(dataclasses.replace(settings, workers=0, heartbeat_timeout=0.001))
     summary = await api.submit([record(1)])
     store = api.app[STORE]
     claimed = await claim_without_event(store, "gone:0:0000")
     assert claimed is not None
+    await asyncio.sleep(0.01)
     assert await api.app[POOL].requeue_orphans("process restarted") == [summary["id"]]
     events = await outbox(api, summary["id"])
     # The dead claim made no event (written without one, as by a bare transaction).
@@ -270,15 +275,15 @@ async def test_the_sweeper_prunes_old_events_only(make_api: ApiFactory, settings
     summary = await api.submit([record(1)])
     old = OUTBOX_PRUNE_BATCH + 3  # more than one pruning transaction's worth
 
-    def backdate(tx: WriteTx) -> None:
-        tx.run(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
-            " INSERT INTO outbox (bulk_request_id, environment_id, event_type, payload,"
-            " created_at) SELECT ?, 1, 'progress', '{}', '2000-01-01T00:00:00Z' FROM n",
-            (old, summary["id"]),
-        )
-
-    await api.app[STORE].write(backdate)
+    await stored_execute(
+        api.app[STORE],
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+        " INSERT INTO outbox (bulk_request_id, environment_id, event_type, payload,"
+        " created_at) SELECT CAST(? AS BIGINT), 1, 'progress', '{}', '2000-01-01T00:00:00Z'"
+        " FROM n",
+        old,
+        summary["id"],
+    )
     await wait_until(lambda: count(api, "SELECT count(*) FROM outbox"), lambda n: n < old)
     await wait_until(lambda: count(api, "SELECT count(*) FROM outbox"), lambda n: n == 1)
     assert types_of(await outbox(api, summary["id"])) == ["created"]

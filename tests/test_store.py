@@ -17,6 +17,7 @@ from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record, RowEr
 from server.staging import encode_items
 from server.types import Status
 from tests.conftest import claim_next, make_environment, make_stream
+from tests.db_access import stored_value
 
 WORKER = "unit-store-1"
 
@@ -160,11 +161,12 @@ async def test_an_idempotency_key_expires_exactly_at_its_ttl(
     env = await make_environment(store)
     request_id = (await submit_records(store, env, [rec(1)], "error", None, 10))[0]["id"]
     await store.write(lambda tx: tx.save_idempotency_key(env, "k1", "fp", request_id))
-    created = await store.read_value("SELECT created_at FROM idempotency_keys")
+    created = await stored_value(store, "SELECT created_at FROM idempotency_keys")
     ttl = timedelta(seconds=IDEMPOTENCY_KEY_TTL_SECONDS)
 
     def at(moment: datetime) -> None:
         monkeypatch.setattr("server.db.sqlite.tx.utc_now", lambda: moment)
+        monkeypatch.setattr("server.db.postgres.tx.utc_now", lambda: moment)
 
     at(parse_rfc3339(created) + ttl - timedelta(microseconds=1))
     kept = await store.write(lambda tx: tx.get_idempotency_key(env, "k1"))

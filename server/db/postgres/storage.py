@@ -38,6 +38,7 @@ from server.db.port import (
     AfterCommitHook,
     BulkRequestRow,
     CancelOutcome,
+    FencedOut,
     HeartbeatSummary,
     IdempotencyClaim,
     NewUpload,
@@ -59,6 +60,9 @@ from server.types import JSON, Status
 T = TypeVar("T")
 log = logging.getLogger("server.db")
 
+# The records' unique indexes (migration 1): which one a batch collided with decides.
+RECORDS_REQUEST_ROW_INDEX = "records_request_row"
+RECORDS_EXTERNAL_ID_INDEX = "records_external_id"
 # Lost to another process's transaction: run the whole transaction again.
 _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 # What a read raises when the database is unusable (health and metrics report it).
@@ -79,6 +83,13 @@ async def _prepare_connection(conn: asyncpg.Connection) -> None:
 
 def _set_on_close(closed: asyncio.Event, _conn: object) -> None:
     closed.set()
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """The pool's reset on release, which does nothing: asyncpg's default (unlock all
+    advisory locks, CLOSE ALL, UNLISTEN *, RESET ALL) is one more round trip per
+    transaction, and these connections keep no session state — the advisory locks are
+    transaction-level, the LISTEN has its own connection, no cursor outlives a query."""
 
 
 class PostgresStorage(Reads):
@@ -106,7 +117,11 @@ class PostgresStorage(Reads):
         finally:
             await conn.close()
         self._pool = await asyncpg.create_pool(
-            self.dsn, min_size=1, max_size=self.pool_size, init=_prepare_connection
+            self.dsn,
+            min_size=1,
+            max_size=self.pool_size,
+            init=_prepare_connection,
+            reset=_keep_session,
         )
         ready = asyncio.get_running_loop().create_future()
         self._listener = asyncio.create_task(self._listen(ready), name="pg-listen")
@@ -228,7 +243,12 @@ class PostgresStorage(Reads):
                 for row in rows
             ]
             if events and self.after_commit is not None:
-                self.after_commit(tuple(events))
+                try:
+                    self.after_commit(tuple(events))
+                except Exception:
+                    # A malformed row written behind the service's back must not stop
+                    # this process hearing of the next ones.
+                    log.exception("could not apply %d notified event(s)", len(events))
 
     # --- environments and API keys ---------------------------------------------------
 
@@ -357,9 +377,21 @@ class PostgresStorage(Reads):
         work = partial(
             operations.commit_batch, job=job, worker=worker, batch=batch, candidates=candidates
         )
-        # on_conflict=error: another process committed one of this batch's external ids
-        # between the duplicate lookup and the COPY; run again, it is reported as a row error.
-        return await self.write(work, retry_on=(asyncpg.exceptions.UniqueViolationError,))
+        for attempt in range(1, POSTGRES_TRANSACTION_ATTEMPTS + 1):
+            try:
+                return await self.write(work)
+            except asyncpg.exceptions.UniqueViolationError as exc:
+                if exc.constraint_name == RECORDS_REQUEST_ROW_INDEX:
+                    # Rows behind the checkpoint: only a stale claim writes those.
+                    raise FencedOut(request_id) from exc
+                if exc.constraint_name != RECORDS_EXTERNAL_ID_INDEX or (
+                    attempt == POSTGRES_TRANSACTION_ATTEMPTS
+                ):
+                    raise
+                # on_conflict=error: another transaction committed one of these external
+                # ids between the duplicate lookup and the COPY. Run again: the lookup now
+                # finds it, and it is reported as the row's duplicate_external_id error.
+        raise AssertionError("unreachable")
 
     async def release_request(self, job: BulkRequestRow, worker: str) -> None:
         await self.write(partial(operations.release_request, job=job, worker=worker))

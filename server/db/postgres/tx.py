@@ -346,15 +346,16 @@ class PgTx:
         await self.conn.copy_records_to_table("records", records=rows, columns=RECORD_COLUMNS)
 
     async def insert_records_skipping_duplicates(self, rows: Sequence[Sequence[Any]]) -> int:
-        """COPY into the connection's temp table, then keep what the unique index allows;
-        returns how many were inserted. Other constraint violations still raise."""
+        """COPY into the connection's temp table, then keep what the unique external_id
+        index allows; returns how many were inserted. Other violations still raise."""
         await self.conn.copy_records_to_table(
             STAGED_RECORDS_TABLE, records=rows, columns=RECORD_COLUMNS
         )
         inserted = _changed(await self.conn.execute(_INSERT_STAGED_SKIPPING_DUPLICATES))
         # ON COMMIT DELETE ROWS empties it at commit; a second batch in one transaction
-        # (none today) must not see this one's rows.
-        await self.conn.execute(f"TRUNCATE {STAGED_RECORDS_TABLE}")
+        # (none today) must not see this one's rows. DELETE, not TRUNCATE: a TRUNCATE per
+        # batch gives the table a new file each time.
+        await self.conn.execute(f"DELETE FROM {STAGED_RECORDS_TABLE}")
         return inserted
 
     async def insert_row_errors(self, rows: Sequence[Sequence[Any]]) -> None:
