@@ -140,7 +140,9 @@ class PostgresStorage(Reads):
 
     @property
     def pool(self) -> asyncpg.Pool:
-        assert self._pool is not None, "storage is not open"
+        if self._pool is None:
+            # What asyncpg raises for a closed pool: health and metrics report it.
+            raise asyncpg.InterfaceError("the storage is not open")
         return self._pool
 
     # --- transactions ----------------------------------------------------------------

@@ -359,7 +359,7 @@ class PgTx:
         return inserted
 
     async def insert_row_errors(self, rows: Sequence[Sequence[Any]]) -> None:
-        await self._insert_rows("insert_row_error", rows)
+        await self._insert_rows("insert_row_error", [_without_nul(row) for row in rows])
 
     async def record_batch(
         self,
@@ -454,6 +454,16 @@ class PgTx:
             "rescue_stale_requests", stale_before=stale_before, reason=reason, now=now_rfc3339()
         )
         return [int(r["id"]) for r in rows]
+
+
+def _without_nul(row: Sequence[Any]) -> tuple[Any, ...]:
+    """PostgreSQL text cannot hold NUL, which SQLite's can: a row refused for a NUL
+    (invalid_characters) names it in its external_id or pointer. Those become U+FFFD,
+    the replacement character (README, "Running on PostgreSQL"); the row's source is
+    JSON, where a NUL is already the escape `\\u0000`."""
+    return tuple(
+        value.replace("\x00", "\ufffd") if isinstance(value, str) else value for value in row
+    )
 
 
 def _bound(query: str, /, **values: Any) -> tuple[Any, ...]:
