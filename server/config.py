@@ -55,6 +55,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -101,7 +108,13 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--host", "host", str, "interface to listen on"),
     ("--port", "port", _port, "TCP port (0 picks a free one)"),
     ("--db", "db_path", Path, "SQLite database file; uploads are kept beside it"),
-    ("--workers", "workers", positive_int, "asyncio worker tasks processing bulk requests"),
+    (
+        "--workers",
+        "workers",
+        non_negative_int,
+        "asyncio worker tasks processing bulk requests (0: serve the API only, as a "
+        "PostgreSQL process whose work other processes do)",
+    ),
     ("--batch-size", "batch_size", positive_int, "rows per batch (one transaction each)"),
     (
         "--stuck-after",
