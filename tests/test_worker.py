@@ -61,8 +61,10 @@ async def test_small_request_is_not_stuck_behind_large_ones(
         if r["status"] != "completed"
     ]
     assert unfinished, "the large requests should still be running: the test proves nothing"
+    # 3,000 two-row transactions: PostgreSQL's round trips make them several times slower.
+    within = 120 if settings.database_url else 20
     for big in large:
-        assert (await api.wait_terminal(big["id"]))["successful_items"] == 1000
+        assert (await api.wait_terminal(big["id"], within))["successful_items"] == 1000
 
 
 async def test_stuck_request_is_reported_and_resumed_by_the_sweeper(

@@ -26,7 +26,8 @@ process per database file, so every claim found at start is an orphan). All of t
 SQLite-only and lives in the adapter; so do json_each, json_patch, `$[#]` and
 PRAGMA user_version migrations.
 
-The PostgreSQL adapter (issue 12) implements this same Protocol. Its skeleton, in the
+`server/db/postgres/` (`PostgresStorage`, issue 12) implements this same Protocol on
+asyncpg; any number of server processes share its database. Its skeleton, in the
 port's own signatures (tests/test_port.py checks each against `Storage`; nothing in the
 domain, the jobs or the handlers changes for it):
 
