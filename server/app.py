@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from server.api import bulk_requests, dashboard, data_streams, health, uploads
+from server.api import bulk_requests, dashboard, data_streams, health, uploads, webhooks
 from server.api import events as event_streams
-from server.api.common import HUB, LARGE_BODIES, POOL, SETTINGS, STORE
+from server.api.common import HUB, LARGE_BODIES, POOL, SETTINGS, STORE, STREAMS
 from server.api.openapi import openapi_document
+from server.bulk_requests import StreamCache
 from server.config import Settings
 from server.constants import LARGE_JSON_BODY_SLOTS, MAX_JSON_BODY_BYTES, postgres_pool_size
 from server.db.port import Storage
@@ -24,6 +25,7 @@ from server.http.metrics import METRICS, Metrics, metrics_endpoint, observe_requ
 from server.http.server import head_limit_middleware
 from server.jobs.worker import WorkerPool
 from server.outcomes import AfterCommit
+from server.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger("server.app")
 
@@ -84,8 +86,16 @@ def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> w
     app[STORE] = store
     app[HUB] = hub
     app[LARGE_BODIES] = asyncio.Semaphore(LARGE_JSON_BODY_SLOTS)
+    app[STREAMS] = StreamCache()
     app[POOL] = pool = WorkerPool(store, settings)
-    store.after_commit = AfterCommit(hub, pool.wake, pool.notify_cancel_requested).apply
+    app[webhooks.WEBHOOKS] = dispatcher = WebhookDispatcher(
+        store.webhooks,
+        settings,
+        lambda row: webhooks.render_event_data(store, settings.stuck_after, row),
+    )
+    store.after_commit = AfterCommit(
+        hub, pool.wake, pool.notify_cancel_requested, pool.purge_soon, dispatcher.nudge
+    ).apply
     app[METRICS] = Metrics(store, app[POOL], hub, settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -95,8 +105,10 @@ def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> w
             if new_key:
                 _announce_key(new_key)
             await app[POOL].start()
+            await dispatcher.start()
             yield
         finally:
+            await dispatcher.stop()
             await app[POOL].stop()
             await store.close()
 
@@ -128,3 +140,10 @@ def _add_routes(app: web.Application) -> None:
     r.add_get("/v1/bulk_requests/{id}/events", event_streams.bulk_request_events)
     r.add_get("/v1/events", event_streams.environment_events)
     r.add_post("/v1/uploads", uploads.create_upload)
+    r.add_post("/v1/webhook_endpoints", webhooks.create_endpoint)
+    r.add_get("/v1/webhook_endpoints", webhooks.list_endpoints)
+    r.add_get("/v1/webhook_endpoints/{id}", webhooks.get_endpoint)
+    r.add_patch("/v1/webhook_endpoints/{id}", webhooks.update_endpoint)
+    r.add_delete("/v1/webhook_endpoints/{id}", webhooks.delete_endpoint)
+    r.add_get("/v1/webhook_endpoints/{id}/deliveries", webhooks.list_deliveries)
+    r.add_post("/v1/webhook_endpoints/{id}/deliveries/{delivery_id}/retry", webhooks.retry_delivery)

@@ -12,22 +12,30 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
 
-from server.constants import PARSE_CHUNK_BYTES
+from server.constants import MAX_CACHED_STREAMS, PARSE_CHUNK_BYTES
 from server.db.port import (
-    BulkRequestRow,
     CancelOutcome,
     IdempotencyClaim,
     NewUpload,
     Storage,
 )
+from server.ingest.validation import StreamRef, ValidRecord
+from server.models import BulkRequest
 from server.rules import CANCELLABLE_STATUSES, RETRYABLE_STATUSES, retry_refusal
-from server.staging import StagedItem, encode_in_chunks, encode_items
-from server.types import JSON
+from server.staging import (
+    StagedItem,
+    ValidatedRows,
+    encode_in_chunks,
+    encode_items,
+    encode_validated_in_chunks,
+)
+from server.types import JSON, Mode
 
 
 def fingerprint(operation: str, payload: Any) -> str:
@@ -47,10 +55,13 @@ async def submit_records(
     on_conflict: str,
     claim: IdempotencyClaim | None,
     body_bytes: int,
-) -> tuple[BulkRequestRow, bool]:
+    run_at: datetime | None = None,
+    mode: Mode = Mode.PARTIAL,
+) -> tuple[BulkRequest, bool]:
     """Stage the rows durably and enqueue them; returns (request, replayed).
 
-    `body_bytes`: the size of the request body the records came from.
+    `body_bytes`: the size of the request body the records came from. `run_at`: staged
+    now, claimed from then on (server/scheduling.py).
     """
     items: list[StagedItem] = [[None, record, None] for record in records]
     # Before the transaction, so the writer only copies bytes; in a thread, because zlib
@@ -73,9 +84,58 @@ async def submit_records(
     return await storage.create_records_request(
         environment_id,
         on_conflict=on_conflict,
+        mode=mode,
         total_items=len(records),
         chunks=staged,
         data_stream_key=single_key,
+        claim=claim,
+        run_at=run_at,
+    )
+
+
+class StreamCache:
+    """Data streams by environment and key, for the accept's fast path. Streams are
+    never changed or deleted, so a found one stays right; a key not found is asked for
+    again each time (its stream may have been created meanwhile)."""
+
+    def __init__(self) -> None:
+        self._found: dict[int, dict[str, StreamRef]] = {}
+        self._size = 0
+
+    async def lookup(
+        self, storage: Storage, environment_id: int, keys: Collection[str]
+    ) -> dict[str, StreamRef]:
+        """The environment's streams known so far, with every one of `keys` that exists."""
+        known = self._found.get(environment_id)
+        if known is None:
+            known = self._found[environment_id] = {}
+        missing = [key for key in keys if key not in known]
+        if missing:
+            found = await storage.find_data_streams(environment_id, missing)
+            if self._size + len(found) > MAX_CACHED_STREAMS:
+                self._found, self._size = {environment_id: known}, len(known)
+            known.update(found)
+            self._size += len(found)
+        return known
+
+
+async def submit_validated_records(
+    storage: Storage,
+    environment_id: int,
+    records: list[ValidRecord],
+    streams: dict[str, StreamRef],
+    claim: IdempotencyClaim | None,
+) -> tuple[BulkRequest, bool]:
+    """Like submit_records, for rows the accept's fast path proved valid (always
+    on_conflict=skip): staged as validated records, which the worker only binds.
+    `streams`: the streams the rows name, as they were proved against."""
+    staged = await asyncio.to_thread(encode_validated_in_chunks, ValidatedRows(streams, records))
+    return await storage.create_records_request(
+        environment_id,
+        on_conflict="skip",
+        total_items=len(records),
+        chunks=staged,
+        data_stream_key=next(iter(streams)) if len(streams) == 1 else None,
         claim=claim,
     )
 
@@ -90,11 +150,15 @@ async def submit_upload(
     data_stream_key: str | None,
     on_conflict: str,
     nacha_options: Sequence[str] | None,
+    csv_options: JSON | None = None,
     claim: IdempotencyClaim | None,
-) -> tuple[BulkRequestRow, bool]:
+    run_at: datetime | None = None,
+    mode: Mode = Mode.PARTIAL,
+) -> tuple[BulkRequest, bool]:
     """Enqueue a stored upload for parsing; returns (request, replayed).
 
-    `nacha_options`: the relaxation names a NACHA file is parsed with (None for CSV).
+    `nacha_options`: the relaxation names a NACHA file is parsed with (None for CSV);
+    `csv_options`: the CSV options (SPEC §15) a CSV file is parsed with (None for NACHA).
     On replay the caller deletes its freshly stored copy of the file.
     """
     stored_options = None if nacha_options is None else orjson.dumps(list(nacha_options)).decode()
@@ -105,19 +169,22 @@ async def submit_upload(
         data_stream_key=data_stream_key,
         on_conflict=on_conflict,
         nacha_options=stored_options,
+        csv_options=None if csv_options is None else orjson.dumps(csv_options).decode(),
+        run_at=run_at,
+        mode=mode,
     )
     return await storage.create_upload_request(environment_id, upload, claim)
 
 
-def can_cancel(row: JSON) -> bool:
+def can_cancel(row: BulkRequest) -> bool:
     """The payload's `can_cancel`: cancelling would change something (not when it has
     ended, nor when its cancellation is already requested and the worker is stopping)."""
-    return row["status"] in CANCELLABLE_STATUSES and row["cancellation_requested_at"] is None
+    return row.status in CANCELLABLE_STATUSES and row.cancellation_requested_at is None
 
 
 async def cancel(
     storage: Storage, environment_id: int, request_id: int
-) -> tuple[BulkRequestRow, CancelOutcome] | None:
+) -> tuple[BulkRequest, CancelOutcome] | None:
     """Cancel per SPEC §7. Returns (request, outcome) or None when it does not exist.
 
     outcome: cancelled (stopped now), requested (the worker stops at its next
@@ -128,7 +195,7 @@ async def cancel(
 
 async def retry(
     storage: Storage, environment_id: int, request_id: int, claim: IdempotencyClaim | None
-) -> tuple[BulkRequestRow, bool] | None:
+) -> tuple[BulkRequest, bool] | None:
     """Retry per SPEC §7 "Chains": the new request holds exactly the rows no member of
     the request's chain stored or skipped, and becomes the child of its latest member.
 
@@ -140,20 +207,20 @@ async def retry(
 
 
 async def retryable_requests(
-    storage: Storage, environment_id: int, rows: Sequence[JSON]
+    storage: Storage, environment_id: int, rows: Sequence[BulkRequest]
 ) -> set[int]:
     """The ids among `rows` that `retry` would accept now (the payload's `can_retry`).
 
     Only a failed or cancelled request can be, so only those chains are read: one query
     however many rows, none while every row is live or completed.
     """
-    candidates = [row["id"] for row in rows if row["status"] in RETRYABLE_STATUSES]
+    candidates = [row.id for row in rows if row.status in RETRYABLE_STATUSES]
     if not candidates:
         return set()
     wanted = set(candidates)
     retryable: set[int] = set()
     for chain in await storage.list_chains(environment_id, candidates):
         for member in chain:
-            if member["id"] in wanted and retry_refusal(member["id"], chain) is None:
-                retryable.add(member["id"])
+            if member.id in wanted and retry_refusal(member.id, chain) is None:
+                retryable.add(member.id)
     return retryable

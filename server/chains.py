@@ -16,7 +16,8 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from server.types import JSON
+from server.models import ChainMember
+from server.types import Mode, Status
 
 # A half-open range of row indexes [start, end).
 RowRange = tuple[int, int]
@@ -130,7 +131,7 @@ class Coverage:
 
 
 def chain_coverage(
-    staged: Sequence[JSON],
+    staged: Sequence[ChainMember],
     error_rows: Mapping[int, list[int]],
     recorded_runs: Mapping[int, list[RowRun]],
 ) -> Coverage:
@@ -142,23 +143,26 @@ def chain_coverage(
     were recorded, whose runs are rebuilt from its parent).
     """
     origin = staged[0]
-    coverage = Coverage(origin["total_items"])
+    coverage = Coverage(origin.total_items)
     maps: dict[int, RowMap] = {}
     for member in staged:
         if member is origin:
-            runs = identity_runs(origin["total_items"])
+            runs = identity_runs(origin.total_items)
         else:
-            runs = recorded_runs.get(member["id"], [])
+            runs = recorded_runs.get(member.id, [])
             if not runs:  # a retry made before runs were recorded
-                parent = next(m for m in staged if m["id"] == member["parent_bulk_request_id"])
+                parent = next(m for m in staged if m.id == member.parent_bulk_request_id)
                 runs = remainder_runs(
-                    maps[parent["id"]],
-                    parent["next_row"],
-                    parent["total_items"],
-                    error_rows[parent["id"]],
+                    maps[parent.id],
+                    parent.next_row,
+                    parent.total_items,
+                    error_rows[parent.id],
                 )
-        row_map = maps[member["id"]] = RowMap(runs)
-        for start, end in handled_rows(member["next_row"], error_rows[member["id"]]):
+        row_map = maps[member.id] = RowMap(runs)
+        if member.mode == Mode.ATOMIC and member.status != Status.COMPLETED:
+            # SPEC §14: an atomic request that did not complete stored (and skipped) nothing.
+            continue
+        for start, end in handled_rows(member.next_row, error_rows[member.id]):
             for origin_start, origin_end in row_map.to_origin(start, end):
                 coverage.mark(origin_start, origin_end)
     return coverage

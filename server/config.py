@@ -33,6 +33,11 @@ class Settings:
     # PostgreSQL instead of the SQLite file (README, "Running on PostgreSQL").
     database_url: str | None = None
     heartbeat_timeout: float = C.DEFAULT_HEARTBEAT_TIMEOUT_SECONDS
+    webhook_retry_base: float = C.DEFAULT_WEBHOOK_RETRY_BASE_SECONDS
+    webhook_deny_private: bool = False
+    webhook_circuit_cooldown: float = C.WEBHOOK_CIRCUIT_COOLDOWN_SECONDS
+    # Off: events still become deliveries (pending), nothing is sent (README "Webhooks").
+    webhook_delivery: bool = True
 
     @property
     def data_dir(self) -> Path:
@@ -101,6 +106,13 @@ def _log_level(text: str) -> str:
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise argparse.ArgumentTypeError("must be DEBUG, INFO, WARNING or ERROR")
     return value
+
+
+def _on_off(text: str) -> bool:
+    value = text.lower()
+    if value not in {"on", "off", "true", "false", "1", "0", "yes", "no"}:
+        raise argparse.ArgumentTypeError("must be on or off")
+    return value in {"on", "true", "1", "yes"}
 
 
 # flag, settings field, parser, help. The environment variable is BULK_<FIELD>.
@@ -173,6 +185,30 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
         positive_float,
         "seconds a client has to send a whole request head before it is dropped",
     ),
+    (
+        "--webhook-retry-base",
+        "webhook_retry_base",
+        positive_float,
+        "seconds before a failed webhook is first retried (doubling, 8 attempts)",
+    ),
+    (
+        "--webhook-deny-private",
+        "webhook_deny_private",
+        _on_off,
+        "on: refuse webhook URLs on loopback, private or link-local addresses",
+    ),
+    (
+        "--webhook-circuit-cooldown",
+        "webhook_circuit_cooldown",
+        positive_float,
+        "seconds nothing is sent to an endpoint after 5 failed attempts in a row",
+    ),
+    (
+        "--webhook-delivery",
+        "webhook_delivery",
+        _on_off,
+        "off: record webhook deliveries but send nothing (a restored copy of a database)",
+    ),
 ]
 
 
@@ -183,12 +219,15 @@ def env_name(field: str) -> str:
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
     for flag, field, convert, help_text in _OPTIONS:
+        # A switch may stand alone (`--webhook-deny-private`) or say on/off.
+        switch: dict[str, Any] = {"nargs": "?", "const": True} if convert is _on_off else {}
         parser.add_argument(
             flag,
             dest=field,
             type=convert,
             default=None,
             help=f"{help_text} (env {env_name(field)}, default {getattr(defaults, field)})",
+            **switch,
         )
 
 

@@ -77,6 +77,9 @@ PARSE_CHUNK_ROWS = 2000
 # memory while it is staged and again when a worker processes it, so 2000 rows of up to
 # 64 KiB (~170 MB as Python objects) would break the RSS bound; 4 MiB of text is ~10 MB.
 PARSE_CHUNK_BYTES = 4 * 1024 * 1024
+# Data streams the accept's fast path remembers (key → id, currency), all environments
+# together: ~200 bytes each; past this the memory is dropped and refilled on demand.
+MAX_CACHED_STREAMS = 10_000
 # Read size for uploaded files; also the streaming unit when receiving them.
 FILE_READ_BYTES = 256 * 1024
 
@@ -87,6 +90,12 @@ URGENT_BURST = 8
 # Rows per multi-row INSERT statement: 500 x 10 columns stays far below SQLite's limit
 # of 32766 bound parameters, and a larger --batch-size simply takes several statements.
 MAX_ROWS_PER_INSERT = 500
+
+# --- Atomic requests (SPEC §14) -------------------------------------------------------
+# The sweeper deletes a failed or cancelled atomic request's hidden records at most this
+# many per transaction (like OUTBOX_PRUNE_BATCH): purging a million rows never holds the
+# writer for more than a few milliseconds at a time, so batches and client calls interleave.
+ATOMIC_PURGE_BATCH = 5000
 
 # --- Stuck detection and recovery (SPEC §7) ------------------------------------------
 DEFAULT_STUCK_AFTER_SECONDS = 300
@@ -164,6 +173,12 @@ MAX_CSV_COLUMNS = 256
 # quote swallowing the rest of the file). Every record field fits with room to spare:
 # 16 KiB of metadata + 1000 characters of description + the rest.
 MAX_CSV_ROW_BYTES = 64 * 1024
+# The upload form's `columns` (SPEC §15): a mapping of all MAX_CSV_COLUMNS columns with
+# names of ~200 bytes fits; the other text fields keep their 1 KiB.
+MAX_COLUMNS_FIELD_BYTES = 64 * 1024
+# `date_format`: the longest real pattern ("%A, %d %B %Y %H:%M:%S %z") is ~25 characters;
+# the bound keeps the per-row strptime cheap whatever a client sends.
+MAX_DATE_FORMAT_CHARS = 64
 
 # A multipart part's header lines (its Content-Disposition holds the file name) may be
 # this long: a 10,000-character name, percent-encoded, fits, and is then cut to
@@ -266,3 +281,48 @@ POSTGRES_UPLOAD_READ_AHEAD_CHUNKS = 4
 # An upload never completed (its receiving process died mid-stream) is deleted by a
 # start-up sweep once this old: long enough that no live process is still receiving it.
 POSTGRES_ABANDONED_UPLOAD_SECONDS = 24 * 3600
+# --- Webhooks (SPEC §13, README "Webhooks") ------------------------------------------
+# A receiver has this long to answer (SPEC §13: a 2xx within 10 s is success).
+WEBHOOK_TIMEOUT_SECONDS = 10.0
+# Attempts per delivery before it is `failed` (SPEC §13); a manual retry adds one.
+WEBHOOK_MAX_ATTEMPTS = 8
+# First retry after --webhook-retry-base seconds, doubling after each failure.
+DEFAULT_WEBHOOK_RETRY_BASE_SECONDS = 5.0
+# Each retry waits up to this fraction longer than its doubling step, never less: a
+# receiver that came back is not hit by every sender's retries in the same second.
+WEBHOOK_RETRY_JITTER = 0.25
+# Sends in flight at once, over all endpoints: webhooks never take more sockets than this.
+WEBHOOK_MAX_CONCURRENT_SENDS = 8
+# ... and per endpoint, so one slow receiver cannot take every slot from the others.
+WEBHOOK_MAX_SENDS_PER_ENDPOINT = 2
+# The per-endpoint circuit: after this many consecutive failed attempts, nothing is sent
+# to the endpoint for the cooldown; the next attempt after it closes the circuit on a
+# success or opens it again on a failure. A dead receiver then costs one attempt a minute.
+WEBHOOK_CIRCUIT_FAILURES = 5
+WEBHOOK_CIRCUIT_COOLDOWN_SECONDS = 60.0  # the default of --webhook-circuit-cooldown
+# Outbox events turned into deliveries per dispatch transaction: a backlog after a long
+# outage is worked off in short transactions that never hold the writer long.
+WEBHOOK_DISPATCH_BATCH = 200
+# With nothing due, the dispatcher still looks this often (a safety net: commits and
+# retries wake it sooner), which also moves its outbox cursor past non-terminal events
+# so the sweeper can prune them.
+WEBHOOK_IDLE_POLL_SECONDS = 5.0
+MAX_WEBHOOK_URL_CHARS = 2048
+MAX_WEBHOOK_DESCRIPTION_CHARS = 500
+# Secrets: `whsec_` + base64 of this many random bytes (SPEC §13: 24 or more).
+WEBHOOK_SECRET_BYTES = 24
+# Failed-attempt errors are stored and listed; a receiver's words are cut to this.
+MAX_WEBHOOK_ERROR_CHARS = 300
+# A deny-private check at create time resolves the host; it waits at most this long.
+WEBHOOK_CREATE_RESOLVE_SECONDS = 2.0
+# Scheduled requests (SPEC §12). A schedule further ahead than this is more likely a typo
+# (a year off) than a plan; the spec's bound.
+MAX_SCHEDULE_AHEAD_DAYS = 366
+# Earliest accepted `run_at`: every later instant formats as fixed-width RFC 3339 text
+# (four-digit years), which is what keeps stored timestamps sortable as text. Anything
+# before it is just "in the past" anyway.
+MIN_RUN_AT_YEAR = 1970
+# An idle worker wakes this long after the earliest `run_at`, not at it: a timer may
+# fire a little early, and a claim a microsecond before `run_at` would find nothing and
+# sleep again.
+SCHEDULE_WAKE_MARGIN_SECONDS = 0.005

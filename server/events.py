@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from server.ids import parse_stored_int
-from server.types import JSON, TERMINAL_STATUSES
+from server.models import BulkRequest
+from server.types import TERMINAL_STATUSES
 
 # (status rank, progress, recoveries, cancellation requested). Each part only grows while
 # the ones before it stay equal, so tuple order is the order of the states a client sees.
@@ -30,19 +31,19 @@ Version = tuple[int, int, int, int]
 NO_VERSION: Version = (-1, -1, -1, -1)
 
 
-def progress_version(row: JSON) -> Version:
-    status = row["status"]
+def progress_version(row: BulkRequest) -> Version:
+    status = row.status
     if status in TERMINAL_STATUSES:
         rank = 3
     elif status == "processing":
-        rank = 1 if row["parsing"] else 2
+        rank = 1 if row.parsing else 2
     else:
         rank = 0
     # While an upload parses, its progress is the rows staged so far (total_items grows);
     # afterwards it is processed_items. The rank separates the two scales.
-    progress = row["total_items"] if rank == 1 else row["processed_items"]
-    cancel = 1 if row["cancellation_requested_at"] else 0
-    return rank, progress, row["recoveries"], cancel
+    progress = row.total_items if rank == 1 else row.processed_items
+    cancel = 1 if row.cancellation_requested_at else 0
+    return rank, progress, row.recoveries, cancel
 
 
 def format_event_id(version: Version) -> str:
@@ -68,7 +69,7 @@ class Subscription:
     def __init__(self, request_id: int | None, environment_id: int | None) -> None:
         self.request_id = request_id
         self.environment_id = environment_id
-        self._pending: dict[int, JSON] = {}
+        self._pending: dict[int, BulkRequest] = {}
         self._changed = asyncio.Event()
         self._closed = asyncio.Event()
 
@@ -76,15 +77,15 @@ class Subscription:
     def closed(self) -> bool:
         return self._closed.is_set()
 
-    def offer(self, row: JSON) -> None:
-        held = self._pending.get(row["id"])
+    def offer(self, row: BulkRequest) -> None:
+        held = self._pending.get(row.id)
         # Publishes follow commit order, but a snapshot read at connect (or after a
         # requeue) may be older than a row already here: keep the newer one.
         if held is None or progress_version(row) >= progress_version(held):
-            self._pending[row["id"]] = row
+            self._pending[row.id] = row
             self._changed.set()
 
-    def take(self) -> list[JSON]:
+    def take(self) -> list[BulkRequest]:
         rows = list(self._pending.values())
         self._pending.clear()
         self._changed.clear()
@@ -117,13 +118,13 @@ class ProgressHub:
         # lack the joined key; keys never change, so one lookup per stream suffices.
         self.stream_keys: dict[int, str] = {}
 
-    def publish(self, row: JSON) -> None:
-        key = row.get("data_stream_key")
-        if key is not None and row.get("data_stream_id") is not None:
-            self.stream_keys[row["data_stream_id"]] = key
-        for sub in self._by_request.get(row["id"], ()):
+    def publish(self, row: BulkRequest) -> None:
+        key = row.data_stream_key
+        if key is not None and row.data_stream_id is not None:
+            self.stream_keys[row.data_stream_id] = key
+        for sub in self._by_request.get(row.id, ()):
             sub.offer(row)
-        environment_id = row.get("environment_id")
+        environment_id = row.environment_id
         if environment_id is not None:
             for sub in self._by_environment.get(environment_id, ()):
                 sub.offer(row)
@@ -175,7 +176,7 @@ class ProgressHub:
 def log_transition(
     logger: logging.Logger,
     transition: str,
-    row: JSON,
+    row: BulkRequest,
     *,
     level: int = logging.INFO,
     **extra: Any,
@@ -185,20 +186,20 @@ def log_transition(
     logger.log(
         level,
         "bulk request %s %s",
-        row["id"],
+        row.id,
         transition,
         extra={
             "event": f"bulk_request.{transition}",
-            "bulk_request_id": row["id"],
-            "environment_id": row.get("environment_id"),
-            "status": row["status"],
-            "attempt": row.get("attempt"),
-            "total": row["total_items"],
-            "processed": row["processed_items"],
-            "successful": row["successful_items"],
-            "failed": row["failed_items"],
-            "skipped": row["skipped_items"],
-            "recoveries": row["recoveries"],
+            "bulk_request_id": row.id,
+            "environment_id": row.environment_id,
+            "status": row.status,
+            "attempt": row.attempt,
+            "total": row.total_items,
+            "processed": row.processed_items,
+            "successful": row.successful_items,
+            "failed": row.failed_items,
+            "skipped": row.skipped_items,
+            "recoveries": row.recoveries,
             **extra,
         },
     )

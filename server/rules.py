@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from server.types import JSON, TERMINAL_STATUSES
+from server.models import BulkRequest, ChainMember
+from server.types import TERMINAL_STATUSES
 
 # SPEC §7: only a request that ended without completing can be retried.
 RETRYABLE_STATUSES = frozenset({"failed", "cancelled"})
@@ -16,15 +17,15 @@ RETRYABLE_STATUSES = frozenset({"failed", "cancelled"})
 CANCELLABLE_STATUSES = frozenset({"pending", "processing"})
 
 
-def cancel_refusal(row: JSON) -> str | None:
+def cancel_refusal(row: BulkRequest) -> str | None:
     """Why the request cannot be cancelled (409), or None (cancelled ones included)."""
-    status = row["status"]
+    status = row.status
     if status == "cancelled" or status in CANCELLABLE_STATUSES:
         return None
-    return f"bulk request {row['id']} is {status}; it can no longer be cancelled"
+    return f"bulk request {row.id} is {status}; it can no longer be cancelled"
 
 
-def retry_refusal(request_id: int, chain: Sequence[JSON]) -> str | None:
+def retry_refusal(request_id: int, chain: Sequence[ChainMember]) -> str | None:
     """Why member `request_id` of `chain` (oldest first) cannot be retried now, or None.
 
     `create_retry` answers 409 with this reason, and the payload's `can_retry` is "no
@@ -33,35 +34,35 @@ def retry_refusal(request_id: int, chain: Sequence[JSON]) -> str | None:
     member did not handle (its failed rows and the rows it never reached); the adapter
     builds exactly those from the chain's coverage (server/chains.py).
     """
-    requested = next(member for member in chain if member["id"] == request_id)
-    if requested["status"] not in RETRYABLE_STATUSES:
+    requested = next(member for member in chain if member.id == request_id)
+    if requested.status not in RETRYABLE_STATUSES:
         return (
-            f"bulk request {request_id} is {requested['status']}; "
+            f"bulk request {request_id} is {requested.status}; "
             "only failed or cancelled requests can be retried"
         )
     for member in chain:
-        if member["status"] not in TERMINAL_STATUSES:
+        if member.status not in TERMINAL_STATUSES:
             return (
-                f"bulk request {member['id']} of this chain of retries is {member['status']}; "
+                f"bulk request {member.id} of this chain of retries is {member.status}; "
                 "wait for it to end (or cancel it), then retry"
             )
-        if member["status"] == "completed":
+        if member.status == "completed":
             return (
-                f"bulk request {member['id']} of this chain of retries completed, so every "
+                f"bulk request {member.id} of this chain of retries completed, so every "
                 f"row has been processed; its failed rows are at "
-                f"/v1/bulk_requests/{member['id']}/errors: fix them and submit them again"
+                f"/v1/bulk_requests/{member.id}/errors: fix them and submit them again"
             )
     latest = chain[-1]
-    if latest["parsing"]:
+    if latest.parsing:
         # The chain stopped before its file was parsed: a retry parses the file again,
         # unless the file was rejected as a whole (then it was deleted).
-        if not latest["upload_path"]:
+        if not latest.upload_path:
             return (
-                f"bulk request {latest['id']} was rejected as a whole file "
-                f"({latest['error_message']}); upload a corrected file instead"
+                f"bulk request {latest.id} was rejected as a whole file "
+                f"({latest.error_message}); upload a corrected file instead"
             )
         return None
-    if latest["failed_items"] == 0 and latest["next_row"] >= latest["total_items"]:
-        origin = next(member for member in chain if not member["parsing"])
-        return f"the chain of bulk request {origin['id']} has no failed or unprocessed rows"
+    if latest.failed_items == 0 and latest.next_row >= latest.total_items:
+        origin = next(member for member in chain if not member.parsing)
+        return f"the chain of bulk request {origin.id} has no failed or unprocessed rows"
     return None

@@ -1,6 +1,10 @@
 """Staged rows: their encoding, and where they are cut into chunks (one rule for uploads,
 POSTs and retries). Every storage adapter stores these bodies as they are.
 
+Two encodings: rows as they arrived (JSON, validated by the worker), and rows the
+accept already proved valid (msgpack ValidRecords, marked by a leading VALIDATED_V1
+byte, which neither older form can start with), which the worker only decodes and binds.
+
 A chunk is held whole in memory while it is staged and again when a worker decodes it,
 so every path that stages rows closes a chunk at PARSE_CHUNK_ROWS rows or once its rows
 hold PARSE_CHUNK_BYTES of input, whichever comes first (see server/constants.py).
@@ -14,10 +18,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import orjson
 
 from server.constants import PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
 from server.ingest.json_checks import fits_storage
+from server.ingest.validation import StreamRef, ValidRecord
 
 # A staged input row: [line, fields, problem] where problem is [code, message, pointer].
 StagedItem = list[Any]
@@ -60,6 +66,41 @@ def decode_items(body: bytes) -> list[StagedItem]:
     return items
 
 
+# The first byte of a validated chunk. A JSON chunk starts with `[` and a zlib stream
+# with 0x78, so chunks staged before validated ones existed are told apart by it; a
+# later encoding takes the next byte value.
+VALIDATED_V1 = b"\x01"
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatedRows:
+    """Rows the accept proved valid: their records, and the streams they were proved
+    against (key → id and default currency), which the worker checks per batch."""
+
+    streams: dict[str, StreamRef]
+    records: list[ValidRecord]
+
+
+_VALIDATED_ENCODER = msgspec.msgpack.Encoder()
+# Typed: msgspec builds the NamedTuples itself, in C (no per-row Python).
+_VALIDATED_DECODER = msgspec.msgpack.Decoder(tuple[dict[str, StreamRef], list[ValidRecord]])
+
+
+def encode_validated(rows: ValidatedRows) -> bytes:
+    """Validated rows as stored: VALIDATED_V1, then msgpack (streams, records), zlib
+    level 1 like JSON chunks. ~3× smaller than the JSON of the same rows before zlib."""
+    packed = _VALIDATED_ENCODER.encode((rows.streams, rows.records))
+    return VALIDATED_V1 + zlib.compress(packed, 1)
+
+
+def decode_chunk(body: bytes) -> list[StagedItem] | ValidatedRows:
+    """A stored chunk's rows, in whichever encoding it was staged."""
+    if body[:1] == VALIDATED_V1:
+        streams, records = _VALIDATED_DECODER.decode(zlib.decompress(body[1:]))
+        return ValidatedRows(streams, records)
+    return decode_items(body)
+
+
 # A chunk as it is inserted: (first row, row count, encoded body).
 EncodedChunk = tuple[int, int, bytes]
 
@@ -72,7 +113,11 @@ class StagedChunk:
     row_count: int
     body: bytes
 
+    def rows(self) -> list[StagedItem] | ValidatedRows:
+        return decode_chunk(self.body)
+
     def items(self) -> list[StagedItem]:
+        """The rows of a chunk staged as they arrived (JSON); not of a validated one."""
         return decode_items(self.body)
 
 
@@ -142,3 +187,41 @@ def encode_in_chunks(items: Sequence[StagedItem]) -> list[EncodedChunk]:
         row_count, body = writer.take()
         chunks.append((first_row, row_count, body))
     return chunks
+
+
+class ValidatedWriter:
+    """Validated rows being copied into chunks (a retry's), closed at PARSE_CHUNK_ROWS
+    rows: a validated row is bounded (no metadata, bounded strings), so rows decide."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, StreamRef] = {}
+        self._records: list[ValidRecord] = []
+
+    @property
+    def rows(self) -> int:
+        return len(self._records)
+
+    def add(self, record: ValidRecord, streams: dict[str, StreamRef]) -> bool:
+        """Append one record (proved against `streams`); True when the chunk is full."""
+        self._streams.update(streams)
+        self._records.append(record)
+        return len(self._records) >= PARSE_CHUNK_ROWS
+
+    def take(self) -> tuple[int, bytes]:
+        """(row count, body) of the chunk, and start an empty one."""
+        taken = (len(self._records), encode_validated(ValidatedRows(self._streams, self._records)))
+        self._streams, self._records = {}, []
+        return taken
+
+
+def encode_validated_in_chunks(rows: ValidatedRows) -> list[EncodedChunk]:
+    """The validated rows of a POST as chunks of at most PARSE_CHUNK_ROWS rows."""
+    records = rows.records
+    return [
+        (
+            first,
+            len(part := records[first : first + PARSE_CHUNK_ROWS]),
+            encode_validated(ValidatedRows(rows.streams, part)),
+        )
+        for first in range(0, len(records), PARSE_CHUNK_ROWS)
+    ]

@@ -44,6 +44,13 @@ class OnConflict(StrEnum):
     ERROR = "error"
 
 
+class Mode(StrEnum):
+    """How a bulk request's rows are stored (SPEC §14)."""
+
+    PARTIAL = "partial"  # each valid row is stored; failed rows are listed
+    ATOMIC = "atomic"  # all rows or none: any failed row fails the request, storing nothing
+
+
 class UploadFormat(StrEnum):
     CSV = "csv"
     NACHA = "nacha"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
@@ -25,8 +26,8 @@ from server.config import Settings
 from server.db.port import Storage
 from server.db.postgres.storage import PostgresStorage
 from server.db.sqlite.store import Store
-from server.models import DataStream
-from server.types import JSON, TERMINAL_STATUSES
+from server.models import BulkRequest, DataStream
+from server.types import TERMINAL_STATUSES
 
 # The throwaway PostgreSQL cluster's fixtures (pg_cluster, pg_database): started only by a
 # test that asks for them.
@@ -58,7 +59,9 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 class Api:
     """A test client that sends the API key and answers parsed JSON."""
 
-    def __init__(self, client: TestClient, key: str = API_KEY) -> None:
+    def __init__(
+        self, client: TestClient[web.Request, web.Application], key: str = API_KEY
+    ) -> None:
         self.client = client
         self.key = key
         self.app = client.app
@@ -240,12 +243,12 @@ async def make_stream(
     return stream
 
 
-async def claim_next(store: Storage, worker: str) -> JSON | None:
+async def claim_next(store: Storage, worker: str) -> BulkRequest | None:
     """Claim the next runnable request for `worker`, as a worker does."""
     return await store.claim_next_request(worker)
 
 
-async def claim_without_event(store: Storage, worker: str) -> JSON | None:
+async def claim_without_event(store: Storage, worker: str) -> BulkRequest | None:
     """A claim as a process that then died left it: written without its outbox event
     (a bare transaction of the adapter's own)."""
     if isinstance(store, PostgresStorage):

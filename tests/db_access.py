@@ -70,3 +70,29 @@ async def stored_execute(store: Storage, sql: str, *args: Any) -> None:
         return
     assert isinstance(store, Store)
     await store.write(lambda tx: tx.run(sql, args))
+
+
+async def table_columns(store: Storage, table: str) -> list[str]:
+    """The table's column names in table order."""
+    if isinstance(store, PostgresStorage):
+        rows = await store.pool.fetch(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_name = $1 ORDER BY ordinal_position",
+            table,
+        )
+        return [row["column_name"] for row in rows]
+    assert isinstance(store, Store)
+    return [row["name"] for row in await store.read_all(f"PRAGMA table_info({table})")]
+
+
+async def stored_request_row(store: Storage, request_id: int) -> JSON:
+    """The bulk request's row as stored (every column in table order, then the joined
+    data_stream_key), as either database returns it."""
+    rows = await stored_rows(
+        store,
+        "SELECT b.*, s.key AS data_stream_key FROM bulk_requests b"
+        " LEFT JOIN data_streams s ON s.id = b.data_stream_id WHERE b.id = ?",
+        request_id,
+    )
+    assert len(rows) == 1
+    return rows[0]

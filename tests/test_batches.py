@@ -16,8 +16,9 @@ from server.bulk_requests import submit_records
 from server.db.port import FencedOut
 from server.db.sqlite.store import Store
 from server.ingest.validation import StreamRef, ValidRecord
+from server.models import BulkRequest
 from server.staging import StagedItem
-from server.types import JSON, RowProblem
+from server.types import RowProblem
 from tests.conftest import claim_next, make_environment, make_stream
 
 WORKER = "unit-worker-1"
@@ -34,12 +35,12 @@ def rec(n: int, external_id: str | None = None, **extra: Any) -> dict[str, Any]:
 
 async def staged_request(
     store: Store, env: int, records: list[Any], on_conflict: str = "error"
-) -> tuple[JSON, list[StagedItem]]:
+) -> tuple[BulkRequest, list[StagedItem]]:
     """Submit `records`, claim the request for WORKER; (the claimed job, its staged rows)."""
     await submit_records(store, env, records, on_conflict, None, body_bytes=100)
     job = await claim_next(store, WORKER)
     assert job is not None
-    chunk = await store.get_chunk_at(job["id"], 0)
+    chunk = await store.get_chunk_at(job.id, 0)
     assert chunk is not None
     return job, chunk.items()
 
@@ -48,7 +49,7 @@ async def streams_of(store: Store, env: int, items: list[StagedItem]) -> dict[st
     return await store.find_data_streams(env, stream_keys_of(items))
 
 
-async def request_row(store: Store, env: int, request_id: int) -> JSON:
+async def request_row(store: Store, env: int, request_id: int) -> BulkRequest:
     row = await store.get_bulk_request(env, request_id)
     assert row is not None
     return row
@@ -111,10 +112,10 @@ async def test_on_conflict_error_reports_stored_and_in_batch_duplicates(store: S
         job, WORKER, validate_batch(0, items, await streams_of(store, env, items))
     )
 
-    assert (done["successful_items"], done["failed_items"], done["skipped_items"]) == (3, 3, 0)
-    assert done["status"] == "completed"
-    assert await external_ids(store, env, job["id"]) == ["b", None, None]
-    assert await error_rows(store, job["id"]) == [
+    assert (done.successful_items, done.failed_items, done.skipped_items) == (3, 3, 0)
+    assert done.status == "completed"
+    assert await external_ids(store, env, job.id) == ["b", None, None]
+    assert await error_rows(store, job.id) == [
         (0, "duplicate_external_id", "/records/0/external_id"),  # stored by the first request
         (2, "duplicate_external_id", "/records/2/external_id"),  # earlier in this batch
         (5, "invalid_amount", "/records/5/amount"),
@@ -133,10 +134,10 @@ async def test_on_conflict_skip_counts_duplicates_as_skipped_without_errors(stor
         job, WORKER, validate_batch(0, items, await streams_of(store, env, items))
     )
 
-    assert (done["successful_items"], done["failed_items"], done["skipped_items"]) == (2, 1, 2)
-    assert done["processed_items"] == 5
-    assert await external_ids(store, env, job["id"]) == ["b", None]
-    assert await error_rows(store, job["id"]) == [(4, "invalid_amount", "/records/4/amount")]
+    assert (done.successful_items, done.failed_items, done.skipped_items) == (2, 1, 2)
+    assert done.processed_items == 5
+    assert await external_ids(store, env, job.id) == ["b", None]
+    assert await error_rows(store, job.id) == [(4, "invalid_amount", "/records/4/amount")]
 
 
 async def test_counters_and_checkpoint_advance_exactly_per_batch(store: Store) -> None:
@@ -147,27 +148,27 @@ async def test_counters_and_checkpoint_advance_exactly_per_batch(store: Store) -
     streams = await streams_of(store, env, items)
 
     after_first = await store.commit_batch(job, WORKER, validate_batch(0, items[:2], streams))
-    assert after_first["next_row"] == 2
-    assert (after_first["processed_items"], after_first["successful_items"]) == (2, 1)
-    assert after_first["failed_items"] == 1
-    assert after_first["status"] == "processing"
-    assert after_first["claimed_by"] == WORKER
+    assert after_first.next_row == 2
+    assert (after_first.processed_items, after_first.successful_items) == (2, 1)
+    assert after_first.failed_items == 1
+    assert after_first.status == "processing"
+    assert after_first.claimed_by == WORKER
     # Not completed yet: the staged rows stay for the rest of the request.
-    assert await store.get_chunk_at(job["id"], 0) is not None
+    assert await store.get_chunk_at(job.id, 0) is not None
 
     done = await store.commit_batch(job, WORKER, validate_batch(2, items[2:], streams))
-    assert done["next_row"] == 5
-    counters = (done["processed_items"], done["successful_items"], done["failed_items"])
+    assert done.next_row == 5
+    counters = (done.processed_items, done.successful_items, done.failed_items)
     assert counters == (5, 3, 2)
-    assert done["status"] == "completed"
-    assert done["claimed_by"] is None
-    assert await store.get_chunk_at(job["id"], 0) is None  # the staging is dropped
-    assert await error_rows(store, job["id"]) == [
+    assert done.status == "completed"
+    assert done.claimed_by is None
+    assert await store.get_chunk_at(job.id, 0) is None  # the staging is dropped
+    assert await error_rows(store, job.id) == [
         (1, "invalid_amount", "/records/1/amount"),
         (4, "duplicate_external_id", "/records/4/external_id"),
     ]
-    stored = await request_row(store, env, job["id"])
-    assert (stored["processed_items"], stored["next_row"], stored["status"]) == (5, 5, "completed")
+    stored = await request_row(store, env, job.id)
+    assert (stored.processed_items, stored.next_row, stored.status) == (5, 5, "completed")
 
 
 async def test_a_stale_claim_raises_fenced_out_and_leaves_nothing(store: Store) -> None:
@@ -179,16 +180,16 @@ async def test_a_stale_claim_raises_fenced_out_and_leaves_nothing(store: Store) 
     await store.requeue_orphans([], "test: presumed dead")
     again = await claim_next(store, "unit-worker-2")
     assert again is not None
-    assert again["attempt"] == job["attempt"] + 1
-    before = await request_row(store, env, job["id"])
+    assert again.attempt == job.attempt + 1
+    before = await request_row(store, env, job.id)
 
     batch = validate_batch(0, items, await streams_of(store, env, items))
     with pytest.raises(FencedOut):
         await store.commit_batch(job, WORKER, batch)
 
-    assert await external_ids(store, env, job["id"]) == []
-    assert await error_rows(store, job["id"]) == []
-    assert await request_row(store, env, job["id"]) == before
+    assert await external_ids(store, env, job.id) == []
+    assert await error_rows(store, job.id) == []
+    assert await request_row(store, env, job.id) == before
 
 
 async def test_a_batch_applied_twice_is_fenced_out_the_second_time(store: Store) -> None:
@@ -197,7 +198,7 @@ async def test_a_batch_applied_twice_is_fenced_out_the_second_time(store: Store)
     job, items = await staged_request(store, env, [rec(1), rec(2), rec(3)])
     streams = await streams_of(store, env, items)
     await store.commit_batch(job, WORKER, validate_batch(0, items[:2], streams))
-    before = await request_row(store, env, job["id"])
+    before = await request_row(store, env, job.id)
 
     # Same claim, but these rows are behind the checkpoint: never applied twice. The
     # unique (request, row) index refuses the records before the fenced heartbeat runs,
@@ -205,5 +206,5 @@ async def test_a_batch_applied_twice_is_fenced_out_the_second_time(store: Store)
     with pytest.raises((FencedOut, sqlite3.IntegrityError)):
         await store.commit_batch(job, WORKER, validate_batch(0, items[:2], streams))
 
-    assert len(await external_ids(store, env, job["id"])) == 2
-    assert await request_row(store, env, job["id"]) == before
+    assert len(await external_ids(store, env, job.id)) == 2
+    assert await request_row(store, env, job.id) == before

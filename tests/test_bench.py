@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,17 @@ def test_bench_smoke_prints_every_number_and_cleans_up(
     _numbers(result["ingest"], "rows_per_s", "seconds", "ratio_to_ceiling")
     assert result["ingest"]["requests"] == 2
     _numbers(result["ingest"]["accept"], "p50_ms", "p99_ms", "max_ms")
+    # Beside ingest: the one-unique-index ceiling and the huey peer, on the same rows.
+    _numbers(result["one_index_ceiling"], "rows_per_s", "seconds")
+    assert result["one_index_ceiling"]["rows"] == 2000
+    peer = result["peer"]
+    _numbers(peer, "rows_per_s", "seconds", "server_cpu_us_per_row", "consumer_cpu_us_per_row")
+    assert peer["rows"] == 2000
+    assert peer["requests"] == 2
+    _numbers(result["ingest"], "ratio_to_peer", "ratio_to_one_index_ceiling")
+    assert result["ingest"]["ratio_to_peer"] == pytest.approx(
+        result["ingest"]["rows_per_s"] / peer["rows_per_s"], rel=1e-2
+    )
     assert result["cancel"]["latency"]["n"] == 2
     _numbers(result["cancel"]["latency"], "p50_ms", "p99_ms", "max_ms")
     _numbers(result["upload"], "upload_mb_per_s", "rows_per_s", "seconds", "bytes")
@@ -59,6 +71,8 @@ def test_bench_smoke_prints_every_number_and_cleans_up(
     names = {t["name"] for t in result["targets"]}
     assert names == {
         "ingest_ratio_to_ceiling",
+        "ingest_ratio_to_peer",
+        "ingest_ratio_to_one_index_ceiling",
         "accept_p99_ms",
         "cancel_p99_ms",
         "small_request_max_ms",
@@ -66,4 +80,23 @@ def test_bench_smoke_prints_every_number_and_cleans_up(
     }
     assert all(set(t) == {"name", "value", "limit", "ok"} for t in result["targets"])
     # The temporary databases, CSV and server logs are gone.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_without_huey_says_how_to_install_it_and_runs_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "huey", None)  # `import huey` now raises ImportError
+    code = main(
+        [
+            "bench", "--rows", "1000", "--cancel-rounds", "0", "--csv-rows", "0",
+            "--workdir", str(tmp_path),
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    peer_line = next(line for line in out.splitlines() if line.startswith("huey peer"))
+    assert 'huey is not installed: pip install -e ".[bench]"' in peer_line
+    assert "end-to-end ingest" in out
+    assert "ceiling, one unique index" in out
     assert list(tmp_path.iterdir()) == []

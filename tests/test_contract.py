@@ -56,6 +56,8 @@ SEEDED_IDS_UPPER = 12
 # only 409), its event stream sends `progress` before `done`, and retry (after a cancel)
 # answers 201. Valid per the document (an int64 ≥ 1), never a real id here.
 FRESH_ID = 10**15
+# The seeded webhook endpoint (id 1) gets a delivery per seeded request that ended.
+SEEDED_DELIVERIES = 5
 FRESH_ROWS = 1000
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 TERMINAL_TIMEOUT = 20.0
@@ -139,6 +141,14 @@ STATUSES: dict[str, Counter[int]] = {}
 def before_generate_path_parameters(context: Any, strategy: st.SearchStrategy[Any]) -> Any:
     """Aim path parameters at objects that exist (seeded, or created meanwhile) often."""
     path = context.operation.path if context.operation is not None else ""
+    if "{id}" in path and path.startswith("/v1/webhook_endpoints"):
+        # Generated, or the seeded endpoint 1 (with, for a delivery, one of its own).
+        # DELETE gets endpoint 2, so that endpoint 1 and its deliveries stay for the rest.
+        deleting = context.operation is not None and context.operation.method.upper() == "DELETE"
+        seeded: dict[str, Any] = {"id": st.just(2 if deleting else 1)}
+        if "{delivery_id}" in path:
+            seeded["delivery_id"] = st.integers(1, SEEDED_DELIVERIES)
+        return st.one_of(strategy, st.fixed_dictionaries(seeded))
     if "{id}" in path:
         # A third each: generated, existing, created at call time.
         existing = st.fixed_dictionaries({"id": st.integers(1, SEEDED_IDS_UPPER)})
@@ -199,6 +209,9 @@ class LiveServer:
         """Streams, and requests in each final state with row errors, for paths to hit."""
         for key, currency in zip(STREAM_KEYS, ["USD", "EUR", "JPY"], strict=True):
             self.post("/v1/data_streams", json={"key": key, "currency": currency})
+        # Webhook endpoints 1 and 2, made first, so the requests below give them deliveries.
+        for _ in range(2):
+            self.post("/v1/webhook_endpoints", json={"url": "https://example.com/hook"})
         good = {"date": "2024-05-01", "data_stream_key": "checking", "amount": "12.34"}
         mixed = [
             {**good, "external_id": "inv-1", "metadata": {"k": "v"}},
@@ -241,8 +254,13 @@ class LiveServer:
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     workdir = tmp_path_factory.mktemp("contract")
     # WARNING: the log (server1.err) then holds the tracebacks of any 500, nothing else.
+    # --webhook-delivery off: the fuzzer creates webhook endpoints with URLs it makes up
+    # (any host on the internet); their deliveries are recorded, never sent.
     process = ServerProcess(
-        workdir / "bulk.db", api_key=API_KEY, args=["--log-level", "WARNING"], log_dir=workdir
+        workdir / "bulk.db",
+        api_key=API_KEY,
+        args=["--log-level", "WARNING", "--webhook-delivery", "off"],
+        log_dir=workdir,
     )
     try:
         server = LiveServer(url=process.start().url.rstrip("/"))
@@ -300,6 +318,14 @@ def test_api_matches_document(case: Any, live_server: LiveServer) -> None:
         case.path_parameters["id"] = live_server.fresh_request(
             cancelled=case.operation.path.endswith("/retry")
         )
+    if (
+        case.operation.method.upper() == "DELETE"
+        and case.operation.path.startswith("/v1/webhook_endpoints")
+        and str((case.path_parameters or {}).get("id")) == "1"
+    ):
+        # Every phase (coverage too) may name endpoint 1; it stays, with its deliveries,
+        # for the operations after this one.
+        case.path_parameters["id"] = 2
     CASES_RUN[case.operation.label] += 1
     response = case.call_and_validate(
         base_url=live_server.url,

@@ -329,7 +329,7 @@ def test_dashboard_end_to_end(page: tuple[Page, list[str]], base_url: str, tmp_p
     expect(cancel).to_be_enabled()
     cancel.click()
     expect(detail.locator("#detail-badge")).to_have_text("cancelled")
-    expect(_list_item(pg, big_id).locator(".badge:not(.badge-stuck)")).to_have_text("cancelled")
+    expect(_list_item(pg, big_id).locator(".badge-status")).to_have_text("cancelled")
     expect(detail.locator("#cancel-button")).to_be_disabled()
     counters_text = counters.inner_text()
     assert f"Total\n{BIG_FILE_ROWS:,}" in counters_text, counters_text

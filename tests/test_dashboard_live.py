@@ -158,7 +158,7 @@ def test_live_updates_never_take_keyboard_focus_away(
 
     # --- The list: the request's link while its row updates ------------------------------
     item = _list_item(pg, parent_id)
-    expect(item.locator(".badge:not(.badge-stuck)")).to_have_text("processing")
+    expect(item.locator(".badge-status")).to_have_text("processing")
     link = item.get_by_role("link", name=f"Request #{parent_id}")
     _stays_focused(pg, link, "list-link", item)
 
@@ -254,7 +254,7 @@ def test_live_updates_never_take_keyboard_focus_away(
 def _assert_not_parsing(pg: Page, request_id: int, status: str) -> None:
     """The list row and the detail of a terminal request show a determinate bar."""
     item = _list_item(pg, request_id)
-    expect(item.locator(".badge:not(.badge-stuck)")).to_have_text(status)
+    expect(item.locator(".badge-status")).to_have_text(status)
     bar = item.locator("progress")
     assert bar.evaluate("el => el.hasAttribute('value') && !el.matches(':indeterminate')"), (
         f"request #{request_id} ({status}): the list shows a moving bar"

@@ -259,13 +259,13 @@ async def test_environment_stream_sees_every_change_of_its_environment_only(
         # A claim whose worker is gone: cancel only requests (202), the sweeper requeues.
         claimed = await claim_without_event(api.app[STORE], "gone:0:0000")
         assert claimed is not None
-        assert claimed["id"] == first["id"] + 1
-        await api.post(f"/v1/bulk_requests/{claimed['id']}/cancel", expect=202)
+        assert claimed.id == first["id"] + 1
+        await api.post(f"/v1/bulk_requests/{claimed.id}/cancel", expect=202)
         event = await sse.next()
         assert event is not None
         assert event.data["cancellation_requested_at"] is not None
         await asyncio.sleep(0.01)
-        assert await api.app[POOL].requeue_orphans("worker gone") == [claimed["id"]]
+        assert await api.app[POOL].requeue_orphans("worker gone") == [claimed.id]
         event = await sse.next()
         assert event is not None
         assert event.data["recoveries"] == 1

@@ -23,6 +23,7 @@ FORBIDDEN = {
     "server.db": {"server.api", "server.http", "server.app", "server.jobs"},
     "server.jobs": {"server.api", "server.http", "server.app"},
     "server.api": {"server.app"},
+    "server.webhooks": {"server.api", "server.http", "server.app", "server.jobs"},
 }
 
 

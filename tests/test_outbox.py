@@ -18,16 +18,18 @@ import orjson
 import pytest
 
 from server.api.common import POOL, STORE
-from server.batches import stream_keys_of, validate_batch
+from server.batches import validated_batch
 from server.config import Settings
 from server.constants import OUTBOX_PRUNE_BATCH
+from server.db.payload import stored_row
 from server.db.port import FencedOut
 from server.db.sqlite.store import Store
 from server.db.sqlite.tx import WriteTx
 from server.outcomes import RequestChanged, Transition
+from server.staging import ValidatedRows
 from server.types import Source
 from tests.conftest import Api, claim_without_event, record, wait_until
-from tests.db_access import stored_execute, stored_rows, stored_value
+from tests.db_access import stored_execute, stored_request_row, stored_rows, stored_value
 from tests.test_uploads import upload
 
 ApiFactory = Callable[[Settings], Awaitable[Api]]
@@ -68,7 +70,7 @@ def record_applied(api: Api) -> list[RequestChanged]:
 
 def as_stored(applied: Sequence[RequestChanged], request_id: int) -> list[tuple[str, Any]]:
     return [
-        (e.transition.value, orjson.loads(orjson.dumps(e.row)))
+        (e.transition.value, orjson.loads(orjson.dumps(stored_row(e.row))))
         for e in applied
         if e.request_id == request_id
     ]
@@ -209,7 +211,10 @@ async def test_crash_recovery_requeue_leaves_a_requeued_event(
     assert types_of(events) == ["created", "requeued"]
     requeued = events[-1][1]
     assert (requeued["recoveries"], requeued["claimed_by"]) == (1, None)
-    # The payload is the row as stored: its JSON columns are JSON text.
+    # The payload is the row as stored: every column in table order with its stored
+    # value (JSON columns as JSON text, parsing 0/1), then the joined stream key.
+    as_read = await stored_request_row(store, summary["id"])
+    assert list(requeued.items()) == list(as_read.items())
     recovery = orjson.loads(requeued["error_details"])["recoveries"][0]
     assert recovery["reason"] == "process restarted"
 
@@ -227,9 +232,10 @@ async def test_a_fenced_out_batch_leaves_neither_records_nor_event(
     assert job is not None
     chunk = await store.get_chunk_at(summary["id"], 0)
     assert chunk is not None
-    items = chunk.items()
-    streams = await store.find_data_streams(job["environment_id"], stream_keys_of(items))
-    batch = validate_batch(0, items, streams)
+    # Ordinary rows are staged validated (the accept's fast path): bound, not validated.
+    rows = chunk.rows()
+    assert isinstance(rows, ValidatedRows)
+    batch = validated_batch(0, rows.records, rows.streams)
     with pytest.raises(FencedOut):
         await store.commit_batch(job, "zombie:0:0000", batch)
     assert types_of(await outbox(api, summary["id"])) == ["created"]

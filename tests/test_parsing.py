@@ -14,6 +14,7 @@ from server.bulk_requests import submit_upload
 from server.constants import PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
 from server.db.port import Storage as Store
 from server.jobs.parsing import ParseHost, parse_upload, take_chunk
+from server.models import BulkRequest
 from server.staging import StagedItem
 from server.types import JSON, SourceRow, Status
 from tests.conftest import claim_next, make_environment, make_stream
@@ -42,21 +43,21 @@ class Host:
     def stopping(self) -> bool:
         return self._stopping
 
-    def should_cancel(self, job: JSON) -> bool:
+    def should_cancel(self, job: BulkRequest) -> bool:
         # The job asks after each chunk it staged: a place to watch its progress.
-        self.staged_totals.append(job["total_items"])
+        self.staged_totals.append(job.total_items)
         return self.cancel
 
     async def finish(
         self,
-        job: JSON,
+        job: BulkRequest,
         worker: str,
         status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,
         keep_upload: bool = True,
-    ) -> JSON:
+    ) -> BulkRequest:
         # The same fenced terminal write as the worker pool's (event included).
         row = await self._store.finish_request(
             job,
@@ -76,7 +77,7 @@ def _is_parse_host(host: Host) -> ParseHost:
 
 async def claimed_upload(
     store: Store, path: Path, body: bytes, upload_format: str = "csv"
-) -> tuple[int, JSON]:
+) -> tuple[int, BulkRequest]:
     """A stream, the upload stored, its request claimed by WORKER: (env, job)."""
     env = await make_environment(store)
     await make_stream(store, env)
@@ -111,8 +112,8 @@ async def staged_chunks(store: Store, request_id: int) -> list[tuple[int, list[S
         row = found.first_row + found.row_count
 
 
-async def upload_kept(store: Store, job: JSON) -> bool:
-    return job["upload_path"] in await stored_uploads(store)
+async def upload_kept(store: Store, job: BulkRequest) -> bool:
+    return job.upload_path in await stored_uploads(store)
 
 
 def csv_rows(count: int) -> bytes:
@@ -153,9 +154,9 @@ async def test_a_small_csv_is_staged_with_its_lines_and_the_file_removed(
     done = await parse_upload(_is_parse_host(host), job, WORKER)
 
     assert done is not None
-    assert (done["total_items"], done["parsing"], done["status"]) == (2, 0, "processing")
-    assert done["data_stream_id"] is not None  # one stream named: the request's
-    [(first_row, items)] = await staged_chunks(store, job["id"])
+    assert (done.total_items, done.parsing, done.status) == (2, 0, "processing")
+    assert done.data_stream_id is not None  # one stream named: the request's
+    [(first_row, items)] = await staged_chunks(store, job.id)
     assert first_row == 0
     assert items[0] == [
         2,
@@ -178,8 +179,8 @@ async def test_a_parse_stages_chunks_cut_by_the_row_limit(
     done = await parse_upload(Host(store), job, WORKER)
 
     assert done is not None
-    assert done["total_items"] == 5
-    chunks = await staged_chunks(store, job["id"])
+    assert done.total_items == 5
+    chunks = await staged_chunks(store, job.id)
     assert [(first, len(items)) for first, items in chunks] == [(0, 2), (2, 2), (4, 1)]
     assert [item[1]["external_id"] for _f, items in chunks for item in items] == [
         f"e{n}" for n in range(5)
@@ -193,8 +194,8 @@ async def test_a_small_nacha_file_stages_one_row_per_entry(store: Store, tmp_pat
     done = await parse_upload(Host(store), job, WORKER)
 
     assert done is not None
-    assert done["total_items"] == 5
-    [(first_row, items)] = await staged_chunks(store, job["id"])
+    assert done.total_items == 5
+    [(first_row, items)] = await staged_chunks(store, job.id)
     assert first_row == 0
     assert len(items) == 5
     line, fields, problem = items[0]
@@ -221,11 +222,11 @@ async def test_a_rejected_file_leaves_nothing_staged(
 
     assert host.finished == [Status.FAILED]
     assert host.staged_totals == [2, 4, 6]
-    assert await staged_chunks(store, job["id"]) == []
-    row = await store.get_bulk_request(job["environment_id"], job["id"])
+    assert await staged_chunks(store, job.id) == []
+    row = await store.get_bulk_request(job.environment_id, job.id)
     assert row is not None
-    assert row["status"] == "failed"
-    assert row["error_message"]
+    assert row.status == "failed"
+    assert row.error_message
     assert not await upload_kept(store, job)
 
 
@@ -238,7 +239,7 @@ async def test_a_cancelled_parse_discards_what_it_staged(store: Store, tmp_path:
 
     assert host.finished == [Status.CANCELLED]
     assert host.staged_totals == [3]  # it had staged the rows before it stopped
-    assert await staged_chunks(store, job["id"]) == []
+    assert await staged_chunks(store, job.id) == []
 
 
 async def test_a_stopped_parse_resumes_staging_only_the_rows_it_had_not(
@@ -250,18 +251,18 @@ async def test_a_stopped_parse_resumes_staging_only_the_rows_it_had_not(
 
     # Shutting down: one chunk staged, then the request is given back.
     assert await parse_upload(Host(store, stopping=True), job, WORKER) is None
-    assert [(f, len(i)) for f, i in await staged_chunks(store, job["id"])] == [(0, 2)]
+    assert [(f, len(i)) for f, i in await staged_chunks(store, job.id)] == [(0, 2)]
     assert await upload_kept(store, job)
 
     resumed = await claim_next(store, WORKER)
     assert resumed is not None
-    assert resumed["id"] == job["id"]
-    assert resumed["total_items"] == 2
+    assert resumed.id == job.id
+    assert resumed.total_items == 2
     done = await parse_upload(Host(store), resumed, WORKER)
 
     assert done is not None
-    assert done["total_items"] == 5
-    chunks = await staged_chunks(store, job["id"])
+    assert done.total_items == 5
+    chunks = await staged_chunks(store, job.id)
     assert [(first, len(items)) for first, items in chunks] == [(0, 2), (2, 2), (4, 1)]
     assert [item[1]["external_id"] for _f, items in chunks for item in items] == [
         f"e{n}" for n in range(5)

@@ -46,6 +46,49 @@ POSTGRES_ONLY_PARAMS = {
 POSTGRES_ONLY_TABLES = {"uploads", "upload_chunks", VERSION_TABLE}
 POSTGRES_ONLY_INDEXES = {"bulk_requests_heartbeat"}  # rescue_stale_requests' scan
 
+# Not on PostgreSQL yet, and why: webhooks (SPEC §13) were built on SQLite while the
+# PostgreSQL adapter was being written; on PostgreSQL every webhook route answers 501
+# (server/db/postgres/webhooks.py, tests/test_webhooks_unsupported.py) until these come.
+# Listed here so that anything else missing on one side still fails.
+SQLITE_ONLY_TABLES = {
+    "webhook_endpoints",
+    "webhook_deliveries",
+    "webhook_attempts",
+    "webhook_cursor",
+}
+SQLITE_ONLY_INDEXES = {
+    "webhook_endpoints_environment",
+    "webhook_deliveries_due",
+    "webhook_deliveries_endpoint",
+}
+SQLITE_ONLY = {
+    "insert_webhook_endpoint",
+    "get_webhook_endpoint",
+    "list_webhook_endpoints",
+    "update_webhook_endpoint",
+    "delete_webhook_attempts_of_endpoint",
+    "delete_webhook_deliveries_of_endpoint",
+    "delete_webhook_endpoint",
+    "get_webhook_cursor",
+    "set_webhook_cursor",
+    "newest_outbox_id",
+    "list_terminal_outbox_events",
+    "insert_webhook_deliveries_for_event",
+    "list_environments_with_webhooks",
+    "event_has_webhook_endpoint",
+    "list_due_webhook_deliveries",
+    "next_webhook_due_at",
+    "get_webhook_delivery_state",
+    "insert_webhook_attempt",
+    "finish_webhook_attempt",
+    "set_webhook_circuit",
+    "list_webhook_deliveries",
+    "list_webhook_attempts",
+    "get_webhook_delivery",
+    "redeliver_webhook",
+    "close_webhook_circuit",
+}
+
 NOW = "2026-12-02T00:00:00.000000Z"
 
 
@@ -73,13 +116,14 @@ def sqlite_schema() -> tuple[dict[str, list[str]], set[str]]:
     columns = {
         table: sorted(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
         for table in tables
+        if table not in SQLITE_ONLY_TABLES
     }
     indexes = {
         name
         for (name,) in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
         )
-    }
+    } - SQLITE_ONLY_INDEXES
     conn.close()
     return columns, indexes
 
@@ -164,8 +208,10 @@ def test_both_query_files_name_the_same_statements_with_the_same_parameters() ->
     sqlite = sqlite_queries()
     postgres = load_queries()
     assert set(postgres) - set(sqlite) == POSTGRES_ONLY
-    assert set(sqlite) - set(postgres) == set()
+    assert set(sqlite) - set(postgres) == SQLITE_ONLY
     for name, sql in sqlite.items():
+        if name in SQLITE_ONLY:
+            continue
         named, positional = sqlite_params(sql)
         params = set(postgres[name].params) - POSTGRES_ONLY_PARAMS.get(name, set())
         if positional:
@@ -205,6 +251,9 @@ async def seed_request(conn: asyncpg.Connection, **overrides: object) -> int:
         "filename": None,
         "default_data_stream_key": None,
         "nacha_options": None,
+        "csv_options": None,
+        "run_at": None,
+        "mode": "partial",
         "data_stream_id": None,
         "parent_bulk_request_id": None,
         "now": NOW,

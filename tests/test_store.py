@@ -3,6 +3,7 @@ idempotency window's exact edge, and which staged chunk a row position lands in.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 
 import pytest
@@ -11,13 +12,21 @@ from server.batches import validate_batch
 from server.bulk_requests import submit_records
 from server.clock import parse_rfc3339
 from server.constants import IDEMPOTENCY_KEY_TTL_SECONDS
+from server.db.payload import stored_row
 from server.db.sqlite.store import Store
 from server.ingest.validation import StreamRef
-from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record, RowError
+from server.models import (
+    ActiveApiKey,
+    ApiKeyListing,
+    BulkRequest,
+    DataStream,
+    Record,
+    RowError,
+)
 from server.staging import encode_items
 from server.types import Status
 from tests.conftest import claim_next, make_environment, make_stream
-from tests.db_access import stored_value
+from tests.db_access import stored_request_row, stored_value, table_columns
 
 WORKER = "unit-store-1"
 
@@ -34,7 +43,7 @@ async def completed_request(store: Store, env: int, records: list[dict[str, obje
     streams = await store.find_data_streams(env, {"bank", "cash"})
     items = [[None, r, None] for r in records]
     await store.commit_batch(job, WORKER, validate_batch(0, items, streams))
-    return int(job["id"])
+    return int(job.id)
 
 
 async def test_data_streams_are_typed_unique_per_environment_and_paged_by_id(
@@ -120,16 +129,16 @@ async def test_bulk_requests_page_newest_first_with_filters(store: Store) -> Non
     newest = await store.list_bulk_requests(
         env, status=None, source=None, data_stream_key=None, before_id=2**62, limit=2
     )
-    assert [r["id"] for r in newest] == [ids[2] + 1, ids[2]]
+    assert [r.id for r in newest] == [ids[2] + 1, ids[2]]
     older = await store.list_bulk_requests(
-        env, status=None, source=None, data_stream_key=None, before_id=newest[-1]["id"], limit=5
+        env, status=None, source=None, data_stream_key=None, before_id=newest[-1].id, limit=5
     )
-    assert [r["id"] for r in older] == [ids[1], ids[0]]
+    assert [r.id for r in older] == [ids[1], ids[0]]
     done = await store.list_bulk_requests(
         env, status=Status.COMPLETED, source=None, data_stream_key="bank", before_id=2**62, limit=9
     )
-    assert [r["id"] for r in done] == ids[::-1]
-    assert all(r["data_stream_key"] == "bank" for r in done)
+    assert [r.id for r in done] == ids[::-1]
+    assert all(r.data_stream_key == "bank" for r in done)
 
 
 async def test_api_keys_read_back_as_typed_models_and_revoke_once(store: Store) -> None:
@@ -159,7 +168,7 @@ async def test_an_idempotency_key_expires_exactly_at_its_ttl(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = await make_environment(store)
-    request_id = (await submit_records(store, env, [rec(1)], "error", None, 10))[0]["id"]
+    request_id = (await submit_records(store, env, [rec(1)], "error", None, 10))[0].id
     await store.write(lambda tx: tx.save_idempotency_key(env, "k1", "fp", request_id))
     created = await stored_value(store, "SELECT created_at FROM idempotency_keys")
     ttl = timedelta(seconds=IDEMPOTENCY_KEY_TTL_SECONDS)
@@ -180,7 +189,7 @@ async def test_an_idempotency_key_expires_exactly_at_its_ttl(
 
 async def test_get_chunk_at_finds_the_chunk_holding_a_row_position(store: Store) -> None:
     env = await make_environment(store)
-    request_id = (await submit_records(store, env, [rec(0)], "error", None, 10))[0]["id"]
+    request_id = (await submit_records(store, env, [rec(0)], "error", None, 10))[0].id
     body = encode_items([[None, rec(n), None] for n in range(3)])
     # The first request's own chunk holds row 0; add two more runs: rows 1-3 and 4-6.
     await store.write(lambda tx: tx.insert_chunk(request_id, 1, 3, body))
@@ -197,3 +206,24 @@ async def test_get_chunk_at_finds_the_chunk_holding_a_row_position(store: Store)
     assert found.first_row + found.row_count <= 7
     assert await store.get_chunk_at(request_id, -1) is None
     assert await store.get_chunk_at(request_id + 1, 0) is None
+
+
+async def test_a_bulk_request_model_has_every_column_in_table_order(store: Store) -> None:
+    """The row→model function (each adapter's rows.py) reads every column, and the
+    outbox payload writes them back in table order: a migration's new column without
+    its field fails here (and at the first read)."""
+    columns = await table_columns(store, "bulk_requests")
+    fields = [f.name for f in dataclasses.fields(BulkRequest)]
+    assert fields == [*columns, "data_stream_key", "has_data_stream_key"]
+    env = await make_environment(store)
+    await make_stream(store, env)
+    request_id = (await submit_records(store, env, [rec(1)], "error", None, 10))[0].id
+    request = await store.get_bulk_request(env, request_id)
+    assert request is not None
+    as_read = await stored_request_row(store, request_id)
+    assert list(stored_row(request).items()) == list(as_read.items())
+    assert (request.status, request.parsing, request.data_stream_key) == (
+        Status.PENDING,
+        False,
+        "bank",
+    )

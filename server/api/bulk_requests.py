@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 import orjson
@@ -12,16 +14,20 @@ from server.api.common import (
     LARGE_BODIES,
     SETTINGS,
     STORE,
+    STREAMS,
     JsonDocument,
     decode_cursor,
     idempotency_key,
     json_response,
     page,
     page_limit,
+    parse_json_document,
     path_id,
     query_choice,
-    read_json_document,
+    query_flag,
+    read_json_text,
     require_object,
+    run_at_field,
     translate_domain_errors,
 )
 from server.api.error_export import stream_errors_csv
@@ -35,6 +41,12 @@ from server.constants import (
 from server.db.port import IdempotencyClaim
 from server.http.auth import caller_of
 from server.http.errors import Problem, field_error, not_found
+from server.ingest.fast_records import (
+    decode_fast_body,
+    every_record,
+    skips_conflicts,
+    stream_keys,
+)
 from server.ingest.json_checks import (
     BodyIssue,
     duplicate_key_issue,
@@ -44,8 +56,10 @@ from server.ingest.json_checks import (
     scan_records,
     shallow_count,
 )
+from server.models import BulkRequest
 from server.money import canonical_amount_text
-from server.types import JSON, OnConflict, Source, Status
+from server.scheduling import run_at_text
+from server.types import JSON, Mode, OnConflict, Source, Status
 
 REPLAYED = {"Idempotent-Replayed": "true"}
 
@@ -56,7 +70,15 @@ def _claim(key: str | None, operation: str, payload: object) -> IdempotencyClaim
     return IdempotencyClaim(key, domain.fingerprint(operation, payload))
 
 
-def _validate_submission(body: JSON) -> tuple[list[JSON], str]:
+@dataclass(frozen=True, slots=True)
+class _Submission:
+    records: list[JSON]
+    on_conflict: str
+    run_at: datetime | None
+    mode: Mode
+
+
+def _validate_submission(body: JSON) -> _Submission:
     errors: list[JSON] = []
     records = body.get("records")
     if records is None:
@@ -86,10 +108,15 @@ def _validate_submission(body: JSON) -> tuple[list[JSON], str]:
         errors.append(
             field_error("/on_conflict", "invalid_choice", 'on_conflict must be "skip" or "error"')
         )
+    # null is "not scheduled", like leaving it out.
+    run_at = None if body.get("run_at") is None else run_at_field(body["run_at"], errors)
+    mode = body.get("mode", Mode.PARTIAL)
+    if not isinstance(mode, str) or mode not in frozenset(Mode):
+        errors.append(field_error("/mode", "invalid_choice", 'mode must be "partial" or "atomic"'))
     if errors:
         raise Problem(422, "validation-error", "the bulk request is not valid", errors=errors)
     assert isinstance(records, list)
-    return records, on_conflict
+    return _Submission(records, on_conflict, run_at, Mode(mode))
 
 
 def _rewrite_amounts(records: list[JSON]) -> None:
@@ -150,11 +177,67 @@ async def submit_records(request: web.Request) -> web.Response:
         return await _submit_records(request)
 
 
+def _accepted(row: BulkRequest, replayed: bool) -> web.Response:
+    if replayed:
+        return json_response(render_summary(row), status=200, headers=REPLAYED)
+    return json_response(
+        render_summary(row), status=202, headers={"Location": f"/v1/bulk_requests/{row.id}"}
+    )
+
+
+def _fingerprint_payload(raw: bytes) -> JSON:
+    """The body as the precise path fingerprints it (parsed, amounts as canonical text),
+    so a key's fingerprint does not depend on which path accepted the body."""
+    body: JSON = parse_json_document(raw).value
+    _rewrite_amounts(body["records"])
+    return body
+
+
+async def _submit_proved(request: web.Request, raw: bytes) -> web.Response | None:
+    """The fast path: when every row of the body is proved ordinary in one C pass
+    (server/ingest/fast_records.py), stage the records validated, skipping the parse,
+    the body checks and the worker's validation. None: the precise path decides (any
+    row it cannot prove, on_conflict other than skip), which words every error."""
+    decoded = decode_fast_body(raw)
+    if (
+        decoded is None
+        or not 0 < len(decoded.records) <= MAX_RECORDS_PER_REQUEST
+        or not skips_conflicts(decoded)
+    ):
+        return None
+    environment_id = caller_of(request).environment_id
+    store = request.app[STORE]
+    keys = stream_keys(decoded)
+    known = await request.app[STREAMS].lookup(store, environment_id, keys)
+    records = every_record(decoded, known)
+    if records is None:
+        return None
+    del decoded
+    key = idempotency_key(request)
+    claim = _claim(key, "records.bulk", _fingerprint_payload(raw)) if key is not None else None
+    with translate_domain_errors():
+        row, replayed = await domain.submit_validated_records(
+            store, environment_id, records, {k: known[k] for k in keys}, claim
+        )
+    return _accepted(row, replayed)
+
+
 async def _submit_records(request: web.Request) -> web.Response:
     caller = caller_of(request)
-    document = await read_json_document(request)
-    body = require_object(document.value, {"records", "on_conflict"})
-    records, on_conflict = _validate_submission(body)
+    raw = await read_json_text(request)
+    proved = await _submit_proved(request, raw)
+    if proved is not None:
+        return proved
+    document = parse_json_document(raw)
+    del raw
+    body = require_object(document.value, {"records", "on_conflict", "run_at", "mode"})
+    submission = _validate_submission(body)
+    records, on_conflict, mode = submission.records, submission.on_conflict, submission.mode
+    # The fingerprint compares the instant, not its spelling (Z or +01:00); absent and
+    # null are the same request.
+    body.pop("run_at", None)
+    if submission.run_at is not None:
+        body["run_at"] = run_at_text(submission.run_at)
     key = idempotency_key(request)
     # Amounts are staged as exact decimal text when that matters: Decimals and big ints
     # cannot be staged as JSON numbers, and the idempotency fingerprint compares amounts
@@ -170,7 +253,14 @@ async def _submit_records(request: web.Request) -> web.Response:
         claim = _claim(key, "records.bulk", body)
         with translate_domain_errors():
             row, replayed = await domain.submit_records(
-                request.app[STORE], caller.environment_id, records, on_conflict, claim, body_bytes
+                request.app[STORE],
+                caller.environment_id,
+                records,
+                on_conflict,
+                claim,
+                body_bytes,
+                run_at=submission.run_at,
+                mode=mode,
             )
     except orjson.JSONEncodeError:
         # A body the cheap proof cleared can still hold a lone surrogate or a number
@@ -180,14 +270,10 @@ async def _submit_records(request: web.Request) -> web.Response:
         if not issues:
             raise
         raise _body_problem(issues) from None
-    if replayed:
-        return json_response(render_summary(row), status=200, headers=REPLAYED)
-    return json_response(
-        render_summary(row), status=202, headers={"Location": f"/v1/bulk_requests/{row['id']}"}
-    )
+    return _accepted(row, replayed)
 
 
-async def _load(request: web.Request) -> JSON:
+async def _load(request: web.Request) -> BulkRequest:
     caller = caller_of(request)
     request_id = path_id(request)
     row = await request.app[STORE].get_bulk_request(caller.environment_id, request_id)
@@ -196,15 +282,15 @@ async def _load(request: web.Request) -> JSON:
     return row
 
 
-async def _payloads(request: web.Request, rows: list[JSON]) -> list[JSON]:
+async def _payloads(request: web.Request, rows: list[BulkRequest]) -> list[JSON]:
     retryable = await domain.retryable_requests(
         request.app[STORE], caller_of(request).environment_id, rows
     )
     stuck_after = request.app[SETTINGS].stuck_after
-    return [render_bulk_request(r, stuck_after, can_retry=r["id"] in retryable) for r in rows]
+    return [render_bulk_request(r, stuck_after, can_retry=r.id in retryable) for r in rows]
 
 
-async def _payload(request: web.Request, row: JSON) -> JSON:
+async def _payload(request: web.Request, row: BulkRequest) -> JSON:
     (payload,) = await _payloads(request, [row])
     return payload
 
@@ -224,8 +310,9 @@ async def list_bulk_requests(request: web.Request) -> web.Response:
         data_stream_key=request.query.get("data_stream_key"),
         before_id=before if before is not None else ABOVE_EVERY_ID,
         limit=limit,
+        scheduled=query_flag(request, "scheduled"),
     )
-    last = rows[-1]["id"] if rows else None
+    last = rows[-1].id if rows else None
     return json_response(page(await _payloads(request, rows), limit, "bulk_requests", last))
 
 
@@ -244,7 +331,7 @@ async def list_row_errors(request: web.Request) -> web.StreamResponse:
         limit = page_limit(request) if "limit" in request.query else None
         return await stream_errors_csv(request, row, after=start, limit=limit)
     limit = page_limit(request)
-    errors = await request.app[STORE].list_row_errors(row["id"], start, limit)
+    errors = await request.app[STORE].list_row_errors(row.id, start, limit)
     last = errors[-1].row if errors else None
     return json_response(page([render_row_error(e) for e in errors], limit, "errors", last))
 
@@ -276,5 +363,5 @@ async def retry_bulk_request(request: web.Request) -> web.Response:
     return json_response(
         await _payload(request, row),
         status=201,
-        headers={"Location": f"/v1/bulk_requests/{row['id']}"},
+        headers={"Location": f"/v1/bulk_requests/{row.id}"},
     )

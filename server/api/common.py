@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -17,6 +18,8 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
+from server.bulk_requests import StreamCache
+from server.clock import utc_now
 from server.config import Settings
 from server.constants import (
     DEFAULT_PAGE_LIMIT,
@@ -35,6 +38,7 @@ from server.ingest.json_checks import (
     pointer_token,
 )
 from server.jobs.worker import WorkerPool
+from server.scheduling import RunAtProblem, parse_run_at
 from server.types import JSON
 
 Choice = TypeVar("Choice", bound=StrEnum)
@@ -45,6 +49,8 @@ POOL = web.AppKey("pool", WorkerPool)
 HUB = web.AppKey("hub", ProgressHub)
 # Admits one large JSON body at a time (constants.LARGE_JSON_BODY_BYTES).
 LARGE_BODIES = web.AppKey("large_bodies", asyncio.Semaphore)
+# The streams the accept's fast path proves rows against (server/bulk_requests.py).
+STREAMS = web.AppKey("fast_path_streams", StreamCache)
 
 JSON_CONTENT_TYPES = frozenset({"application/json"})
 
@@ -117,11 +123,12 @@ async def read_json_body(request: web.Request) -> Any:
 
 
 async def read_json_document(request: web.Request) -> JsonDocument:
-    """The parsed body, with its text (see JsonDocument).
+    """The parsed body, with its text (see JsonDocument)."""
+    return parse_json_document(await read_json_text(request))
 
-    Numbers a double holds exactly come back as float/int; any other number comes
-    back as an exact Decimal (or a big int), and then `may_hold_decimals` is True.
-    """
+
+async def read_json_text(request: web.Request) -> bytes:
+    """The body of a JSON request, not parsed yet: 415 for another type, 400 when empty."""
     if request.content_type not in JSON_CONTENT_TYPES and not request.content_type.endswith(
         "+json"
     ):
@@ -133,6 +140,15 @@ async def read_json_document(request: web.Request) -> JsonDocument:
     raw = await request.read()  # bounded by the app's client_max_size → 413
     if not raw:
         raise Problem(400, "invalid-json", "the request body is empty")
+    return raw
+
+
+def parse_json_document(raw: bytes) -> JsonDocument:
+    """A JSON body parsed (see JsonDocument).
+
+    Numbers a double holds exactly come back as float/int; any other number comes
+    back as an exact Decimal (or a big int), and then `may_hold_decimals` is True.
+    """
     shape = raw.translate(_SHAPE)
     structural = shape.count(b"x")
     maybe_inexact = _LONG_NUMBER in shape or _EXPONENT in shape
@@ -183,6 +199,15 @@ def require_object(body: Any, allowed: set[str]) -> JSON:
             ],
         )
     return body
+
+
+def run_at_field(value: object, errors: list[JSON]) -> datetime | None:
+    """A submitted `run_at` (SPEC §12) as an instant; a field error when it is not one."""
+    parsed = parse_run_at(value, utc_now())
+    if isinstance(parsed, RunAtProblem):
+        errors.append(field_error("/run_at", parsed.code, parsed.message))
+        return None
+    return parsed
 
 
 def path_id(request: web.Request, what: str = "bulk request") -> int:
@@ -282,6 +307,21 @@ def query_choice(request: web.Request, name: str, choices: type[Choice]) -> Choi
             errors=[parameter_error(name, "invalid_choice", f"got {value!r}")],
         )
     return choices(value)
+
+
+def query_flag(request: web.Request, name: str) -> bool | None:
+    """The query parameter `name` as `true`/`false`; absent → None, anything else → 400."""
+    value = request.query.get(name)
+    if value is None:
+        return None
+    if value not in ("true", "false"):
+        raise Problem(
+            400,
+            "invalid-parameter",
+            f"{name} must be true or false",
+            errors=[parameter_error(name, "invalid_choice", f"got {value!r}")],
+        )
+    return value == "true"
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from server.api.common import STORE, encode_cursor
 from server.constants import ERROR_EXPORT_PAGE_BYTES, ERROR_EXPORT_PAGE_ROWS, MAX_CSV_COLUMNS
-from server.models import RowError
+from server.models import BulkRequest, RowError
 from server.types import JSON
 
 ERROR_COLUMNS = ["row", "line", "error_code", "error_message", "error_pointer"]
@@ -143,9 +143,9 @@ def _metadata_columns(scan: _Scan) -> tuple[list[str], bool]:
 
 
 async def stream_errors_csv(
-    request: web.Request, bulk_request: JSON, *, after: int, limit: int | None
+    request: web.Request, bulk_request: BulkRequest, *, after: int, limit: int | None
 ) -> web.StreamResponse:
-    request_id = bulk_request["id"]
+    request_id = bulk_request.id
     chosen = _Range(request_id, after, limit)
     # First pass: the metadata columns, so every row lines up under one header.
     scan = await _scan(request, chosen)

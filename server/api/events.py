@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 
 import orjson
 from aiohttp import web
@@ -40,6 +41,7 @@ from server.events import (
 from server.http.auth import caller_of
 from server.http.errors import not_found
 from server.http.metrics import LONG_LIVED
+from server.models import BulkRequest
 from server.types import JSON, TERMINAL_STATUSES
 
 EVENT_STREAM_CONTENT_TYPE = "text/event-stream"
@@ -96,21 +98,21 @@ class _EventStream:
             # the newest per request, so the next burst carries the latest state.
             await self.sub.pause(SSE_MIN_EVENT_INTERVAL_SECONDS)
 
-    async def _send(self, rows: list[JSON]) -> bool:
+    async def _send(self, rows: list[BulkRequest]) -> bool:
         """Write the rows that are news; True when a single-request stream is done."""
         frames: list[bytes] = []
         finished = False
-        for row in sorted(rows, key=lambda r: r["id"]):
+        for row in sorted(rows, key=lambda r: r.id):
             version = progress_version(row)
-            terminal = row["status"] in TERMINAL_STATUSES
+            terminal = row.status in TERMINAL_STATUSES
             # A terminal request always answers `done`, even to a client that has that
             # state: it is what tells the client to stop reconnecting.
-            if version <= self.sent.get(row["id"], NO_VERSION) and not (self.single and terminal):
+            if version <= self.sent.get(row.id, NO_VERSION) and not (self.single and terminal):
                 continue
-            self._remember(row["id"], version)
+            self._remember(row.id, version)
             event_id = format_event_id(version)
             if not self.single:
-                event_id = f"{row['id']}:{event_id}"
+                event_id = f"{row.id}:{event_id}"
             payload = orjson.dumps(await self._render(row))
             kind = b"done" if terminal else b"progress"
             frames.append(b"id: %s\nevent: %s\ndata: %s\n\n" % (event_id.encode(), kind, payload))
@@ -125,21 +127,21 @@ class _EventStream:
         while len(self.sent) > SSE_TRACKED_REQUESTS:
             del self.sent[next(iter(self.sent))]
 
-    async def _render(self, row: JSON) -> JSON:
-        stream_id = row.get("data_stream_id")
-        if stream_id is not None and row.get("data_stream_key") is None:
+    async def _render(self, row: BulkRequest) -> JSON:
+        stream_id = row.data_stream_id
+        if stream_id is not None and row.data_stream_key is None:
             hub = self.request.app[HUB]
             key = hub.stream_keys.get(stream_id)
             if key is None:
                 key = await self.request.app[STORE].get_data_stream_key(stream_id)
                 if key is not None:
                     hub.stream_keys[stream_id] = key
-            row = {**row, "data_stream_key": key}
+            row = dataclasses.replace(row, data_stream_key=key)
         retryable = await domain.retryable_requests(
             self.request.app[STORE], caller_of(self.request).environment_id, [row]
         )
         return render_bulk_request(
-            row, self.request.app[SETTINGS].stuck_after, can_retry=row["id"] in retryable
+            row, self.request.app[SETTINGS].stuck_after, can_retry=row.id in retryable
         )
 
 

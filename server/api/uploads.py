@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, MultipartReader, web
@@ -22,20 +23,43 @@ from server.api.common import (
     STORE,
     idempotency_key,
     json_response,
+    run_at_field,
     translate_domain_errors,
 )
 from server.api.render import is_parsing, render_summary
-from server.constants import FILE_READ_BYTES, MAX_FILENAME_CHARS, MAX_PART_HEADER_BYTES
+from server.constants import (
+    FILE_READ_BYTES,
+    MAX_COLUMNS_FIELD_BYTES,
+    MAX_FILENAME_CHARS,
+    MAX_PART_HEADER_BYTES,
+)
 from server.db.port import IdempotencyClaim, UploadSink
 from server.http.auth import caller_of
 from server.http.errors import Problem, field_error
+from server.ingest.csv_options import DEFAULT_CSV_OPTIONS, InvalidCsvOptions, parse_csv_options
+from server.ingest.csv_options import FIELDS as CSV_OPTION_FIELDS
 from server.ingest.detect import detect_format
 from server.ingest.json_checks import replace_lone_surrogates
 from server.ingest.nacha_codes import NachaOption, UnknownNachaOptions, parse_nacha_options
-from server.types import JSON, OnConflict, UploadFormat
+from server.scheduling import run_at_text
+from server.types import JSON, Mode, OnConflict, UploadFormat
 
-TEXT_FIELDS = frozenset({"data_stream_key", "on_conflict", "format", "nacha_options"})
+DEFAULT_CSV_JSON = DEFAULT_CSV_OPTIONS.to_json()
+
+TEXT_FIELDS = frozenset(
+    {
+        "data_stream_key",
+        "on_conflict",
+        "format",
+        "nacha_options",
+        *CSV_OPTION_FIELDS,
+        "run_at",
+        "mode",
+    }
+)
 MAX_TEXT_FIELD_BYTES = 1024
+# A mapping of a wide export is longer than the other fields (constants.py says how long).
+FIELD_BYTES = {"columns": MAX_COLUMNS_FIELD_BYTES}
 DETECTION_BYTES = 4096
 _UNSAFE_FILENAME = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -88,13 +112,16 @@ def _multipart_reader(request: web.Request) -> MultipartReader:
 
 
 async def _read_text(part: BodyPartReader) -> str:
-    data = await part.read_chunk(MAX_TEXT_FIELD_BYTES + 1)
-    if len(data) > MAX_TEXT_FIELD_BYTES or await part.read_chunk(1):
+    limit = FIELD_BYTES.get(part.name or "", MAX_TEXT_FIELD_BYTES)
+    data = b""
+    while len(data) <= limit and (piece := await part.read_chunk(limit + 1 - len(data))):
+        data += piece
+    if len(data) > limit:
         raise Problem(
             422,
             "validation-error",
             f"form field {part.name!r} is too long",
-            errors=[field_error(f"/{part.name}", "too_long", "at most 1024 bytes")],
+            errors=[field_error(f"/{part.name}", "too_long", f"at most {limit} bytes")],
         )
     try:
         return data.decode("utf-8").strip()
@@ -161,6 +188,12 @@ async def create_upload(request: web.Request) -> web.Response:
         }
         if form.nacha_options:  # absent when empty: fingerprints of earlier uploads still match
             payload["nacha_options"] = list(form.nacha_options)
+        if form.csv_options is not None and form.csv_options != DEFAULT_CSV_JSON:
+            payload["csv_options"] = form.csv_options  # absent when default, likewise
+        if form.run_at is not None:  # likewise; the instant, not its spelling
+            payload["run_at"] = run_at_text(form.run_at)
+        if form.mode is not Mode.PARTIAL:  # absent when partial, for the same reason
+            payload["mode"] = form.mode.value
         key = idempotency_key(request)
         claim = IdempotencyClaim(key, domain.fingerprint("uploads", payload)) if key else None
         with translate_domain_errors():
@@ -173,7 +206,10 @@ async def create_upload(request: web.Request) -> web.Response:
                 data_stream_key=form.stream_key,
                 on_conflict=form.on_conflict,
                 nacha_options=form.nacha_options,
+                csv_options=form.csv_options,
                 claim=claim,
+                run_at=form.run_at,
+                mode=form.mode,
             )
     except BaseException:
         if received is not None:
@@ -181,8 +217,8 @@ async def create_upload(request: web.Request) -> web.Response:
         raise
     body = {
         **render_summary(row),
-        "source": row["source"],
-        "filename": row["filename"],
+        "source": row.source.value,
+        "filename": row.filename,
         "parsing": is_parsing(row),
     }
     if replayed:
@@ -197,6 +233,9 @@ class _UploadForm:
     on_conflict: str
     stream_key: str | None
     nacha_options: tuple[str, ...] | None  # None for CSV; () for NACHA without relaxations
+    csv_options: JSON | None  # None for NACHA; CsvOptions.to_json() for CSV
+    run_at: datetime | None  # SPEC §12: the file is parsed then, not before
+    mode: Mode
 
 
 def _nacha_options(text: str, upload_format: str | None, errors: list[JSON]) -> tuple[str, ...]:
@@ -254,6 +293,9 @@ async def _validate(
         errors.append(
             field_error("/on_conflict", "invalid_choice", "on_conflict must be skip or error")
         )
+    mode = fields.get("mode", Mode.PARTIAL)
+    if mode not in frozenset(Mode) and mode != "":
+        errors.append(field_error("/mode", "invalid_choice", "mode must be partial or atomic"))
     stream_key = fields.get("data_stream_key") or None
     if stream_key is None and upload_format == "nacha":
         errors.append(
@@ -272,8 +314,32 @@ async def _validate(
                 )
             )
     options = _nacha_options(fields.get("nacha_options", ""), upload_format, errors)
+    csv_options = _csv_options(fields, upload_format, errors)
+    run_at = run_at_field(fields["run_at"], errors) if fields.get("run_at") else None
     if errors:
         raise Problem(422, "validation-error", "the upload is not valid", errors=errors)
     return _UploadForm(
-        upload_format, on_conflict, stream_key, options if upload_format == "nacha" else None
+        upload_format,
+        on_conflict,
+        stream_key,
+        options if upload_format == "nacha" else None,
+        csv_options if upload_format == "csv" else None,
+        run_at,
+        Mode(mode),
     )
+
+
+def _csv_options(fields: dict[str, str], upload_format: str, errors: list[JSON]) -> JSON:
+    """The CSV options (SPEC §15) as stored; on a NACHA file any of them is a mistake."""
+    given = {name: fields[name] for name in CSV_OPTION_FIELDS if fields.get(name)}
+    if upload_format == "nacha":
+        errors.extend(
+            field_error(f"/{name}", "not_applicable", f"{name} applies to CSV files only")
+            for name in given
+        )
+        return DEFAULT_CSV_JSON
+    try:
+        return parse_csv_options(given).to_json()
+    except InvalidCsvOptions as exc:
+        errors.extend(field_error(p.pointer, p.code, p.message) for p in exc.problems)
+        return DEFAULT_CSV_JSON

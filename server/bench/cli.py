@@ -29,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from server.bench.peer import INSTALL_HINT, huey_installed, measure_one_index_ceiling, measure_peer
 from server.bench.scenarios import measure_cancel, measure_ceiling, measure_ingest, measure_upload
 from server.bench.support import Api, BenchError, ServerProcess, write_csv
 from server.config import positive_float, positive_int
@@ -136,6 +137,12 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep the temporary files (databases, CSV, server logs) for inspection",
     )
+    add(
+        "--no-peer",
+        dest="bench_peer",
+        action="store_false",
+        help="skip the huey peer (aiohttp + SqliteHuey consumer) measured beside ingest",
+    )
     add("--json", action="store_true", help="print one JSON object instead of the table")
 
 
@@ -153,6 +160,7 @@ def _settings(args: argparse.Namespace) -> JSON:
         "cancel_batch_size": args.bench_cancel_batch_size,
         "csv_rows": args.bench_csv_rows,
         "probe_interval_s": args.bench_probe_interval,
+        "peer": args.bench_peer,
     }
 
 
@@ -218,6 +226,22 @@ async def _run(settings: JSON, work: Path, quiet: bool) -> JSON:
         result["ingest"]["ratio_to_ceiling"] = round(
             result["ingest"]["rows_per_s"] / result["ceiling"]["rows_per_s"], 3
         )
+        _progress(quiet, f"one-index ceiling: {rows} rows with sqlite3 executemany")
+        result["one_index_ceiling"] = await asyncio.to_thread(
+            measure_one_index_ceiling, work / "one-index" / "records.db", rows, CEILING_TX_ROWS
+        )
+        result["ingest"]["ratio_to_one_index_ceiling"] = round(
+            result["ingest"]["rows_per_s"] / result["one_index_ceiling"]["rows_per_s"], 3
+        )
+        if settings["peer"] and huey_installed():
+            _progress(quiet, f"peer: {rows} rows through aiohttp + a huey consumer")
+            peer = await measure_peer(work / "peer", rows, request_rows, settings["concurrency"])
+            result["peer"] = peer
+            result["ingest"]["ratio_to_peer"] = round(
+                result["ingest"]["rows_per_s"] / peer["rows_per_s"], 3
+            )
+        elif settings["peer"]:
+            result["peer"] = {"skipped": f"huey is not installed: {INSTALL_HINT}"}
 
     if settings["cancel_rounds"]:
         _progress(quiet, f"cancel: {settings['cancel_rounds']} rounds")
@@ -280,6 +304,13 @@ def evaluate_targets(result: JSON) -> list[JSON]:
 
     return [
         target("ingest_ratio_to_ceiling", get("ingest", "ratio_to_ceiling"), 0.60, at_least=True),
+        target("ingest_ratio_to_peer", get("ingest", "ratio_to_peer"), 1.0, at_least=True),
+        target(
+            "ingest_ratio_to_one_index_ceiling",
+            get("ingest", "ratio_to_one_index_ceiling"),
+            0.4,
+            at_least=True,
+        ),
         target("accept_p99_ms", get("ingest", "accept", "p99_ms"), 20.0, at_least=False),
         target("cancel_p99_ms", get("cancel", "latency", "p99_ms"), 100.0, at_least=False),
         target(
@@ -331,6 +362,25 @@ def render_table(result: JSON) -> str:
             "≥ 60% of ceiling",
             _mark(result, "ingest_ratio_to_ceiling"),
         )
+        o = result["one_index_ceiling"]
+        row(
+            "ceiling, one unique index",
+            f"{o['rows_per_s']:,.0f} rows/s; ingest = {i['ratio_to_one_index_ceiling']:.2f}× it",
+            "≥ 0.4×",
+            _mark(result, "ingest_ratio_to_one_index_ceiling"),
+        )
+        peer = result.get("peer")
+        if peer and "skipped" in peer:
+            row("huey peer (aiohttp + consumer)", peer["skipped"])
+        elif peer:
+            row(
+                "huey peer (aiohttp + consumer)",
+                f"{peer['rows_per_s']:,.0f} rows/s; ingest = {i['ratio_to_peer']:.2f}× the peer "
+                f"(CPU {peer['server_cpu_us_per_row']:.1f} + "
+                f"{peer['consumer_cpu_us_per_row']:.1f} µs/row)",
+                "≥ 1.0× the peer",
+                _mark(result, "ingest_ratio_to_peer"),
+            )
         a = i["accept"]
         row(
             "accept latency p50 / p99 / max",

@@ -86,8 +86,11 @@ def measure_ceiling(db_path: Path, rows: int, request_rows: int, tx_rows: int) -
                     "filename": None,
                     "default_data_stream_key": None,
                     "nacha_options": None,
+                    "csv_options": None,
                     "data_stream_id": stream["id"],
                     "parent_bulk_request_id": None,
+                    "run_at": None,
+                    "mode": "partial",
                     "now": now,
                 },
             ).fetchall()[0]["id"]

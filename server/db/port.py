@@ -16,6 +16,15 @@ the retry rule (server/rules.py `retry_refusal`, `cancel_refusal`), chain arithm
 duplicate-row problems (server/batches.py `split_duplicates`), and the staged-row
 encoding (server/staging.py).
 
+Atomic requests (SPEC §14; README, Design): an adapter stores an atomic request's rows
+batch by batch like any other, but keeps them out of every records read until the batch
+that completes the request publishes them in its own transaction (SQLite: the
+`unpublished` flag and a partial index); rows that hidden records of another request
+hold fail as `external_id_reserved` (`withhold_reserved`), a request with failed rows
+ends failed (`atomic_failure_message`), `purge_hidden_records` deletes a failed or
+cancelled one's records in bounded batches, and a retry is not claimed before its
+parent is purged.
+
 Adapters
 --------
 `server/db/sqlite/` (`Store`): one writer connection on its own thread running each
@@ -33,6 +42,9 @@ domain, the jobs or the handlers changes for it):
 
     class PostgresStorage:  # server/db/postgres/
         after_commit: AfterCommitHook | None
+        # server/db/webhook_port.py: the same tables, the cursor row updated under the
+        # dispatch transaction's lock (several processes may dispatch)
+        webhooks: WebhookStorage
 
         # asyncpg pool; schema migrations in a table, not PRAGMA user_version
         async def open(self) -> None: ...
@@ -42,37 +54,37 @@ domain, the jobs or the handlers changes for it):
         # LIMIT 1) RETURNING …: concurrent claimers never wait on one another
         async def claim_next_request(
             self, worker: str, *, sliced: frozenset[int] = frozenset()
-        ) -> BulkRequestRow | None: ...
+        ) -> BulkRequest | None: ...
 
         # the same fencing columns: WHERE id = $1 AND attempt = $2 AND claimed_by = $3
         async def commit_batch(
-            self, job: BulkRequestRow, worker: str, batch: Batch
-        ) -> BulkRequestRow: ...
-        async def release_request(self, job: BulkRequestRow, worker: str) -> None: ...
+            self, job: BulkRequest, worker: str, batch: Batch
+        ) -> BulkRequest: ...
+        async def release_request(self, job: BulkRequest, worker: str) -> None: ...
         async def finish_request(
             self,
-            job: BulkRequestRow,
+            job: BulkRequest,
             worker: str,
             status: Status,
             *,
             error_message: str | None = None,
             error_details: JSON | None = None,
             keep_upload: bool = True,
-        ) -> BulkRequestRow: ...
+        ) -> BulkRequest: ...
 
         # uploads staged in chunks: the same EncodedChunk bodies in a bytea table
         async def record_parse_progress(
-            self, job: BulkRequestRow, worker: str, chunk: EncodedChunk, total_items: int
-        ) -> BulkRequestRow: ...
+            self, job: BulkRequest, worker: str, chunk: EncodedChunk, total_items: int
+        ) -> BulkRequest: ...
         async def finish_parsing(
             self,
-            job: BulkRequestRow,
+            job: BulkRequest,
             worker: str,
             *,
             total_items: int,
             data_stream_id: int | None,
             error_details: JSON | None,
-        ) -> BulkRequestRow: ...
+        ) -> BulkRequest: ...
         async def discard_staged_rows(self, request_id: int) -> None: ...
 
         # each one transaction (SERIALIZABLE or a row lock on the chain's origin for
@@ -82,45 +94,60 @@ domain, the jobs or the handlers changes for it):
             environment_id: int,
             *,
             on_conflict: str,
+            mode: Mode = Mode.PARTIAL,
             total_items: int,
             chunks: Sequence[EncodedChunk],
             data_stream_key: str | None,
             claim: IdempotencyClaim | None,
-        ) -> tuple[BulkRequestRow, bool]: ...
+            run_at: datetime | None = None,
+        ) -> tuple[BulkRequest, bool]: ...
         async def create_upload_request(
             self, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
-        ) -> tuple[BulkRequestRow, bool]: ...
+        ) -> tuple[BulkRequest, bool]: ...
         async def cancel_request(
             self, environment_id: int, request_id: int
-        ) -> tuple[BulkRequestRow, CancelOutcome] | None: ...
+        ) -> tuple[BulkRequest, CancelOutcome] | None: ...
         async def create_retry(
             self, environment_id: int, request_id: int, claim: IdempotencyClaim | None
-        ) -> tuple[BulkRequestRow, bool] | None: ...
+        ) -> tuple[BulkRequest, bool] | None: ...
         async def requeue_orphans(self, live_workers: Iterable[str], reason: str) -> list[int]: ...
         async def delete_expired_idempotency_keys(self) -> int: ...
         async def prune_outbox(self) -> int: ...
+        async def purge_hidden_records(self) -> int | None: ...
 
         # and every read of `Storage` below as one pooled query each
 
-Bulk-request rows are still dicts (`BulkRequestRow`); a later step types them.
+What crosses the port is typed (server/models.py): a bulk request is a `BulkRequest`, a
+member of a chain of retries a `ChainMember`, a /metrics aggregate a `StatusSourceTotals`.
+The JSON that remains is JSON by nature: the `error_details` the domain hands to
+`finish_request` / `finish_parsing` (stored as JSON text, and read back as that text in
+`BulkRequest.error_details`), and user data (`Record.metadata`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
 from server.batches import Batch
+from server.db.webhook_port import WebhookStorage
 from server.ingest.validation import StreamRef
-from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record, RowError
+from server.models import (
+    ActiveApiKey,
+    ApiKeyListing,
+    BulkRequest,
+    ChainMember,
+    DataStream,
+    Record,
+    RowError,
+)
 from server.outcomes import RequestChanged
 from server.staging import EncodedChunk, StagedChunk
-from server.types import JSON, Source, Status
+from server.types import JSON, Mode, Source, Status
 
-# A bulk request's row as stored (plus the joined data_stream_key): still a dict.
-BulkRequestRow = JSON
 # Where committed events go: server/outcomes.py AfterCommit.apply, set by the app.
 AfterCommitHook = Callable[[Sequence[RequestChanged]], None]
 
@@ -177,6 +204,24 @@ class NewUpload:
     on_conflict: str
     # The NACHA relaxations as stored (JSON text of their names); None for CSV.
     nacha_options: str | None
+    # The CSV options (SPEC §15) as stored (JSON text of the object); None for NACHA.
+    csv_options: str | None = None
+    # Parsed and processed from this instant on (SPEC §12); None: at once.
+    run_at: datetime | None = None
+    # SPEC §14: all rows or none.
+    mode: Mode = Mode.PARTIAL
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSourceTotals:
+    """For /metrics: how many requests have this (status, source), and their row counters."""
+
+    status: Status
+    source: Source
+    requests: int
+    successful: int
+    failed: int
+    skipped: int
 
 
 class UploadSink(Protocol):
@@ -215,6 +260,8 @@ class Storage(Protocol):
     """Everything the domain and the API need of storage (see the module docstring)."""
 
     after_commit: AfterCommitHook | None
+    # Endpoints, deliveries and the dispatcher's outbox cursor (SPEC §13).
+    webhooks: WebhookStorage
 
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -260,27 +307,30 @@ class Storage(Protocol):
         environment_id: int,
         *,
         on_conflict: str,
+        mode: Mode = Mode.PARTIAL,
         total_items: int,
         chunks: Sequence[EncodedChunk],
         data_stream_key: str | None,
         claim: IdempotencyClaim | None,
-    ) -> tuple[BulkRequestRow, bool]:
-        """(request, replayed). `data_stream_key`: the one key all rows name, if any."""
+        run_at: datetime | None = None,
+    ) -> tuple[BulkRequest, bool]:
+        """(request, replayed). `data_stream_key`: the one key all rows name, if any.
+        `run_at`: not claimable before this instant (SPEC §12); None runs at once."""
         ...
 
     async def create_upload_request(
         self, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
-    ) -> tuple[BulkRequestRow, bool]: ...
+    ) -> tuple[BulkRequest, bool]: ...
 
     async def cancel_request(
         self, environment_id: int, request_id: int
-    ) -> tuple[BulkRequestRow, CancelOutcome] | None:
+    ) -> tuple[BulkRequest, CancelOutcome] | None:
         """None when it does not exist; raises Conflict when it has ended otherwise."""
         ...
 
     async def create_retry(
         self, environment_id: int, request_id: int, claim: IdempotencyClaim | None
-    ) -> tuple[BulkRequestRow, bool] | None:
+    ) -> tuple[BulkRequest, bool] | None:
         """(child, replayed), None when it does not exist; raises Conflict when refused."""
         ...
 
@@ -288,44 +338,44 @@ class Storage(Protocol):
 
     async def claim_next_request(
         self, worker: str, *, sliced: frozenset[int] = frozenset()
-    ) -> BulkRequestRow | None:
+    ) -> BulkRequest | None:
         """`sliced`: ids given back after a time slice (their reclaim logs at DEBUG)."""
         ...
 
-    async def commit_batch(self, job: BulkRequestRow, worker: str, batch: Batch) -> BulkRequestRow:
+    async def commit_batch(self, job: BulkRequest, worker: str, batch: Batch) -> BulkRequest:
         """Records, row errors, counters, checkpoint and heartbeat in one transaction."""
         ...
 
-    async def release_request(self, job: BulkRequestRow, worker: str) -> None: ...
+    async def release_request(self, job: BulkRequest, worker: str) -> None: ...
 
     async def finish_request(
         self,
-        job: BulkRequestRow,
+        job: BulkRequest,
         worker: str,
         status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,
         keep_upload: bool = True,
-    ) -> BulkRequestRow:
+    ) -> BulkRequest:
         """The fenced terminal transition, with its outbox event."""
         ...
 
     async def record_parse_progress(
-        self, job: BulkRequestRow, worker: str, chunk: EncodedChunk, total_items: int
-    ) -> BulkRequestRow:
+        self, job: BulkRequest, worker: str, chunk: EncodedChunk, total_items: int
+    ) -> BulkRequest:
         """Stage one parsed chunk and write the parse heartbeat."""
         ...
 
     async def finish_parsing(
         self,
-        job: BulkRequestRow,
+        job: BulkRequest,
         worker: str,
         *,
         total_items: int,
         data_stream_id: int | None,
         error_details: JSON | None,
-    ) -> BulkRequestRow: ...
+    ) -> BulkRequest: ...
 
     async def discard_staged_rows(self, request_id: int) -> None: ...
     async def requeue_orphans(self, live_workers: Iterable[str], reason: str) -> list[int]:
@@ -352,12 +402,18 @@ class Storage(Protocol):
         """Delete one bounded batch of outbox events past retention; how many."""
         ...
 
+    async def purge_hidden_records(self) -> int | None:
+        """Delete one bounded batch of the hidden records of a failed or cancelled atomic
+        request (SPEC §14); that request's id, or None when none has any left. Once its
+        last record is gone the request is no longer unpublished (a retry of it may run)."""
+        ...
+
     # --- bulk requests: reads -------------------------------------------------------------
 
     async def get_bulk_request(
         self, environment_id: int, request_id: int
-    ) -> BulkRequestRow | None: ...
-    async def get_bulk_request_any_environment(self, request_id: int) -> BulkRequestRow | None: ...
+    ) -> BulkRequest | None: ...
+    async def get_bulk_request_any_environment(self, request_id: int) -> BulkRequest | None: ...
     async def list_bulk_requests(
         self,
         environment_id: int,
@@ -367,21 +423,34 @@ class Storage(Protocol):
         data_stream_key: str | None,
         before_id: int,
         limit: int,
-    ) -> list[BulkRequestRow]: ...
+        scheduled: bool | None = None,
+    ) -> list[BulkRequest]:
+        """`scheduled`: only those waiting for their run_at (True), or the others."""
+        ...
+
     async def list_chains(
         self, environment_id: int, request_ids: Iterable[int]
-    ) -> list[list[BulkRequestRow]]: ...
+    ) -> list[list[ChainMember]]: ...
     async def list_row_errors(
         self, request_id: int, after_row: int, limit: int
     ) -> list[RowError]: ...
     async def get_chunk_at(self, request_id: int, row: int) -> StagedChunk | None: ...
-    async def has_runnable_request(self) -> bool: ...
+    async def has_runnable_request(self) -> bool:
+        """A request a worker could claim now (not one waiting for its run_at)."""
+        ...
+
     async def queue_depth(self) -> int:
-        """Raises StorageUnavailable when the storage cannot answer."""
+        """Runnable now (not waiting for a run_at). Raises StorageUnavailable when the
+        storage cannot answer."""
+        ...
+
+    async def next_run_at(self) -> datetime | None:
+        """When the earliest waiting scheduled request is due; None when none waits.
+        Cheap (an indexed probe): the pool asks it every time a worker goes idle."""
         ...
 
     async def referenced_upload_paths(self) -> set[str]: ...
-    async def metrics_bulk_requests(self) -> list[JSON]:
+    async def metrics_bulk_requests(self) -> list[StatusSourceTotals]:
         """Per (status, source): request count and row counters, for /metrics."""
         ...
 

@@ -28,11 +28,11 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from server.clock import parse_rfc3339, to_rfc3339, utc_now
 from server.config import Settings
-from server.db.port import Storage, StorageUnavailable
+from server.db.port import StatusSourceTotals, Storage, StorageUnavailable
 from server.events import ProgressHub
 from server.http.logs import log_access
 from server.jobs.worker import WorkerPool
-from server.types import JSON, Source, Status
+from server.types import Source, Status
 
 log = logging.getLogger("server.metrics")
 
@@ -55,7 +55,7 @@ HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 
 @dataclass(frozen=True, slots=True)
 class _DatabaseSnapshot:
-    by_status_source: list[JSON]
+    by_status_source: list[StatusSourceTotals]
     queue_depth: int
     oldest_heartbeat: str | None
     stuck: int
@@ -90,6 +90,11 @@ class _Families:
             "bulk_recoveries",
             "Interrupted requests this process requeued (at start or by the sweeper)",
         )
+        self.claim_attempts = CounterMetricFamily(
+            "bulk_worker_claim_attempts",
+            "Claim transactions the workers ran, whether they found work or not "
+            "(idle workers sleep until woken or the next run_at: this stays flat while idle)",
+        )
         self.subscribers = GaugeMetricFamily(
             "bulk_sse_subscribers", "Open event streams, by scope", labels=["scope"]
         )
@@ -104,6 +109,7 @@ class _Families:
             self.stuck,
             self.workers,
             self.recoveries,
+            self.claim_attempts,
             self.subscribers,
         ]
 
@@ -113,9 +119,10 @@ class _Families:
         counts: dict[tuple[str, str], int] = {(s, src): 0 for s in Status for src in Source}
         totals = {"successful": 0, "failed": 0, "skipped": 0}
         for row in snapshot.by_status_source:
-            counts[(row["status"], row["source"])] = row["requests"]
-            for outcome in totals:
-                totals[outcome] += row[outcome]
+            counts[(row.status, row.source)] = row.requests
+            totals["successful"] += row.successful
+            totals["failed"] += row.failed
+            totals["skipped"] += row.skipped
         for (status, source), n in sorted(counts.items()):
             self.requests.add_metric([status, source], n)
         for outcome, n in totals.items():
@@ -151,6 +158,7 @@ class _StateCollector:
         families.workers.add_metric(["busy"], busy)
         families.workers.add_metric(["idle"], max(0, self.pool.worker_count - busy))
         families.recoveries.add_metric([], self.pool.recovered_total)
+        families.claim_attempts.add_metric([], self.pool.claim_attempts_total)
         for scope in ("request", "environment"):
             families.subscribers.add_metric([scope], self.hub.subscriber_count(scope))
         return iter(families.all())

@@ -88,7 +88,14 @@ class _ProtocolHandler(RequestHandler):
     """One connection: aiohttp's protocol plus the head timeout and limit, and problem
     answers for what aiohttp cannot parse."""
 
-    __slots__ = ("_head_bytes", "_head_timeout", "_head_timer", "_refused", "_warnings")
+    __slots__ = (
+        "_before_first_head",
+        "_head_bytes",
+        "_head_timeout",
+        "_head_timer",
+        "_refused",
+        "_warnings",
+    )
 
     def __init__(
         self, *args: Any, head_timeout: float, warnings: RateLimitedLog, **kwargs: Any
@@ -99,6 +106,9 @@ class _ProtocolHandler(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_bytes = 0  # received while waiting for a head, none of it parsed yet
         self._refused = False  # answered without a request; what still comes is dropped
+        # No head complete yet on this connection. Every byte until then is head bytes,
+        # even before aiohttp's start() first waits: uvloop may deliver data first.
+        self._before_first_head = True
 
     # --- the request head: in time, and not too large ---------------------------------
 
@@ -117,8 +127,10 @@ class _ProtocolHandler(RequestHandler):
         aiohttp's start() waits on `_waiter` only with no request queued, after the
         previous one's body was read to its end; while a body streams in, it does not.
         """
+        if self._messages:
+            return False
         waiter = self._waiter
-        return waiter is not None and not waiter.done() and not self._messages
+        return self._before_first_head or (waiter is not None and not waiter.done())
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -130,6 +142,7 @@ class _ProtocolHandler(RequestHandler):
         if self._messages:  # a head is complete (or the parser refused it): answered
             self._disarm_head_timer()
             self._head_bytes = 0
+            self._before_first_head = False
             return
         self._head_bytes += len(data)
         if self._head_bytes > MAX_REQUEST_HEAD_BYTES:

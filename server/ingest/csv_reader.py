@@ -18,14 +18,25 @@ from __future__ import annotations
 import codecs
 import csv
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import chain
 from operator import itemgetter
 
 from server.constants import MAX_CSV_COLUMNS, MAX_CSV_ROW_BYTES
-from server.types import FileRejected, RowProblem, SourceRow
+from server.ingest.csv_mapping import (
+    DEBIT,
+    DELIMITERS,
+    METADATA_PREFIX,
+    PAIR_TARGETS,
+    PLAIN_AMOUNT_CHARS,
+    RECORD_TARGETS,
+    RowConverter,
+    column_targets,
+    detect_delimiter,
+)
+from server.ingest.csv_options import DEFAULT_CSV_OPTIONS, CsvOptions
+from server.types import FileRejected, ParseReport, RowProblem, SourceRow
 
-RECORD_COLUMNS = ("date", "amount", "currency", "description", "external_id", "data_stream_key")
-METADATA_PREFIX = "metadata."
-EXPECTED_COLUMNS = ", ".join(RECORD_COLUMNS) + " or metadata.<name>"
+EXPECTED_COLUMNS = ", ".join(RECORD_TARGETS) + " or metadata.<name>"
 # csv's own cap (128 KiB per field by default) is never reached: a field lies inside a
 # row, and a row is refused past MAX_CSV_ROW_BYTES before csv sees the line that is over.
 assert csv.field_size_limit() > MAX_CSV_ROW_BYTES
@@ -179,7 +190,7 @@ def _getter(indexes: list[int]) -> Getter:
 class _Columns:
     """The header, resolved once: which cell index feeds which field or metadata key."""
 
-    def __init__(self, header: list[str], line: int) -> None:
+    def __init__(self, header: list[str], line: int, options: CsvOptions) -> None:
         if len(header) > MAX_CSV_COLUMNS:
             raise FileRejected(
                 f"line {line}: the header row has {len(header)} columns; a CSV file may have "
@@ -187,51 +198,76 @@ class _Columns:
                 {"line": line, "columns": len(header), "max_columns": MAX_CSV_COLUMNS},
             )
         self.width = len(header)
-        self.fields: list[tuple[int, str]] = []
+        self.fields: list[tuple[int, str]] = []  # record fields, and debit / credit
         self.metadata: list[tuple[int, str]] = []
-        seen: set[str] = set()
-        for index, cell in enumerate(header):
-            name = cell.strip()
-            lowered = name.lower()
-            if lowered in RECORD_COLUMNS:
-                target = lowered
-                self.fields.append((index, lowered))
-            elif lowered.startswith(METADATA_PREFIX):
-                # The key keeps its case and inner text: the error export writes
-                # `metadata.<key>` for whatever keys the rows had, and must round-trip.
-                key = name[len(METADATA_PREFIX) :]
-                target = METADATA_PREFIX + key
-                self.metadata.append((index, key))
-            else:
+        names: dict[str, str] = {}
+        for index, target in enumerate(column_targets(header, line, options.columns)):
+            if target is None:
                 continue  # unknown column: ignored on purpose (see module docstring)
-            if target in seen:
-                raise FileRejected(
-                    f"line {line}: the column {name!r} appears more than once in the header",
-                    {"line": line, "column": name},
-                )
-            seen.add(target)
-        if not seen:
+            names[target] = header[index].strip()
+            if target.startswith(METADATA_PREFIX):
+                self.metadata.append((index, target[len(METADATA_PREFIX) :]))
+            else:
+                self.fields.append((index, target))
+        if not names:
             shown = ", ".join(repr(cell.strip()[:40]) for cell in header[:8])
             more = ", …" if len(header) > 8 else ""
             raise FileRejected(
                 f"line {line}: the header row ({shown}{more}) has none of the expected "
-                f"columns: {EXPECTED_COLUMNS}",
+                f"columns: {EXPECTED_COLUMNS}"
+                + (" (and columns maps none of them)" if options.columns else ""),
                 {"line": line},
             )
         self.field_names = [name for _, name in self.fields]
         self.meta_names = [key for _, key in self.metadata]
         self.get_fields = _getter([i for i, _ in self.fields]) if self.fields else None
         self.get_meta = _getter([i for i, _ in self.metadata]) if self.metadata else None
+        self.convert = RowConverter(
+            decimal=options.decimal_separator,
+            date_format=options.date_format,
+            pair=DEBIT in names,
+            names=names,
+        )
 
 
-def iter_csv_rows(chunks: Iterable[bytes], *, data_stream_key: str | None) -> Iterator[SourceRow]:
+def _header_delimiter(
+    lines: Iterator[str], options: CsvOptions, report: ParseReport | None
+) -> tuple[str, Iterator[str]]:
+    """The delimiter (detected from the first non-blank line when not given), and the
+    lines again from the start: the ones read to see it are handed to csv first."""
+    if options.delimiter is not None:
+        return DELIMITERS[options.delimiter], lines
+    seen: list[str] = []
+    for line in lines:
+        seen.append(line)
+        if line.strip():
+            break
+    delimiter = detect_delimiter(seen[-1]) if seen else ","
+    if delimiter != "," and report is not None:
+        word = next(name for name, char in DELIMITERS.items() if char == delimiter)
+        report.notes.append(f"the delimiter {word!r} was detected from the header line")
+    return delimiter, chain(seen, lines)
+
+
+def iter_csv_rows(
+    chunks: Iterable[bytes],
+    *,
+    data_stream_key: str | None,
+    options: CsvOptions = DEFAULT_CSV_OPTIONS,
+    report: ParseReport | None = None,
+) -> Iterator[SourceRow]:
     """One SourceRow per data row; FileRejected when the file as a whole is unusable.
+
+    `options` (SPEC §15) map the header and say how amounts and dates are written; the
+    rows come out in our column names and formats. `report` gets a note when the
+    delimiter detected is not a comma.
 
     Rows may already have been yielded when FileRejected is raised (the caller discards
     them). `line` is the physical line where the row starts, the header being line 1.
     """
     budget = _RowBudget()
-    reader = csv.reader(_Utf8Lines(chunks, budget).lines(), strict=True)
+    delimiter, lines = _header_delimiter(_Utf8Lines(chunks, budget).lines(), options, report)
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
     default_key = data_stream_key or None
     end = 0  # the physical line on which the previous csv record ended
     try:
@@ -242,7 +278,7 @@ def iter_csv_rows(chunks: Iterable[bytes], *, data_stream_key: str | None) -> It
             budget.start_line = end + 1
             budget.used = 0
             if not _blank(cells):
-                columns = _Columns(cells, start)
+                columns = _Columns(cells, start, options)
                 break
         if columns is None:
             raise FileRejected("the file is empty: a header row is required")
@@ -251,6 +287,11 @@ def iter_csv_rows(chunks: Iterable[bytes], *, data_stream_key: str | None) -> It
         get_fields = columns.get_fields
         meta_names = columns.meta_names
         get_meta = columns.get_meta
+        convert = columns.convert
+        # The default options (and any with only a column mapping): a plain amount and
+        # an ISO date need no work, and most rows have nothing else, so the hot path
+        # asks only that much before calling convert (measured in README, "CSV as…").
+        plain_first = convert.only_amounts
         rows = 0
         for cells in reader:
             start = end + 1
@@ -279,7 +320,14 @@ def iter_csv_rows(chunks: Iterable[bytes], *, data_stream_key: str | None) -> It
                         fields["metadata"] = meta
                 if not fields and _blank(cells):
                     continue
-                problem = None
+                if plain_first:
+                    amount = fields.get("amount")
+                    needs_reading = isinstance(amount, str) and bool(
+                        amount.strip(PLAIN_AMOUNT_CHARS) or amount[-1] == "-"
+                    )
+                    problem = convert(fields) if needs_reading else None
+                else:
+                    problem = convert(fields)
             else:
                 if _blank(cells):
                     continue  # an empty line, or fewer/more commas and nothing else
@@ -306,10 +354,12 @@ def _blank(cells: list[str]) -> bool:
 def _partial_fields(columns: _Columns, cells: list[str]) -> dict[str, object]:
     """The mappable cells of a row whose width differs from the header's."""
     width = len(cells)
+    # debit and credit are left out: a row in this shape stays a record's (its problem
+    # says why it is not one), and the error export writes our columns.
     fields: dict[str, object] = {
         name: cells[i]
         for i, name in columns.fields
-        if i < width and cells[i] and not cells[i].isspace()
+        if i < width and cells[i] and not cells[i].isspace() and name not in PAIR_TARGETS
     }
     meta = {
         key: cells[i]

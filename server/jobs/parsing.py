@@ -14,13 +14,13 @@ import logging
 from collections.abc import Generator, Iterator
 from typing import Protocol
 
-import orjson
-
 from server.constants import FILE_READ_BYTES
 from server.db.port import Storage, UploadSource
+from server.ingest.csv_options import CsvOptions
 from server.ingest.csv_reader import iter_csv_rows
 from server.ingest.nacha import iter_nacha_rows
 from server.ingest.nacha_codes import NachaOption
+from server.models import BulkRequest
 from server.staging import ChunkFill, StagedItem, encode_items
 from server.types import JSON, FileRejected, ParseReport, SourceRow, Status
 
@@ -36,18 +36,18 @@ class ParseHost(Protocol):
         """The process is shutting down: give the request back, it resumes on restart."""
         ...
 
-    def should_cancel(self, job: JSON) -> bool: ...
+    def should_cancel(self, job: BulkRequest) -> bool: ...
 
     async def finish(
         self,
-        job: JSON,
+        job: BulkRequest,
         worker: str,
         status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,
         keep_upload: bool = True,
-    ) -> JSON:
+    ) -> BulkRequest:
         """The fenced terminal transition, logged and published."""
         ...
 
@@ -56,20 +56,25 @@ log = logging.getLogger("server.parsing")
 
 
 def _file_rows(
-    job: JSON, source: UploadSource, report: ParseReport
+    job: BulkRequest, source: UploadSource, report: ParseReport
 ) -> Generator[SourceRow, None, None]:
-    data_stream_key = job["default_data_stream_key"]
+    data_stream_key = job.default_data_stream_key
     chunks = iter(lambda: source.read(FILE_READ_BYTES), b"")
-    if job["upload_format"] == "nacha":
+    if job.upload_format == "nacha":
         if not data_stream_key:
             raise FileRejected("data_stream_key is required for NACHA files")
         # Names were checked at upload; a name a later version dropped fails loudly.
-        options = [NachaOption(name) for name in orjson.loads(job["nacha_options"] or "[]")]
+        options = [NachaOption(name) for name in job.nacha_options or ()]
         yield from iter_nacha_rows(
             chunks, data_stream_key=data_stream_key, report=report, options=options
         )
     else:
-        yield from iter_csv_rows(chunks, data_stream_key=data_stream_key)
+        yield from iter_csv_rows(
+            chunks,
+            data_stream_key=data_stream_key,
+            options=CsvOptions.from_stored(job.csv_options),
+            report=report,
+        )
 
 
 def take_chunk(rows: Iterator[SourceRow]) -> list[SourceRow]:
@@ -92,11 +97,11 @@ def _staged(row: SourceRow) -> StagedItem:
     ]
 
 
-async def parse_upload(pool: ParseHost, job: JSON, worker: str) -> JSON | None:
+async def parse_upload(pool: ParseHost, job: BulkRequest, worker: str) -> BulkRequest | None:
     """Stage every row of the job's file; the updated job, or None when it ended here."""
     store = pool.store
-    upload_name: str = job["upload_path"] or ""
-    already_staged = job["total_items"]
+    upload_name: str = job.upload_path or ""
+    already_staged = job.total_items
     report = ParseReport()
     try:
         source = await store.open_upload(upload_name)
@@ -158,7 +163,7 @@ async def parse_upload(pool: ParseHost, job: JSON, worker: str) -> JSON | None:
 
     stream_id = None
     if len(keys) == 1:
-        found = await store.find_data_streams(job["environment_id"], keys)
+        found = await store.find_data_streams(job.environment_id, keys)
         stream_id = next(iter(found.values())).id if found else None
     details = {k: v for k, v in (("warnings", report.warnings), ("notes", report.notes)) if v}
 
@@ -173,8 +178,8 @@ async def parse_upload(pool: ParseHost, job: JSON, worker: str) -> JSON | None:
     return done
 
 
-async def _discard_staged(pool: ParseHost, job: JSON) -> None:
-    await pool.store.discard_staged_rows(job["id"])
+async def _discard_staged(pool: ParseHost, job: BulkRequest) -> None:
+    await pool.store.discard_staged_rows(job.id)
 
 
 async def remove_unreferenced_uploads(store: Storage) -> int:

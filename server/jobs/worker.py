@@ -18,23 +18,30 @@ import logging
 import secrets
 from collections.abc import Sequence
 
-from server.batches import stream_keys_of, validate_batch
+from server.batches import stream_keys_of, validate_batch, validated_batch
+from server.clock import utc_now
 from server.config import Settings
 from server.constants import (
     CLAIM_RETRY_SECONDS,
     MAX_ERROR_MESSAGE_CHARS,
     MAX_REMEMBERED_SLICED_IDS,
     OUTBOX_PRUNE_BATCH,
+    SCHEDULE_WAKE_MARGIN_SECONDS,
     SHUTDOWN_GRACE_SECONDS,
     WORKER_IDLE_POLL_SECONDS,
 )
 from server.db.port import FencedOut, Storage
 from server.ingest.validation import StreamRef
 from server.jobs.parsing import parse_upload, remove_unreferenced_uploads
-from server.staging import StagedItem
+from server.models import BulkRequest
+from server.staging import StagedItem, ValidatedRows
 from server.types import JSON, Status
 
 log = logging.getLogger("server.worker")
+
+
+def _row_count(rows: list[StagedItem] | ValidatedRows) -> int:
+    return len(rows) if isinstance(rows, list) else len(rows.records)
 
 
 class WorkerPool:
@@ -46,6 +53,9 @@ class WorkerPool:
         self._wake = asyncio.Event()
         self._stopping = False
         self._stop_event = asyncio.Event()
+        # Set to run the sweeper now: an atomic request ended with records to purge, or
+        # the pool is stopping.
+        self._sweep_now = asyncio.Event()
         self._live: set[str] = set()
         self._busy: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -53,6 +63,9 @@ class WorkerPool:
         # Given back after a time slice: their next claim is routine, logged at DEBUG.
         self._sliced: set[int] = set()
         self.recovered_total = 0
+        # Claim transactions run, found work or not (/metrics): shows that idle workers
+        # sleep until the next run_at instead of polling.
+        self.claim_attempts_total = 0
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -73,6 +86,7 @@ class WorkerPool:
         """Let each worker finish its current batch, then return (requests stay resumable)."""
         self._stopping = True
         self._stop_event.set()
+        self._sweep_now.set()
         self._wake.set()
         if not self._tasks:
             return
@@ -85,7 +99,8 @@ class WorkerPool:
         self._tasks.clear()
 
     def wake(self) -> None:
-        """New work was committed: idle workers claim it now instead of polling.
+        """New work was committed: idle workers claim it now instead of polling (or, for
+        a new schedule, sleep until its run_at if that is the earliest).
         Called by server/outcomes.py AfterCommit only, after the commit that made it."""
         self._wake.set()
 
@@ -111,15 +126,17 @@ class WorkerPool:
     async def _sweeper_loop(self) -> None:
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_event.wait(), self.settings.sweep_interval)
+                await asyncio.wait_for(self._sweep_now.wait(), self.settings.sweep_interval)
             if self._stopping:
                 return
+            self._sweep_now.clear()
             try:
                 ids = await self.requeue_orphans("worker gone")
                 if ids:
                     log.warning("requeued orphaned bulk request(s) %s", ids)
                 await self.store.delete_expired_idempotency_keys()
                 await self._prune_outbox()
+                await self._purge_hidden_records()
             except Exception:
                 log.exception("sweeper pass failed; trying again next interval")
 
@@ -131,21 +148,34 @@ class WorkerPool:
             if deleted < OUTBOX_PRUNE_BATCH:
                 return
 
+    async def _purge_hidden_records(self) -> None:
+        """Delete the hidden records of failed and cancelled atomic requests (SPEC §14),
+        ATOMIC_PURGE_BATCH per transaction, so a purge never holds the writer long."""
+        while not self._stopping and await self.store.purge_hidden_records() is not None:
+            pass
+
+    def purge_soon(self) -> None:
+        """An atomic request failed or was cancelled: sweep now, purging its hidden
+        records. Called by server/outcomes.py AfterCommit only, after that commit."""
+        self._sweep_now.set()
+
     async def _worker_loop(self, n: int) -> None:
         worker = self._new_worker_id(n)
         try:
             while not self._stopping:
                 try:
+                    self.claim_attempts_total += 1
                     job = await self.store.claim_next_request(
                         worker, sliced=frozenset(self._sliced)
                     )
+                    idle_for = await self._idle_timeout() if job is None else 0.0
                 except Exception:
                     log.exception("claiming failed; retrying")
                     await asyncio.sleep(CLAIM_RETRY_SECONDS)
                     continue
                 if job is None:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), WORKER_IDLE_POLL_SECONDS)
+                        await asyncio.wait_for(self._wake.wait(), idle_for)
                     if not self._stopping:  # once stopping, the event stays set for all
                         self._wake.clear()
                     continue
@@ -165,6 +195,16 @@ class WorkerPool:
         finally:
             self._live.discard(worker)
 
+    async def _idle_timeout(self) -> float:
+        """How long an idle worker sleeps: until the earliest scheduled request is due
+        (SPEC §12), at most WORKER_IDLE_POLL_SECONDS. A new submission, a new schedule
+        included, wakes it sooner (`wake`), and it asks again."""
+        due = await self.store.next_run_at()
+        if due is None:
+            return WORKER_IDLE_POLL_SECONDS
+        until_due = (due - utc_now()).total_seconds() + SCHEDULE_WAKE_MARGIN_SECONDS
+        return min(WORKER_IDLE_POLL_SECONDS, max(0.0, until_due))
+
     def _new_worker_id(self, n: int) -> str:
         worker = f"{self.boot_id}:{n}:{secrets.token_hex(2)}"
         self._live.add(worker)
@@ -172,18 +212,18 @@ class WorkerPool:
 
     # --- one claim -------------------------------------------------------------------------
 
-    async def _run(self, job: JSON, worker: str) -> None:
-        self._sliced.discard(job["id"])
+    async def _run(self, job: BulkRequest, worker: str) -> None:
+        self._sliced.discard(job.id)
         loop = asyncio.get_running_loop()
         slice_ends = loop.time() + self.settings.time_slice
-        if job["parsing"]:
+        if job.parsing:
             parsed = await parse_upload(self, job, worker)
             if parsed is None:
                 return
             job = parsed
         streams: dict[str, StreamRef] = {}
-        chunk: tuple[int, list[StagedItem]] | None = None
-        while job["status"] == "processing":
+        chunk: tuple[int, list[StagedItem] | ValidatedRows] | None = None
+        while job.status == "processing":
             if self.should_cancel(job):
                 await self.finish(job, worker, Status.CANCELLED)
                 return
@@ -192,18 +232,26 @@ class WorkerPool:
             ):
                 await self._release(job, worker)
                 return
-            start = job["next_row"]
-            if chunk is None or not chunk[0] <= start < chunk[0] + len(chunk[1]):
-                chunk = await self._load_chunk(job["id"], start)
+            start = job.next_row
+            if chunk is None or not chunk[0] <= start < chunk[0] + _row_count(chunk[1]):
+                chunk = await self._load_chunk(job.id, start)
             first_row, rows = chunk
-            end = min(start + self.settings.batch_size, first_row + len(rows), job["total_items"])
-            items = rows[start - first_row : end - first_row]
-            await self._resolve_streams(job["environment_id"], items, streams)
-            batch = validate_batch(start, items, streams)
+            end = min(
+                start + self.settings.batch_size, first_row + _row_count(rows), job.total_items
+            )
+            if isinstance(rows, list):
+                items = rows[start - first_row : end - first_row]
+                await self._resolve_streams(job.environment_id, items, streams)
+                batch = validate_batch(start, items, streams)
+            else:
+                await self._check_streams(job, rows, streams)
+                batch = validated_batch(
+                    start, rows.records[start - first_row : end - first_row], rows.streams
+                )
             job = await self.store.commit_batch(job, worker, batch)
-            if self.settings.batch_pause and job["status"] == "processing":
+            if self.settings.batch_pause and job.status == "processing":
                 await self._pause_between_batches()
-        self._cancel_requested.discard(job["id"])
+        self._cancel_requested.discard(job.id)
 
     async def _pause_between_batches(self) -> None:
         # Between heartbeats, so a cancel or a shutdown meanwhile is seen right after it;
@@ -215,14 +263,37 @@ class WorkerPool:
     def stopping(self) -> bool:
         return self._stopping
 
-    def should_cancel(self, job: JSON) -> bool:
-        return job["id"] in self._cancel_requested or job["cancellation_requested_at"] is not None
+    def should_cancel(self, job: BulkRequest) -> bool:
+        return job.id in self._cancel_requested or job.cancellation_requested_at is not None
 
-    async def _load_chunk(self, request_id: int, row: int) -> tuple[int, list[StagedItem]]:
+    async def _load_chunk(
+        self, request_id: int, row: int
+    ) -> tuple[int, list[StagedItem] | ValidatedRows]:
         found = await self.store.get_chunk_at(request_id, row)
         if found is None or row >= found.first_row + found.row_count:
             raise RuntimeError(f"staged rows of bulk request {request_id} are missing at row {row}")
-        return found.first_row, found.items()
+        return found.first_row, found.rows()
+
+    async def _check_streams(
+        self, job: BulkRequest, rows: ValidatedRows, streams: dict[str, StreamRef]
+    ) -> None:
+        """Before a batch of rows the accept validated (decoded and bound, not validated
+        again): the streams they were proved against must be this environment's as they
+        are now. Streams never change, so this guards against a chunk that is not what it
+        claims; found streams are cached for the claim, so it costs a dict compare."""
+        if job.on_conflict != "skip":
+            # Validated rows are staged for on_conflict=skip only (they keep no source
+            # for a duplicate_external_id row error), and retries keep on_conflict.
+            raise RuntimeError(f"bulk request {job.id} has validated rows but on_conflict=error")
+        missing = rows.streams.keys() - streams.keys()
+        if missing:
+            streams.update(await self.store.find_data_streams(job.environment_id, missing))
+        for key, proved in rows.streams.items():
+            if streams.get(key) != proved:
+                raise RuntimeError(
+                    f"bulk request {job.id}: data stream {key!r} is not what its rows were "
+                    "validated against"
+                )
 
     async def _resolve_streams(
         self, environment_id: int, items: Sequence[StagedItem], streams: dict[str, StreamRef]
@@ -233,23 +304,23 @@ class WorkerPool:
         if missing:
             streams.update(await self.store.find_data_streams(environment_id, missing))
 
-    async def _release(self, job: JSON, worker: str) -> None:
+    async def _release(self, job: BulkRequest, worker: str) -> None:
         if len(self._sliced) > MAX_REMEMBERED_SLICED_IDS:
             self._sliced.clear()
         # Before the release commits: the wake-up it causes may claim the request at once.
-        self._sliced.add(job["id"])
+        self._sliced.add(job.id)
         await self.store.release_request(job, worker)
 
     async def finish(
         self,
-        job: JSON,
+        job: BulkRequest,
         worker: str,
         status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,
         keep_upload: bool = True,
-    ) -> JSON:
+    ) -> BulkRequest:
         row = await self.store.finish_request(
             job,
             worker,
@@ -258,11 +329,11 @@ class WorkerPool:
             error_details=error_details,
             keep_upload=keep_upload,
         )
-        self._cancel_requested.discard(job["id"])
+        self._cancel_requested.discard(job.id)
         return row
 
-    async def _fail(self, job: JSON, worker: str, exc: Exception) -> bool:
-        log.error("bulk request %s failed", job["id"], exc_info=exc)
+    async def _fail(self, job: BulkRequest, worker: str, exc: Exception) -> bool:
+        log.error("bulk request %s failed", job.id, exc_info=exc)
         try:
             await self.finish(
                 job,
@@ -277,6 +348,6 @@ class WorkerPool:
         except FencedOut:
             return True
         except Exception:
-            log.exception("could not mark bulk request %s failed", job["id"])
+            log.exception("could not mark bulk request %s failed", job.id)
             return False
         return True

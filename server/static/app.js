@@ -20,6 +20,7 @@ import { applyUpdate, fetchListPage, loadMore, refreshFirstPage, startListLive, 
 import { route, runAction } from "./detail.js";
 import { downloadErrors, loadErrors } from "./row-errors.js";
 import { loadStreams, submitStream, submitUpload, wireDropZone } from "./upload.js";
+import { clearWebhooks, loadWebhooks, submitWebhook } from "./webhooks.js";
 
 // --- Key handling -------------------------------------------------------------------
 
@@ -45,6 +46,7 @@ async function useKey(key) {
   for (const req of page.data) applyUpdate(req, { toList: true });
   updateListChrome();
   loadStreams();
+  loadWebhooks();
   startListLive();
   route({ focus: false });
 }
@@ -80,6 +82,7 @@ function forgetKey(message) {
   $("stream-options").replaceChildren();
   $("upload-result").textContent = "";
   $("stream-result").textContent = "";
+  clearWebhooks();
   $("upload-progress-box").hidden = true;
   showKeyForm();
   $input("key-input").value = "";
@@ -144,6 +147,8 @@ function init() {
   $("upload-form").addEventListener("submit", submitUpload);
   $("upload-abort").addEventListener("click", () => state.upload?.abort());
   $("stream-form").addEventListener("submit", submitStream);
+  $("webhook-form").addEventListener("submit", submitWebhook);
+  $("refresh-webhooks").addEventListener("click", loadWebhooks);
   wireDropZone();
   window.addEventListener("hashchange", () => route());
   document.addEventListener("keydown", (e) => {

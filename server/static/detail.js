@@ -182,6 +182,7 @@ export function renderDetail(req) {
   $("detail-loading").hidden = true;
   $("detail-body").hidden = false;
   setBadge($("detail-badge"), req);
+  $("detail-scheduled").hidden = !req.scheduled;
   setText($("detail-summary"), summaryText(req));
   const bar = $("detail-progress");
   setProgress(bar, req);
@@ -232,8 +233,10 @@ export function renderDetail(req) {
   const info = [
     ["Source", sourceText(req)],
     ["On conflict", req.on_conflict ?? "—"],
+    ["Mode", req.mode === "atomic" ? "atomic (all rows or none)" : "partial"],
     ...(req.nacha_options ? [["NACHA relaxations", req.nacha_options.join(", ") || "none"]] : []),
     ["Created", { time: req.created_at }],
+    ...(req.run_at ? [["Scheduled for", { time: req.run_at }]] : []),
     ["Started", { time: req.started_at }],
     ["Completed", { time: req.completed_at }],
     ["Last heartbeat", { time: req.last_progress_at, age: !TERMINAL.has(req.status) }],

@@ -109,7 +109,8 @@ export function percentText(req) {
 }
 
 export function setBadge(el, req) {
-  const className = `badge badge-${req.status}`;
+  // badge-status: the status badge, beside the stuck and scheduled ones.
+  const className = `badge badge-status badge-${req.status}`;
   if (el.className !== className) el.className = className;
   setText(el, req.status);
 }
@@ -130,21 +131,25 @@ function buildListItem(id) {
     link: h("a", { href: `#/requests/${id}`, class: "req-link", text: `Request #${id}` }),
     badge: h("span", { class: "badge" }),
     stuck: h("span", { class: "badge badge-stuck", text: "stuck", hidden: true }),
+    scheduled: h("span", { class: "badge badge-scheduled", text: "scheduled", hidden: true }),
     what: h("p", { class: "req-what" }),
     progress: h("progress", { max: "100", "aria-label": `Progress of request #${id}` }),
     percent: h("span", { class: "progress-text" }),
     counts: h("p", { class: "req-counts" }),
     createdAt: timeSlot(null),
+    runs: h("span", { hidden: true }),
+    runAt: timeSlot(null),
     cancelling: h("span"),
   };
+  refs.runs.append(" · runs ", refs.runAt);
   const li = h(
     "li",
     { class: "req", "data-id": id },
-    h("div", { class: "req-head" }, refs.link, h("span", { class: "badges" }, refs.stuck, refs.badge)),
+    h("div", { class: "req-head" }, refs.link, h("span", { class: "badges" }, refs.stuck, refs.scheduled, refs.badge)),
     refs.what,
     h("div", { class: "progress-line" }, refs.progress, refs.percent),
     refs.counts,
-    h("p", { class: "req-meta" }, "Created ", refs.createdAt, refs.cancelling),
+    h("p", { class: "req-meta" }, "Created ", refs.createdAt, refs.runs, refs.cancelling),
   );
   return { li, refs };
 }
@@ -169,6 +174,10 @@ function renderListItem(req) {
   const { refs } = item;
   setBadge(refs.badge, req);
   refs.stuck.hidden = !req.stuck;
+  // The schedule (SPEC §12): the badge while it waits, its time while it has not started.
+  refs.scheduled.hidden = !req.scheduled;
+  refs.runs.hidden = !req.run_at || Boolean(req.started_at) || TERMINAL.has(req.status);
+  setTime(refs.runAt, req.run_at);
   setText(refs.what, sourceText(req));
   setProgress(refs.progress, req);
   setText(refs.percent, percentText(req));

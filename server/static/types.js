@@ -7,6 +7,15 @@
 /** @typedef {"pending" | "processing" | "completed" | "failed" | "cancelled"} Status */
 
 /**
+ * A CSV upload's options (SPEC §15), as the payload shows them.
+ * @typedef {object} CsvOptions
+ * @property {Record<string, string | null> | null} columns
+ * @property {string | null} date_format
+ * @property {"." | ","} decimal_separator
+ * @property {"," | ";" | "tab" | "|" | null} delimiter
+ */
+
+/**
  * The full bulk-request payload (GET /v1/bulk_requests/{id}, the list, the events).
  * @typedef {object} BulkRequest
  * @property {number} id
@@ -24,6 +33,8 @@
  * @property {string | null} completed_at
  * @property {string | null} last_progress_at
  * @property {string | null} cancellation_requested_at
+ * @property {string | null} run_at
+ * @property {boolean} scheduled
  * @property {boolean} parsing
  * @property {boolean} stuck
  * @property {string | null} error_message
@@ -31,7 +42,9 @@
  * @property {number} recoveries
  * @property {number | null} parent_bulk_request_id
  * @property {"skip" | "error"} on_conflict
+ * @property {"partial" | "atomic"} mode
  * @property {string[] | null} nacha_options
+ * @property {CsvOptions | null} csv_options
  * @property {number | null} data_stream_id
  * @property {string | null} data_stream_key
  * @property {boolean} can_cancel
@@ -100,9 +113,10 @@
  * The elements of one list entry that live updates patch.
  * @typedef {object} ListItem
  * @property {HTMLLIElement} li
- * @property {{ link: HTMLAnchorElement, badge: HTMLElement, stuck: HTMLElement, what: HTMLElement,
- *   progress: HTMLProgressElement, percent: HTMLElement, counts: HTMLElement,
- *   createdAt: HTMLElement, cancelling: HTMLElement }} refs
+ * @property {{ link: HTMLAnchorElement, badge: HTMLElement, stuck: HTMLElement,
+ *   scheduled: HTMLElement, what: HTMLElement, progress: HTMLProgressElement,
+ *   percent: HTMLElement, counts: HTMLElement, createdAt: HTMLElement,
+ *   runs: HTMLElement, runAt: HTMLElement, cancelling: HTMLElement }} refs
  */
 
 /**

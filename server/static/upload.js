@@ -4,6 +4,7 @@ import { $, $button, $input, $progress, $select, announce, fmtBytes, h, isAbort 
 import { ApiError, NETWORK_PROBLEM, clearAlert, getJson, keyRejected, request, showProblem } from "./api.js";
 import { state } from "./state.js";
 import { applyUpdate } from "./list.js";
+import { clearPreview, csvFields, showPreview } from "./csv-preview.js";
 
 // --- Uploads ------------------------------------------------------------------------
 
@@ -11,6 +12,29 @@ function showChosenFile() {
   const file = $input("file-input").files[0];
   $("file-name").textContent = file ? `${file.name} (${fmtBytes(file.size)})` : "No file chosen";
   $("drop-zone").classList.toggle("has-file", Boolean(file));
+  previewChosenFile();
+}
+
+function previewChosenFile() {
+  showPreview($input("file-input").files[0]).catch((err) => showProblem({ title: "Could not read the file", detail: String(err) }));
+}
+
+/**
+ * A datetime-local value ("2026-12-24T09:00" or with seconds) as RFC 3339 with this
+ * browser's UTC offset at that date ("2026-12-24T09:00:00+01:00"), which the API needs
+ * (SPEC §12: a time without an offset names no instant). "" for an empty field.
+ * @param {string} value
+ */
+export function runAtFromLocal(value) {
+  if (!value) return "";
+  const withSeconds = value.length === 16 ? `${value}:00` : value;
+  const local = new Date(withSeconds); // a date-time without offset is local time
+  if (Number.isNaN(local.getTime())) return value; // the server names what is wrong
+  const minutes = -local.getTimezoneOffset();
+  const sign = minutes < 0 ? "-" : "+";
+  const abs = Math.abs(minutes);
+  const pad = (/** @type {number} */ n) => String(n).padStart(2, "0");
+  return `${withSeconds}${sign}${pad(Math.floor(abs / 60))}:${pad(abs % 60)}`;
 }
 
 function uploadFile(file, fields, onProgress) {
@@ -70,14 +94,18 @@ export async function submitUpload(event) {
   bar.value = 0;
   text.textContent = `0 of ${fmtBytes(file.size)}`;
   result.textContent = `Uploading ${file.name}…`;
+  const runAt = $input("upload-run-at").value;
   try {
     const summary = await uploadFile(
       file,
       {
         data_stream_key: $input("upload-stream").value.trim(),
         on_conflict: $select("upload-conflict").value,
+        mode: $select("upload-mode").value,
         format: $select("upload-format").value,
+        run_at: runAtFromLocal($input("upload-run-at").value),
         nacha_options: [...document.querySelectorAll(/** @type {"input"} */ ('input[name="nacha-option"]:checked'))].map((box) => box.value).join(","),
+        ...csvFields(),
       },
       (loaded, total) => {
         const pct = total ? Math.floor((loaded * 100) / total) : 0;
@@ -90,9 +118,11 @@ export async function submitUpload(event) {
     result.replaceChildren(
       `Uploaded ${file.name} as `,
       h("a", { href: `#/requests/${summary.id}`, text: `request #${summary.id}` }),
-      summary.status === "pending" ? "; it is queued." : ".",
+      summary.status === "pending" ? (runAt ? "; it is scheduled." : "; it is queued.") : ".",
     );
     input.value = "";
+    clearPreview();
+    $input("upload-run-at").value = "";
     // Relaxations are chosen per file: the next file starts strict again.
     for (const box of document.querySelectorAll(/** @type {"input"} */ ('input[name="nacha-option"]'))) box.checked = false;
     showChosenFile();
@@ -149,6 +179,9 @@ export function wireDropZone() {
     });
   }
   input.addEventListener("change", showChosenFile);
+  // A chosen delimiter or format changes how the file reads: read it again.
+  $("csv-delimiter").addEventListener("change", previewChosenFile);
+  $("upload-format").addEventListener("change", previewChosenFile);
 }
 
 // --- Data streams -------------------------------------------------------------------

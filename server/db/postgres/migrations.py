@@ -228,6 +228,25 @@ MIGRATIONS: list[str] = [
         RETURN merged;
     END $$;
     """,
+    # 2: SQLite migration 6, the CSV options (SPEC §15) a CSV upload is parsed with, as
+    # the JSON text of the object the payload shows as `csv_options`.
+    """
+    ALTER TABLE bulk_requests ADD COLUMN csv_options text;
+    """,
+    # 3: SQLite migration 8, scheduled requests (SPEC §12): `run_at` and the partial index
+    # the pool's "when is the next one due" probes.
+    """
+    ALTER TABLE bulk_requests ADD COLUMN run_at text COLLATE "C";
+    CREATE INDEX bulk_requests_scheduled ON bulk_requests (run_at)
+        WHERE status = 'pending' AND run_at IS NOT NULL;
+    """,
+    # 4: SQLite migration 9, atomic requests (SPEC §14): `mode`, and `unpublished` while
+    # an atomic request's records are hidden, with the partial index every read probes.
+    """
+    ALTER TABLE bulk_requests ADD COLUMN mode text NOT NULL DEFAULT 'partial';
+    ALTER TABLE bulk_requests ADD COLUMN unpublished bigint NOT NULL DEFAULT 0;
+    CREATE INDEX bulk_requests_unpublished ON bulk_requests (id) WHERE unpublished = 1;
+    """,
 ]
 
 

@@ -10,16 +10,26 @@ lock per Idempotency-Key, a row lock on a chain's origin for retries.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
 
-from server.batches import Batch, candidate_pairs, external_id_of, split_duplicates
+from server.batches import (
+    Batch,
+    atomic_failure_message,
+    candidate_pairs,
+    external_id_of,
+    source_item,
+    split_duplicates,
+    withhold_reserved,
+)
 from server.chains import RowRun, RunBuilder, chain_coverage
+from server.db.payload import stored_nacha_options
 from server.db.port import (
-    BulkRequestRow,
     CancelOutcome,
     Conflict,
     FencedOut,
@@ -28,16 +38,26 @@ from server.db.port import (
     NewUpload,
 )
 from server.db.postgres.tx import PgTx
-from server.models import DataStream
+from server.models import BulkRequest, ChainMember, DataStream
 from server.outcomes import Transition, terminal_transition
 from server.rules import cancel_refusal, retry_refusal
-from server.staging import ChunkWriter, EncodedChunk, StagedItem, decode_items
-from server.types import JSON, RowProblem, Source, Status
+from server.scheduling import run_at_text
+from server.staging import (
+    ChunkWriter,
+    EncodedChunk,
+    StagedItem,
+    ValidatedRows,
+    ValidatedWriter,
+    decode_chunk,
+)
+from server.types import JSON, Mode, RowProblem, Source, Status
 
 # --- client-facing ------------------------------------------------------------------------
 
 
-async def _replay(tx: PgTx, environment_id: int, claim: IdempotencyClaim | None) -> JSON | None:
+async def _replay(
+    tx: PgTx, environment_id: int, claim: IdempotencyClaim | None
+) -> BulkRequest | None:
     if claim is None:
         return None
     # Two processes sending the same key at once: the second waits here for the first's
@@ -64,11 +84,13 @@ async def create_records_request(
     tx: PgTx,
     environment_id: int,
     on_conflict: str,
+    mode: Mode,
     total_items: int,
     chunks: Sequence[EncodedChunk],
     data_stream_key: str | None,
     claim: IdempotencyClaim | None,
-) -> tuple[BulkRequestRow, bool]:
+    run_at: datetime | None,
+) -> tuple[BulkRequest, bool]:
     replayed = await _replay(tx, environment_id, claim)
     if replayed is not None:
         return replayed, True
@@ -79,20 +101,24 @@ async def create_records_request(
         environment_id=environment_id,
         source=Source.BULK_API,
         on_conflict=on_conflict,
+        mode=mode,
         total_items=total_items,
         data_stream_id=stream.id if stream else None,
+        run_at=run_at_text(run_at),
     )
     for first_row, row_count, body in chunks:
-        await tx.insert_chunk(row["id"], first_row, row_count, body)
-    await _save_claim(tx, environment_id, claim, row["id"])
-    row["data_stream_key"] = stream.key if stream else None
+        await tx.insert_chunk(row.id, first_row, row_count, body)
+    await _save_claim(tx, environment_id, claim, row.id)
+    row = dataclasses.replace(
+        row, data_stream_key=stream.key if stream else None, has_data_stream_key=True
+    )
     await tx.emit(row, Transition.CREATED)
     return row, False
 
 
 async def create_upload_request(
     tx: PgTx, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
-) -> tuple[BulkRequestRow, bool]:
+) -> tuple[BulkRequest, bool]:
     replayed = await _replay(tx, environment_id, claim)
     if replayed is not None:
         return replayed, True
@@ -103,29 +129,32 @@ async def create_upload_request(
         environment_id=environment_id,
         source=Source(upload.upload_format),
         on_conflict=upload.on_conflict,
+        mode=upload.mode,
         parsing=1,
         upload_format=upload.upload_format,
         upload_path=upload.upload_path,
         filename=upload.filename,
         default_data_stream_key=upload.data_stream_key,
         nacha_options=upload.nacha_options,
+        csv_options=upload.csv_options,
+        run_at=run_at_text(upload.run_at),
     )
-    await _save_claim(tx, environment_id, claim, row["id"])
-    row["data_stream_key"] = None
+    await _save_claim(tx, environment_id, claim, row.id)
+    row = dataclasses.replace(row, data_stream_key=None, has_data_stream_key=True)
     await tx.emit(row, Transition.CREATED)
     return row, False
 
 
 async def cancel_request(
     tx: PgTx, environment_id: int, request_id: int
-) -> tuple[BulkRequestRow, CancelOutcome] | None:
+) -> tuple[BulkRequest, CancelOutcome] | None:
     row = await tx.get_bulk_request(environment_id, request_id)
     if row is None:
         return None
     refusal = cancel_refusal(row)
     if refusal is not None:
         raise Conflict(refusal)
-    status = row["status"]
+    status = row.status
     if status == "cancelled":
         return row, CancelOutcome.UNCHANGED
     # A pending request, or a processing one no worker holds right now, has no batch
@@ -147,7 +176,7 @@ async def cancel_request(
 
 async def create_retry(
     tx: PgTx, environment_id: int, request_id: int, claim: IdempotencyClaim | None
-) -> tuple[BulkRequestRow, bool] | None:
+) -> tuple[BulkRequest, bool] | None:
     """Decided and created in one write transaction, so concurrent retries (of any
     members) and cancels are serialized: no chain ever gets two live children."""
     replayed = await _replay(tx, environment_id, claim)
@@ -158,89 +187,111 @@ async def create_retry(
         return None
     # Concurrent retries or cancels of any members of one chain, from any process, queue
     # on its origin's row lock; the chain is read again under the lock.
-    await tx.lock_request(chain[0]["id"])
+    await tx.lock_request(chain[0].id)
     chain = await tx.list_chain(environment_id, request_id)
-    refusal = retry_refusal(request_id, chain)
+    refusal = retry_refusal(request_id, [ChainMember.of(member) for member in chain])
     if refusal is not None:
         raise Conflict(refusal)
     latest = chain[-1]
-    common = {
+    common: dict[str, Any] = {
         "environment_id": environment_id,
         "source": Source.RETRY,
-        "on_conflict": latest["on_conflict"],
-        "filename": latest["filename"],
-        "data_stream_id": latest["data_stream_id"],
-        "parent_bulk_request_id": latest["id"],
+        "on_conflict": latest.on_conflict,
+        # An atomic chain stays atomic; its failed members stored nothing (chain_coverage),
+        # so its retry holds every row again.
+        "mode": latest.mode,
+        "filename": latest.filename,
+        "data_stream_id": latest.data_stream_id,
+        "parent_bulk_request_id": latest.id,
         # A retry parses (or holds rows parsed) under the chain's relaxations.
-        "nacha_options": latest["nacha_options"],
+        "nacha_options": stored_nacha_options(latest.nacha_options),
+        # …and its CSV options (SPEC §15): a retry of an unparsed file reads it the same way.
+        "csv_options": latest.csv_options,
     }
-    if latest["parsing"]:
+    if latest.parsing:
         row = await _retry_unparsed_upload(tx, latest, common)
     else:
         row = await _retry_rows(tx, chain, common)
-    await _save_claim(tx, environment_id, claim, row["id"])
-    row["data_stream_key"] = latest["data_stream_key"]
+    await _save_claim(tx, environment_id, claim, row.id)
+    row = dataclasses.replace(row, data_stream_key=latest.data_stream_key, has_data_stream_key=True)
     await tx.emit(row, Transition.CREATED)
     return row, False
 
 
-async def _retry_unparsed_upload(tx: PgTx, latest: JSON, common: JSON) -> JSON:
+async def _retry_unparsed_upload(
+    tx: PgTx, latest: BulkRequest, common: dict[str, Any]
+) -> BulkRequest:
     # The chain stopped before its file was parsed (so it stored nothing): the child
     # parses the same file (retry_refusal checked that the file is still there).
     row = await tx.insert_bulk_request(
         **common,
         parsing=1,
-        upload_format=latest["upload_format"],
-        upload_path=latest["upload_path"],
-        default_data_stream_key=latest["default_data_stream_key"],
+        upload_format=latest.upload_format,
+        upload_path=latest.upload_path,
+        default_data_stream_key=latest.default_data_stream_key,
     )
-    await tx.hand_over_upload(latest["id"])
+    await tx.hand_over_upload(latest.id)
     return row
 
 
-async def _retry_rows(tx: PgTx, chain: Sequence[JSON], common: JSON) -> JSON:
+async def _retry_rows(
+    tx: PgTx, chain: Sequence[BulkRequest], common: dict[str, Any]
+) -> BulkRequest:
     # Members still parsing their file when they ended staged no rows; the first member
     # that staged rows is the origin, the later ones are retries of its rows.
-    staged = [member for member in chain if not member["parsing"]]
-    origin_id = staged[0]["id"]
-    error_rows = {member["id"]: await tx.row_error_rows(member["id"]) for member in staged}
+    staged = [ChainMember.of(member) for member in chain if not member.parsing]
+    origin_id = staged[0].id
+    error_rows = {member.id: await tx.row_error_rows(member.id) for member in staged}
     recorded: dict[int, list[RowRun]] = {
-        member["id"]: await tx.retry_row_runs(member["id"]) for member in staged[1:]
+        member.id: await tx.retry_row_runs(member.id) for member in staged[1:]
     }
     coverage = chain_coverage(staged, error_rows, recorded)
     row = await tx.insert_bulk_request(**common)
-    child_id = row["id"]
+    child_id = row.id
     runs = RunBuilder()
     # Chunks close by the same rule as parsing (a buffer of 2000 rows of 64 KiB peaked
     # at 537 MB).
     writer = ChunkWriter()
+    # Rows the origin staged validated are copied validated (never re-validated: streams
+    # never change); a chunk holds one encoding, so switching flushes the other writer.
+    validated = ValidatedWriter()
     written = 0
 
     async def flush() -> None:
         nonlocal written
-        if writer.rows:
-            row_count, body = writer.take()
-            await tx.insert_chunk(child_id, written, row_count, body)
-            written += row_count
+        for filled in (writer, validated):
+            if filled.rows:
+                row_count, body = filled.take()
+                await tx.insert_chunk(child_id, written, row_count, body)
+                written += row_count
 
     # The child holds the rows in the origin's order, copied from the origin's chunks
     # (kept until a request completes, and no member of a retried chain has).
     # One origin chunk is decoded at a time, once, however many gaps fall into it.
     first_row = 0
-    items: list[StagedItem] = []
+    rows: list[StagedItem] | ValidatedRows = []
     for start, end in coverage.gaps():
         runs.add(start, end)
         position = start
         while position < end:
-            if not first_row <= position < first_row + len(items):
+            if not first_row <= position < first_row + _row_count(rows):
                 found = await tx.next_chunk_from(origin_id, position)
                 if found is None or found["first_row"] > position:
                     raise RuntimeError(f"staged rows of bulk request {origin_id} are missing")
-                first_row, items = found["first_row"], decode_items(found["body"])
-            stop = min(end, first_row + len(items))
-            for item in items[position - first_row : stop - first_row]:
-                if writer.add(item):
+                first_row, rows = found["first_row"], decode_chunk(found["body"])
+            stop = min(end, first_row + _row_count(rows))
+            if isinstance(rows, list):
+                if validated.rows:
                     await flush()
+                for item in rows[position - first_row : stop - first_row]:
+                    if writer.add(item):
+                        await flush()
+            else:
+                if writer.rows:
+                    await flush()
+                for record in rows.records[position - first_row : stop - first_row]:
+                    if validated.add(record, rows.streams):
+                        await flush()
             position = stop
     await flush()
     if written == 0:
@@ -249,41 +300,62 @@ async def _retry_rows(tx: PgTx, chain: Sequence[JSON], common: JSON) -> JSON:
         raise RuntimeError(f"the chain of bulk request {origin_id} has no rows to retry")
     await tx.insert_retry_row_runs(child_id, runs.runs)
     await tx.set_total_items(child_id, written)
-    row["total_items"] = written
-    return row
+    return dataclasses.replace(row, total_items=written)
+
+
+def _row_count(rows: list[StagedItem] | ValidatedRows) -> int:
+    return len(rows) if isinstance(rows, list) else len(rows.records)
 
 
 # --- the worker side ------------------------------------------------------------------------
 
 
-async def claim_next_request(tx: PgTx, worker: str, sliced: frozenset[int]) -> JSON | None:
+async def claim_next_request(tx: PgTx, worker: str, sliced: frozenset[int]) -> BulkRequest | None:
     job = await tx.claim_next_request(worker)
     if job is not None:
         await tx.emit(
             job,
-            Transition.RESUMED if job["attempt"] > 1 else Transition.CLAIMED,
-            log_level=logging.DEBUG if job["id"] in sliced else logging.INFO,
+            Transition.RESUMED if job.attempt > 1 else Transition.CLAIMED,
+            log_level=logging.DEBUG if job.id in sliced else logging.INFO,
             worker=worker,
-            next_row=job["next_row"],
+            next_row=job.next_row,
         )
     return job
 
 
 async def commit_batch(
     tx: PgTx,
-    job: JSON,
+    job: BulkRequest,
     worker: str,
     batch: Batch,
     candidates: list[tuple[Any, ...]],
-) -> JSON:
+) -> BulkRequest:
     """`candidates`: the batch's candidates as insert rows, shaped before the transaction."""
-    request_id = job["id"]
+    request_id = job.id
     start = batch.start_row
     problems = list(batch.problems)
-    if job["on_conflict"] == "skip":
+    # Hidden records of another atomic request hold these external_ids: refused whatever
+    # on_conflict says, as neither storing (a duplicate if that request completes) nor
+    # skipping (a lost row if it fails) is safe. The row can be retried once it has ended.
+    others_hidden = await tx.others_unpublished(request_id)
+    if others_hidden:
+        reserved = await tx.find_reserved_external_ids(request_id, candidate_pairs(batch))
+        if reserved:
+            candidates = withhold_reserved(batch, candidates, reserved, problems)
+    if job.on_conflict == "skip":
         # The unique index decides; only the count of skipped rows is needed.
         inserted = await tx.insert_records_skipping_duplicates(candidates) if candidates else 0
         skipped = len(candidates) - inserted
+        if others_hidden and skipped:
+            # Unlike SQLite's one writer, another process's atomic batch may have held an
+            # external_id uncommitted when we looked: ON CONFLICT waited for its commit
+            # and skipped the row. Looked up again (READ COMMITTED: this statement sees
+            # that commit), such a row is external_id_reserved, not a skip.
+            late = await tx.find_reserved_external_ids(request_id, candidate_pairs(batch))
+            if late:
+                held = len(batch.candidates)
+                withhold_reserved(batch, candidates, late, problems)
+                skipped -= held - len(batch.candidates)
     else:
         pairs = candidate_pairs(batch)
         existing = await tx.find_existing_external_ids(pairs) if pairs else set()
@@ -303,7 +375,15 @@ async def commit_batch(
     )
     if updated is None:
         raise FencedOut(request_id)
-    if updated["status"] == "completed":
+    if updated.status == "completed" and updated.unpublished:
+        # An atomic request's last batch, with failed rows: it fails, storing nothing
+        # (its records stay hidden; the sweeper purges them). Its staged rows are kept
+        # for a retry.
+        failed = await tx.fail_atomic_request(request_id, atomic_failure_message(updated))
+        assert failed is not None
+        await tx.emit(failed, Transition.FAILED, error=failed.error_message)
+        return failed
+    if updated.status == "completed":
         await tx.delete_chunks(request_id)
         await tx.emit(updated, Transition.COMPLETED)
     else:
@@ -315,36 +395,48 @@ def _row_errors(
     request_id: int, batch: Batch, problems: Sequence[tuple[int, RowProblem]]
 ) -> list[tuple[Any, ...]]:
     start = batch.start_row
-    return [
-        (
-            request_id,
-            start + offset,
-            batch.items[offset][0],
-            external_id_of(batch.items[offset][1]),
-            p.code,
-            p.message,
-            f"/records/{start + offset}{p.pointer}",
-            orjson.dumps(batch.items[offset]).decode(),
+    errors = []
+    for offset, p in problems:
+        line, fields, _problem = item = source_item(batch, offset)
+        errors.append(
+            (
+                request_id,
+                start + offset,
+                line,
+                external_id_of(fields),
+                p.code,
+                p.message,
+                f"/records/{start + offset}{p.pointer}",
+                orjson.dumps(item).decode(),
+            )
         )
-        for offset, p in problems
-    ]
+    return errors
 
 
-async def release_request(tx: PgTx, job: JSON, worker: str) -> None:
+def _keeping_stream_key(updated: BulkRequest, job: BulkRequest) -> BulkRequest:
+    """A write's returned row (no join) with the stream key the job was read with."""
+    return dataclasses.replace(
+        updated,
+        data_stream_key=job.data_stream_key,
+        has_data_stream_key=job.has_data_stream_key,
+    )
+
+
+async def release_request(tx: PgTx, job: BulkRequest, worker: str) -> None:
     released = await tx.release_request(job, worker)
     if released is not None:
-        await tx.emit({**job, **released}, Transition.RELEASED)
+        await tx.emit(_keeping_stream_key(released, job), Transition.RELEASED)
 
 
 async def finish_request(
     tx: PgTx,
-    job: JSON,
+    job: BulkRequest,
     worker: str,
     status: Status,
     error_message: str | None,
     error_details: JSON | None,
     keep_upload: bool,
-) -> JSON:
+) -> BulkRequest:
     row = await tx.finish_request(
         job,
         worker,
@@ -354,34 +446,48 @@ async def finish_request(
         keep_upload=keep_upload,
     )
     if row is None:
-        raise FencedOut(job["id"])
+        raise FencedOut(job.id)
     extra: dict[str, Any] = {"error": error_message} if error_message else {}
     await tx.emit(row, terminal_transition(status), **extra)
     return row
 
 
+async def purge_hidden_records(tx: PgTx, limit: int) -> int | None:
+    """Delete up to `limit` hidden records of one failed or cancelled atomic request;
+    its id, or None when none has any left. Once a pass deletes fewer than `limit`, its
+    last record is gone: it is marked purged, with an event (a retry of it may run now)."""
+    request_id = await tx.next_request_to_purge()
+    if request_id is None:
+        return None
+    if await tx.purge_request_records(request_id, limit) < limit:
+        row = await tx.mark_purged(request_id)
+        assert row is not None
+        await tx.emit(row, Transition.RECORDS_PURGED)
+    return request_id
+
+
 async def record_parse_progress(
-    tx: PgTx, job: JSON, worker: str, chunk: EncodedChunk, total_items: int
-) -> JSON:
+    tx: PgTx, job: BulkRequest, worker: str, chunk: EncodedChunk, total_items: int
+) -> BulkRequest:
     first_row, row_count, body = chunk
-    await tx.insert_chunk(job["id"], first_row, row_count, body)
+    await tx.insert_chunk(job.id, first_row, row_count, body)
     progress = await tx.record_parse_progress(job, worker, total_items)
     if progress is None:
-        raise FencedOut(job["id"])
+        raise FencedOut(job.id)
     # The job keeps what the claim read with it (the joined stream key) under the new state.
-    job = {**job, "total_items": total_items, **progress}
+    job = _keeping_stream_key(progress, job)
     await tx.emit(job, Transition.PARSE_PROGRESS)
     return job
 
 
 async def finish_parsing(
     tx: PgTx,
-    job: JSON,
+    job: BulkRequest,
     worker: str,
     total_items: int,
     data_stream_id: int | None,
     error_details: JSON | None,
-) -> JSON:
+) -> BulkRequest:
     done = await tx.finish_parsing(
         job,
         worker,
@@ -390,7 +496,7 @@ async def finish_parsing(
         error_details=error_details,
     )
     if done is None:
-        raise FencedOut(job["id"])
+        raise FencedOut(job.id)
     await tx.emit(done, Transition.PARSED, rows=total_items)
     return done
 

@@ -105,6 +105,7 @@ SELECT r.id, s.key AS data_stream_key, r.date, r.amount_minor, r.currency, r.des
        r.external_id, r.metadata, r.bulk_request_id, r.created_at
 FROM records r JOIN data_streams s ON s.id = r.data_stream_id
 WHERE s.environment_id = $1 AND r.id > $2
+  AND r.bulk_request_id NOT IN (SELECT id FROM bulk_requests WHERE unpublished = 1)
 ORDER BY r.id LIMIT $3;
 
 -- name: list_records_by_stream
@@ -114,6 +115,7 @@ SELECT r.id, s.key AS data_stream_key, r.date, r.amount_minor, r.currency, r.des
 FROM records r JOIN data_streams s ON s.id = r.data_stream_id
 WHERE s.environment_id = $1 AND s.key = $2 AND r.id > $3
   AND ($4::bigint IS NULL OR r.bulk_request_id = $4)
+  AND r.bulk_request_id NOT IN (SELECT id FROM bulk_requests WHERE unpublished = 1)
 ORDER BY r.id LIMIT $5;
 
 -- name: list_records_by_request
@@ -122,15 +124,19 @@ SELECT r.id, s.key AS data_stream_key, r.date, r.amount_minor, r.currency, r.des
        r.external_id, r.metadata, r.bulk_request_id, r.created_at
 FROM records r JOIN data_streams s ON s.id = r.data_stream_id
 WHERE r.bulk_request_id = $1 AND s.environment_id = $2 AND r.id > $3
+  AND r.bulk_request_id NOT IN (SELECT id FROM bulk_requests WHERE unpublished = 1)
 ORDER BY r.id LIMIT $4;
 
 -- name: insert_bulk_request
--- params: environment_id, source, on_conflict, total_items, parsing, upload_format, upload_path, filename, default_data_stream_key, nacha_options, data_stream_id, parent_bulk_request_id, now
+-- params: environment_id, source, on_conflict, total_items, parsing, upload_format, upload_path, filename, default_data_stream_key, nacha_options, csv_options, data_stream_id, parent_bulk_request_id, now, run_at, mode
+-- A scheduled request joins the queue at its run_at (as on SQLite).
 INSERT INTO bulk_requests (environment_id, status, source, on_conflict, total_items, parsing,
                            upload_format, upload_path, filename, default_data_stream_key,
-                           nacha_options, data_stream_id, parent_bulk_request_id, created_at,
-                           queued_at)
-VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)
+                           nacha_options, csv_options, data_stream_id, parent_bulk_request_id,
+                           created_at, run_at, queued_at, mode, unpublished)
+VALUES ($1, 'pending', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+        CASE WHEN $15::text > $14::text THEN $15 ELSE $14 END,
+        $16, CASE WHEN $16::text = 'atomic' THEN 1 ELSE 0 END)
 RETURNING *;
 
 -- name: insert_chunk
@@ -172,13 +178,15 @@ LEFT JOIN data_streams s ON s.id = b.data_stream_id
 WHERE b.id = $1;
 
 -- name: list_bulk_requests
--- params: environment_id, before_id, status, source, data_stream_key, limit
+-- params: environment_id, before_id, status, source, data_stream_key, limit, scheduled, now
 SELECT b.*, s.key AS data_stream_key FROM bulk_requests b
 LEFT JOIN data_streams s ON s.id = b.data_stream_id
 WHERE b.environment_id = $1 AND b.id < $2
   AND ($3::text IS NULL OR b.status = $3)
   AND ($4::text IS NULL OR b.source = $4)
   AND ($5::text IS NULL OR s.key = $5)
+  AND ($7::boolean IS NULL
+       OR $7 = (b.status = 'pending' AND b.run_at IS NOT NULL AND b.run_at > $8::text))
 ORDER BY b.id DESC LIMIT $6;
 
 -- name: list_chain
@@ -222,7 +230,7 @@ WITH RECURSIVE
     SELECT m.root, b.id FROM bulk_requests b JOIN members m ON b.parent_bulk_request_id = m.id
   )
 SELECT m.root AS chain_root, b.id, b.status, b.parsing, b.upload_path, b.error_message,
-       b.failed_items, b.next_row, b.total_items
+       b.failed_items, b.next_row, b.total_items, b.parent_bulk_request_id, b.mode
 FROM members m JOIN bulk_requests b ON b.id = m.id
 ORDER BY m.root, b.id;
 
@@ -257,6 +265,10 @@ SET status = 'processing',
     claimed_by = $2
 FROM (SELECT id FROM bulk_requests
       WHERE status IN ('pending', 'processing') AND claimed_by IS NULL
+        AND (run_at IS NULL OR run_at <= $1)
+        -- A retry waits until its parent's hidden records are purged (as on SQLite).
+        AND (parent_bulk_request_id IS NULL OR parent_bulk_request_id NOT IN
+             (SELECT id FROM bulk_requests WHERE unpublished = 1))
       ORDER BY started_at IS NOT NULL, queued_at, id
       LIMIT 1
       FOR UPDATE SKIP LOCKED) AS next
@@ -264,13 +276,22 @@ WHERE b.id = next.id
 RETURNING b.*;
 
 -- name: has_runnable_request
--- params:
+-- params: now
 SELECT EXISTS (SELECT 1 FROM bulk_requests
-               WHERE status IN ('pending', 'processing') AND claimed_by IS NULL);
+               WHERE status IN ('pending', 'processing') AND claimed_by IS NULL
+                 AND (run_at IS NULL OR run_at <= $1)
+                 AND (parent_bulk_request_id IS NULL OR parent_bulk_request_id NOT IN
+                      (SELECT id FROM bulk_requests WHERE unpublished = 1)));
 
 -- name: count_runnable_requests
--- params:
-SELECT count(*) FROM bulk_requests WHERE status IN ('pending', 'processing');
+-- params: now
+SELECT count(*) FROM bulk_requests WHERE status IN ('pending', 'processing')
+  AND (run_at IS NULL OR run_at <= $1);
+
+-- name: next_run_at
+-- params: now
+SELECT min(run_at) FROM bulk_requests
+WHERE status = 'pending' AND run_at IS NOT NULL AND run_at > $1;
 
 -- name: release_request
 -- params: now, id, attempt, worker
@@ -291,7 +312,11 @@ SET processed_items = processed_items + $1,
     last_progress_at = $6,
     status = CASE WHEN next_row + $1 >= total_items THEN 'completed' ELSE status END,
     completed_at = CASE WHEN next_row + $1 >= total_items THEN $6 ELSE NULL END,
-    claimed_by = CASE WHEN next_row + $1 >= total_items THEN NULL ELSE claimed_by END
+    claimed_by = CASE WHEN next_row + $1 >= total_items THEN NULL ELSE claimed_by END,
+    -- An atomic request's records are published by the batch that completes it without a
+    -- failed row; with a failed row the caller fails it in this transaction (as on SQLite).
+    unpublished = CASE WHEN next_row + $1 >= total_items AND failed_items + $3 = 0
+                       THEN 0 ELSE unpublished END
 WHERE id = $7 AND attempt = $8 AND claimed_by = $9 AND status = 'processing'
   AND parsing = 0 AND next_row + $1 = $5
 RETURNING *;
@@ -310,7 +335,9 @@ SET parsing = 0, total_items = $1, data_stream_id = $2,
     error_details = CASE WHEN $4::jsonb IS NULL THEN error_details
                          ELSE json_merge_patch(coalesce(error_details, '{}'), $4::jsonb) END,
     status = CASE WHEN $1::bigint = 0 THEN 'completed' ELSE status END,
-    completed_at = CASE WHEN $1::bigint = 0 THEN $3 ELSE NULL END
+    completed_at = CASE WHEN $1::bigint = 0 THEN $3 ELSE NULL END,
+    -- An atomic upload without rows completes here: nothing to hide any more.
+    unpublished = CASE WHEN $1::bigint = 0 THEN 0 ELSE unpublished END
 WHERE id = $5 AND attempt = $6 AND claimed_by = $7 AND status = 'processing'
 RETURNING *;
 
@@ -505,3 +532,40 @@ FROM bulk_requests GROUP BY status, source;
 SELECT min(last_progress_at) AS oldest,
        count(*) FILTER (WHERE last_progress_at < $1) AS stuck
 FROM bulk_requests WHERE status = 'processing';
+
+-- Atomic requests (SPEC §14): as on SQLite.
+
+-- name: fail_atomic_request
+-- params: error_message, id
+UPDATE bulk_requests SET status = 'failed', error_message = $1
+WHERE id = $2 AND status = 'completed' AND mode = 'atomic' AND unpublished = 1
+RETURNING *;
+
+-- name: any_other_unpublished
+-- params: id
+SELECT EXISTS (SELECT 1 FROM bulk_requests WHERE unpublished = 1 AND id <> $1);
+
+-- name: find_reserved_external_ids
+-- params: pairs, bulk_request_id
+SELECT r.data_stream_id, r.external_id
+FROM jsonb_array_elements($1::jsonb) AS pair(value)
+JOIN records AS r
+  ON r.data_stream_id = (pair.value ->> 0)::bigint AND r.external_id = pair.value ->> 1
+ AND r.external_id IS NOT NULL
+WHERE r.bulk_request_id <> $2
+  AND r.bulk_request_id IN (SELECT id FROM bulk_requests WHERE unpublished = 1);
+
+-- name: next_request_to_purge
+-- params:
+SELECT id FROM bulk_requests
+WHERE unpublished = 1 AND status IN ('failed', 'cancelled') ORDER BY id LIMIT 1;
+
+-- name: purge_request_records
+-- params: bulk_request_id, limit
+DELETE FROM records WHERE id IN (
+    SELECT id FROM records WHERE bulk_request_id = $1 LIMIT $2
+);
+
+-- name: mark_purged
+-- params: id
+UPDATE bulk_requests SET unpublished = 0 WHERE id = $1 AND unpublished = 1;

@@ -7,16 +7,25 @@ COMMITTED shows each one what had committed when it started, in any process.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import orjson
 
-from server.db.port import BulkRequestRow
+from server.clock import now_rfc3339, parse_rfc3339
 from server.db.postgres.queries import bind
-from server.db.postgres.tx import request_row
+from server.db.postgres.rows import bulk_request_from_record, chain_member_from_record
 from server.ingest.validation import StreamRef
-from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record, RowError
+from server.models import (
+    ActiveApiKey,
+    ApiKeyListing,
+    BulkRequest,
+    ChainMember,
+    DataStream,
+    Record,
+    RowError,
+)
 from server.staging import StagedChunk
 from server.types import JSON, Source, Status
 
@@ -39,14 +48,14 @@ class Reads:
         sql, args = bind(query, values)
         return await self.pool.fetchval(sql, *args)
 
-    async def request(self, query: str, /, **values: Any) -> BulkRequestRow | None:
+    async def request(self, query: str, /, **values: Any) -> BulkRequest | None:
         sql, args = bind(query, values)
         found = await self.pool.fetchrow(sql, *args)
-        return request_row(found) if found is not None else None
+        return bulk_request_from_record(found) if found is not None else None
 
-    async def requests(self, query: str, /, **values: Any) -> list[BulkRequestRow]:
+    async def requests(self, query: str, /, **values: Any) -> list[BulkRequest]:
         sql, args = bind(query, values)
-        return [request_row(r) for r in await self.pool.fetch(sql, *args)]
+        return [bulk_request_from_record(r) for r in await self.pool.fetch(sql, *args)]
 
     # --- API keys --------------------------------------------------------------------
 
@@ -114,10 +123,10 @@ class Reads:
 
     # --- bulk requests -----------------------------------------------------------------
 
-    async def get_bulk_request(self, environment_id: int, request_id: int) -> BulkRequestRow | None:
+    async def get_bulk_request(self, environment_id: int, request_id: int) -> BulkRequest | None:
         return await self.request("get_bulk_request", id=request_id, environment_id=environment_id)
 
-    async def get_bulk_request_any_environment(self, request_id: int) -> BulkRequestRow | None:
+    async def get_bulk_request_any_environment(self, request_id: int) -> BulkRequest | None:
         return await self.request("get_bulk_request_any_environment", id=request_id)
 
     async def list_bulk_requests(
@@ -129,7 +138,8 @@ class Reads:
         data_stream_key: str | None,
         before_id: int,
         limit: int,
-    ) -> list[BulkRequestRow]:
+        scheduled: bool | None = None,
+    ) -> list[BulkRequest]:
         return await self.requests(
             "list_bulk_requests",
             environment_id=environment_id,
@@ -138,18 +148,20 @@ class Reads:
             data_stream_key=data_stream_key,
             before_id=before_id,
             limit=limit,
+            scheduled=scheduled,
+            now=now_rfc3339(),
         )
 
     async def list_chains(
         self, environment_id: int, request_ids: Iterable[int]
-    ) -> list[list[BulkRequestRow]]:
+    ) -> list[list[ChainMember]]:
         """The chains of retries the requests belong to, each oldest first (SPEC §7),
         with the columns the retry rule reads (list_chains_of)."""
         ids = orjson.dumps(sorted(set(request_ids))).decode()
-        found = await self.rows("list_chains_of", ids=ids, environment_id=environment_id)
-        chains: dict[int, list[BulkRequestRow]] = {}
-        for member in found:
-            chains.setdefault(member.pop("chain_root"), []).append(request_row(member))
+        sql, args = bind("list_chains_of", {"ids": ids, "environment_id": environment_id})
+        chains: dict[int, list[ChainMember]] = {}
+        for member in await self.pool.fetch(sql, *args):
+            chains.setdefault(member["chain_root"], []).append(chain_member_from_record(member))
         return list(chains.values())
 
     async def list_row_errors(self, request_id: int, after_row: int, limit: int) -> list[RowError]:
@@ -163,7 +175,11 @@ class Reads:
         return StagedChunk(**found) if found is not None else None
 
     async def has_runnable_request(self) -> bool:
-        return bool(await self.value("has_runnable_request"))
+        return bool(await self.value("has_runnable_request", now=now_rfc3339()))
+
+    async def next_run_at(self) -> datetime | None:
+        due: str | None = await self.value("next_run_at", now=now_rfc3339())
+        return None if due is None else parse_rfc3339(due)
 
     async def referenced_upload_paths(self) -> set[str]:
         return {found["upload_path"] for found in await self.rows("list_upload_paths")}

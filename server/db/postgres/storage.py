@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -28,20 +28,22 @@ import orjson
 from server.batches import Batch
 from server.clock import now_rfc3339, to_rfc3339, utc_now
 from server.constants import (
+    ATOMIC_PURGE_BATCH,
     POSTGRES_ABANDONED_UPLOAD_SECONDS,
     POSTGRES_LISTEN_RETRY_SECONDS,
     POSTGRES_MAX_REMEMBERED_OUTBOX_IDS,
     POSTGRES_OUTBOX_CHANNEL,
     POSTGRES_TRANSACTION_ATTEMPTS,
 )
+from server.db.payload import bulk_request_from_stored
 from server.db.port import (
     AfterCommitHook,
-    BulkRequestRow,
     CancelOutcome,
     FencedOut,
     HeartbeatSummary,
     IdempotencyClaim,
     NewUpload,
+    StatusSourceTotals,
     StorageUnavailable,
     UploadSink,
     UploadSource,
@@ -52,10 +54,12 @@ from server.db.postgres.queries import bind
 from server.db.postgres.reads import Reads
 from server.db.postgres.tx import CREATE_STAGED_RECORDS, PgTx
 from server.db.postgres.uploads import PgUploadSink
-from server.models import DataStream
+from server.db.postgres.webhooks import UnsupportedWebhooks
+from server.db.webhook_port import WebhookStorage
+from server.models import BulkRequest, DataStream
 from server.outcomes import RequestChanged, Transition
 from server.staging import EncodedChunk
-from server.types import JSON, Status
+from server.types import JSON, Mode, Source, Status
 
 T = TypeVar("T")
 log = logging.getLogger("server.db")
@@ -107,6 +111,8 @@ class PostgresStorage(Reads):
         # The one place that acts on committed events (server/outcomes.py AfterCommit),
         # set by the app. Without one (a bare storage), events are only in the outbox.
         self.after_commit: AfterCommitHook | None = None
+        # Not on PostgreSQL yet: every endpoint operation refuses (postgres/webhooks.py).
+        self.webhooks: WebhookStorage = UnsupportedWebhooks()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -237,7 +243,7 @@ class PostgresStorage(Reads):
             events = [
                 # Logged by the process that made the change; here only at DEBUG.
                 RequestChanged(
-                    orjson.loads(row["payload"]),
+                    bulk_request_from_stored(orjson.loads(row["payload"])),
                     Transition(row["event_type"]),
                     logging.DEBUG,
                     {"via": "another process"},
@@ -314,15 +320,19 @@ class PostgresStorage(Reads):
         environment_id: int,
         *,
         on_conflict: str,
+        mode: Mode = Mode.PARTIAL,
         total_items: int,
         chunks: Sequence[EncodedChunk],
         data_stream_key: str | None,
         claim: IdempotencyClaim | None,
-    ) -> tuple[BulkRequestRow, bool]:
+        run_at: datetime | None = None,
+    ) -> tuple[BulkRequest, bool]:
         work = partial(
             operations.create_records_request,
             environment_id=environment_id,
             on_conflict=on_conflict,
+            mode=mode,
+            run_at=run_at,
             total_items=total_items,
             chunks=chunks,
             data_stream_key=data_stream_key,
@@ -332,7 +342,7 @@ class PostgresStorage(Reads):
 
     async def create_upload_request(
         self, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
-    ) -> tuple[BulkRequestRow, bool]:
+    ) -> tuple[BulkRequest, bool]:
         work = partial(
             operations.create_upload_request,
             environment_id=environment_id,
@@ -343,7 +353,7 @@ class PostgresStorage(Reads):
 
     async def cancel_request(
         self, environment_id: int, request_id: int
-    ) -> tuple[BulkRequestRow, CancelOutcome] | None:
+    ) -> tuple[BulkRequest, CancelOutcome] | None:
         work = partial(
             operations.cancel_request, environment_id=environment_id, request_id=request_id
         )
@@ -351,7 +361,7 @@ class PostgresStorage(Reads):
 
     async def create_retry(
         self, environment_id: int, request_id: int, claim: IdempotencyClaim | None
-    ) -> tuple[BulkRequestRow, bool] | None:
+    ) -> tuple[BulkRequest, bool] | None:
         work = partial(
             operations.create_retry,
             environment_id=environment_id,
@@ -364,13 +374,13 @@ class PostgresStorage(Reads):
 
     async def claim_next_request(
         self, worker: str, *, sliced: frozenset[int] = frozenset()
-    ) -> BulkRequestRow | None:
+    ) -> BulkRequest | None:
         return await self.write(
             partial(operations.claim_next_request, worker=worker, sliced=sliced)
         )
 
-    async def commit_batch(self, job: BulkRequestRow, worker: str, batch: Batch) -> BulkRequestRow:
-        request_id = job["id"]
+    async def commit_batch(self, job: BulkRequest, worker: str, batch: Batch) -> BulkRequest:
+        request_id = job.id
         start = batch.start_row
         now = now_rfc3339()
         candidates: list[tuple[Any, ...]] = [
@@ -395,19 +405,19 @@ class PostgresStorage(Reads):
                 # finds it, and it is reported as the row's duplicate_external_id error.
         raise AssertionError("unreachable")
 
-    async def release_request(self, job: BulkRequestRow, worker: str) -> None:
+    async def release_request(self, job: BulkRequest, worker: str) -> None:
         await self.write(partial(operations.release_request, job=job, worker=worker))
 
     async def finish_request(
         self,
-        job: BulkRequestRow,
+        job: BulkRequest,
         worker: str,
         status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,
         keep_upload: bool = True,
-    ) -> BulkRequestRow:
+    ) -> BulkRequest:
         work = partial(
             operations.finish_request,
             job=job,
@@ -420,8 +430,8 @@ class PostgresStorage(Reads):
         return await self.write(work)
 
     async def record_parse_progress(
-        self, job: BulkRequestRow, worker: str, chunk: EncodedChunk, total_items: int
-    ) -> BulkRequestRow:
+        self, job: BulkRequest, worker: str, chunk: EncodedChunk, total_items: int
+    ) -> BulkRequest:
         work = partial(
             operations.record_parse_progress,
             job=job,
@@ -433,13 +443,13 @@ class PostgresStorage(Reads):
 
     async def finish_parsing(
         self,
-        job: BulkRequestRow,
+        job: BulkRequest,
         worker: str,
         *,
         total_items: int,
         data_stream_id: int | None,
         error_details: JSON | None,
-    ) -> BulkRequestRow:
+    ) -> BulkRequest:
         work = partial(
             operations.finish_parsing,
             job=job,
@@ -488,14 +498,29 @@ class PostgresStorage(Reads):
     async def prune_outbox(self) -> int:
         return await self.write(lambda tx: tx.delete_old_outbox_events())
 
+    async def purge_hidden_records(self) -> int | None:
+        return await self.write(partial(operations.purge_hidden_records, limit=ATOMIC_PURGE_BATCH))
+
     # --- reads that raise StorageUnavailable ------------------------------------------
 
     async def queue_depth(self) -> int:
-        return int(await self._available(self.value("count_runnable_requests")))
+        count = self.value("count_runnable_requests", now=now_rfc3339())
+        return int(await self._available(count))
 
-    async def metrics_bulk_requests(self) -> list[JSON]:
+    async def metrics_bulk_requests(self) -> list[StatusSourceTotals]:
         """Per (status, source): request count and row counters, for /metrics."""
-        return await self._available(self.rows("metrics_bulk_requests"))
+        rows = await self._available(self.rows("metrics_bulk_requests"))
+        return [
+            StatusSourceTotals(
+                status=Status(r["status"]),
+                source=Source(r["source"]),
+                requests=r["requests"],
+                successful=r["successful"],
+                failed=r["failed"],
+                skipped=r["skipped"],
+            )
+            for r in rows
+        ]
 
     async def metrics_heartbeats(self, stuck_before: str) -> HeartbeatSummary:
         row = await self._available(self.row("metrics_heartbeats", stuck_before=stuck_before))

@@ -12,7 +12,7 @@ commit) and keeps the event to hand to `after_commit` once the transaction has c
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -28,11 +28,12 @@ from server.constants import (
     OUTBOX_RETENTION_SECONDS,
     POSTGRES_MAX_ROWS_PER_INSERT,
 )
-from server.db.port import BulkRequestRow
+from server.db.payload import stored_row
 from server.db.postgres.queries import bind, multi_row
-from server.models import DataStream
+from server.db.postgres.rows import bulk_request_from_record
+from server.models import BulkRequest, DataStream
 from server.outcomes import RequestChanged, Transition
-from server.types import JSON, Status
+from server.types import JSON, Mode, Status
 
 # A plain connection or the pool's proxy of one.
 if TYPE_CHECKING:
@@ -66,15 +67,6 @@ _INSERT_STAGED_SKIPPING_DUPLICATES = (
     f" SELECT {', '.join(RECORD_COLUMNS)} FROM {STAGED_RECORDS_TABLE} ORDER BY row_index"
     " ON CONFLICT (data_stream_id, external_id) WHERE external_id IS NOT NULL DO NOTHING"
 )
-
-
-def request_row(record: asyncpg.Record | Mapping[str, Any]) -> BulkRequestRow:
-    """THE one place a bulk request read from PostgreSQL becomes what the port returns.
-
-    Every operation and read that returns a request goes through here, so switching the
-    port's row type (a frozen BulkRequest) changes this function only.
-    """
-    return dict(record.items())
 
 
 def idempotency_not_before() -> str:
@@ -113,16 +105,16 @@ class PgTx:
         sql, args = bind(query, values)
         return _changed(await self.conn.execute(sql, *args))
 
-    async def request(self, query: str, /, **values: Any) -> BulkRequestRow | None:
+    async def request(self, query: str, /, **values: Any) -> BulkRequest | None:
         sql, args = bind(query, values)
         found = await self.conn.fetchrow(sql, *args)
-        return request_row(found) if found is not None else None
+        return bulk_request_from_record(found) if found is not None else None
 
     # --- the outbox ----------------------------------------------------------------------
 
     async def emit(
         self,
-        row: JSON,
+        row: BulkRequest,
         transition: Transition,
         *,
         log_level: int = logging.INFO,
@@ -133,10 +125,10 @@ class PgTx:
         outbox_id = await self.conn.fetchval(
             *_bound(
                 "insert_outbox_event",
-                bulk_request_id=row["id"],
-                environment_id=row["environment_id"],
+                bulk_request_id=row.id,
+                environment_id=row.environment_id,
                 event_type=transition.value,
-                payload=orjson.dumps(row).decode(),
+                payload=orjson.dumps(stored_row(row)).decode(),
                 now=now_rfc3339(),
             )
         )
@@ -212,7 +204,7 @@ class PgTx:
 
     # --- bulk requests -------------------------------------------------------------------
 
-    async def insert_bulk_request(self, **fields: Any) -> BulkRequestRow:
+    async def insert_bulk_request(self, **fields: Any) -> BulkRequest:
         values = {
             "total_items": 0,
             "parsing": 0,
@@ -223,6 +215,9 @@ class PgTx:
             "nacha_options": None,
             "data_stream_id": None,
             "parent_bulk_request_id": None,
+            "csv_options": None,
+            "run_at": None,
+            "mode": Mode.PARTIAL,
             **fields,
             "now": now_rfc3339(),
         }
@@ -230,10 +225,10 @@ class PgTx:
         assert row is not None
         return row
 
-    async def get_bulk_request(self, environment_id: int, request_id: int) -> JSON | None:
+    async def get_bulk_request(self, environment_id: int, request_id: int) -> BulkRequest | None:
         return await self.request("get_bulk_request", id=request_id, environment_id=environment_id)
 
-    async def get_bulk_request_any_environment(self, request_id: int) -> JSON | None:
+    async def get_bulk_request_any_environment(self, request_id: int) -> BulkRequest | None:
         return await self.request("get_bulk_request_any_environment", id=request_id)
 
     async def lock_request(self, request_id: int) -> None:
@@ -260,10 +255,10 @@ class PgTx:
     async def delete_chunks(self, request_id: int) -> None:
         await self.run("delete_chunks", bulk_request_id=request_id)
 
-    async def list_chain(self, environment_id: int, request_id: int) -> list[JSON]:
+    async def list_chain(self, environment_id: int, request_id: int) -> list[BulkRequest]:
         """The members of the request's chain of retries, oldest first (SPEC §7)."""
         sql, args = bind("list_chain", {"id": request_id, "environment_id": environment_id})
-        return [request_row(r) for r in await self.conn.fetch(sql, *args)]
+        return [bulk_request_from_record(r) for r in await self.conn.fetch(sql, *args)]
 
     async def row_error_rows(self, request_id: int) -> list[int]:
         rows = await self.all("list_row_error_rows", bulk_request_id=request_id)
@@ -312,18 +307,48 @@ class PgTx:
 
     # --- worker side: every statement fenced by (attempt, claimed_by) ------------------------
 
-    async def claim_next_request(self, worker: str) -> JSON | None:
+    async def claim_next_request(self, worker: str) -> BulkRequest | None:
         return await self.request("claim_next_request", worker=worker, now=now_rfc3339())
 
-    async def release_request(self, job: JSON, worker: str) -> JSON | None:
+    async def release_request(self, job: BulkRequest, worker: str) -> BulkRequest | None:
         """Give the claim back (runnable again); the row, or None if the claim is stale."""
         return await self.request(
             "release_request",
-            id=job["id"],
-            attempt=job["attempt"],
+            id=job.id,
+            attempt=job.attempt,
             worker=worker,
             now=now_rfc3339(),
         )
+
+    async def others_unpublished(self, request_id: int) -> bool:
+        """Whether another request's records are hidden now (one probe of a tiny index)."""
+        return bool(await self.conn.fetchval(*_bound("any_other_unpublished", id=request_id)))
+
+    async def find_reserved_external_ids(
+        self, request_id: int, pairs: Sequence[tuple[int, str]]
+    ) -> set[tuple[int, str]]:
+        """The pairs held by hidden records of another unpublished request (SPEC §14)."""
+        if not pairs:
+            return set()
+        payload = orjson.dumps(list(pairs)).decode()
+        rows = await self.all(
+            "find_reserved_external_ids", pairs=payload, bulk_request_id=request_id
+        )
+        return {(r["data_stream_id"], r["external_id"]) for r in rows}
+
+    async def fail_atomic_request(self, request_id: int, error_message: str) -> BulkRequest | None:
+        return await self.request("fail_atomic_request", id=request_id, error_message=error_message)
+
+    async def next_request_to_purge(self) -> int | None:
+        found = await self.one("next_request_to_purge")
+        return None if found is None else int(found["id"])
+
+    async def purge_request_records(self, request_id: int, limit: int) -> int:
+        return await self.run("purge_request_records", bulk_request_id=request_id, limit=limit)
+
+    async def mark_purged(self, request_id: int) -> BulkRequest | None:
+        await self.run("mark_purged", id=request_id)
+        return await self.get_bulk_request_any_environment(request_id)
 
     async def find_existing_external_ids(
         self, pairs: Iterable[tuple[int, str]]
@@ -363,19 +388,19 @@ class PgTx:
 
     async def record_batch(
         self,
-        job: JSON,
+        job: BulkRequest,
         worker: str,
         *,
         next_row: int,
         successful: int,
         failed: int,
         skipped: int,
-    ) -> JSON | None:
+    ) -> BulkRequest | None:
         """The heartbeat: advance counters and checkpoint; None if this claim is stale."""
         return await self.request(
             "record_batch",
-            id=job["id"],
-            attempt=job["attempt"],
+            id=job.id,
+            attempt=job.attempt,
             worker=worker,
             processed=successful + failed + skipped,
             successful=successful,
@@ -385,11 +410,13 @@ class PgTx:
             now=now_rfc3339(),
         )
 
-    async def record_parse_progress(self, job: JSON, worker: str, total_items: int) -> JSON | None:
+    async def record_parse_progress(
+        self, job: BulkRequest, worker: str, total_items: int
+    ) -> BulkRequest | None:
         return await self.request(
             "record_parse_progress",
-            id=job["id"],
-            attempt=job["attempt"],
+            id=job.id,
+            attempt=job.attempt,
             worker=worker,
             total_items=total_items,
             now=now_rfc3339(),
@@ -397,17 +424,17 @@ class PgTx:
 
     async def finish_parsing(
         self,
-        job: JSON,
+        job: BulkRequest,
         worker: str,
         *,
         total_items: int,
         data_stream_id: int | None,
         error_details: JSON | None,
-    ) -> JSON | None:
+    ) -> BulkRequest | None:
         return await self.request(
             "finish_parsing",
-            id=job["id"],
-            attempt=job["attempt"],
+            id=job.id,
+            attempt=job.attempt,
             worker=worker,
             total_items=total_items,
             data_stream_id=data_stream_id,
@@ -417,18 +444,18 @@ class PgTx:
 
     async def finish_request(
         self,
-        job: JSON,
+        job: BulkRequest,
         worker: str,
         status: Status,
         *,
         error_message: str | None,
         error_details: JSON | None,
         keep_upload: bool,
-    ) -> JSON | None:
+    ) -> BulkRequest | None:
         return await self.request(
             "finish_request",
-            id=job["id"],
-            attempt=job["attempt"],
+            id=job.id,
+            attempt=job.attempt,
             worker=worker,
             status=status.value,
             keep_upload=keep_upload,

@@ -173,6 +173,87 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_created_at ON outbox (created_at);
     """,
+    # 6: the CSV options (SPEC §15) a CSV upload is parsed with, and its retries,
+    # as the JSON object the payload shows as `csv_options`; NULL for every other request
+    # and for CSV requests made before (they were parsed with the defaults).
+    """
+    ALTER TABLE bulk_requests ADD COLUMN csv_options TEXT;
+    """,
+    # 7: webhooks (SPEC §13, README "Webhooks"). An endpoint's secret is stored as issued:
+    # it must sign, so it cannot be hashed. A delivery is one event for one endpoint, its
+    # body frozen when it was made, so every attempt sends the same bytes. The cursor is
+    # the last outbox id the dispatcher turned into deliveries (in the same transaction as
+    # the deliveries), and the sweeper never prunes an outbox event past it. It starts
+    # at the newest event: no endpoint existed before this migration.
+    """
+    CREATE TABLE webhook_endpoints (
+        id                    INTEGER PRIMARY KEY,
+        environment_id        INTEGER NOT NULL REFERENCES environments(id),
+        url                   TEXT NOT NULL,
+        events                TEXT NOT NULL,  -- JSON array of event types
+        description           TEXT,
+        enabled               INTEGER NOT NULL DEFAULT 1,
+        secret                TEXT NOT NULL,  -- whsec_…, returned only when created
+        created_at            TEXT NOT NULL,
+        consecutive_failures  INTEGER NOT NULL DEFAULT 0,  -- the circuit
+        circuit_open_until    TEXT
+    );
+    CREATE INDEX webhook_endpoints_environment ON webhook_endpoints (environment_id, id);
+
+    CREATE TABLE webhook_deliveries (
+        id               INTEGER PRIMARY KEY,
+        endpoint_id      INTEGER NOT NULL REFERENCES webhook_endpoints(id),
+        outbox_id        INTEGER NOT NULL,  -- the event (not a foreign key: pruned)
+        event_id         TEXT NOT NULL,     -- evt_…, the webhook-id header
+        event_type       TEXT NOT NULL,     -- bulk_request.completed | failed | cancelled
+        bulk_request_id  INTEGER NOT NULL,
+        body             TEXT NOT NULL,     -- exactly the bytes sent and signed
+        status           TEXT NOT NULL,     -- pending | succeeded | failed
+        next_attempt_at  TEXT,              -- when pending
+        attempt_count    INTEGER NOT NULL DEFAULT 0,
+        created_at       TEXT NOT NULL,
+        UNIQUE (endpoint_id, outbox_id)
+    );
+    CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at)
+        WHERE status = 'pending';
+    CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, id);
+
+    CREATE TABLE webhook_attempts (
+        delivery_id  INTEGER NOT NULL REFERENCES webhook_deliveries(id),
+        number       INTEGER NOT NULL,   -- 1, 2, …
+        at           TEXT NOT NULL,
+        http_status  INTEGER,            -- NULL when no answer came
+        error        TEXT,               -- NULL on success
+        duration_ms  INTEGER NOT NULL,
+        PRIMARY KEY (delivery_id, number)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE webhook_cursor (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        outbox_id  INTEGER NOT NULL
+    );
+    INSERT INTO webhook_cursor (id, outbox_id) SELECT 1, COALESCE(MAX(id), 0) FROM outbox;
+    """,
+    # 8: scheduled requests (SPEC §12). `run_at`: RFC 3339 UTC text like every timestamp
+    # (sortable as text), NULL when not scheduled. The partial index holds only pending
+    # scheduled requests, so the pool's "when is the next one due" is one short probe
+    # however many requests have ever been scheduled.
+    """
+    ALTER TABLE bulk_requests ADD COLUMN run_at TEXT;
+    CREATE INDEX bulk_requests_scheduled ON bulk_requests (run_at)
+        WHERE status = 'pending' AND run_at IS NOT NULL;
+    """,
+    # 9: atomic requests (SPEC §14; README, "Atomic requests"). `mode` is 'partial' (every
+    # request so far) or 'atomic'. `unpublished` is 1 while an atomic request's records must
+    # stay hidden: from its creation until the batch that completes it, or, if it fails or
+    # is cancelled, until the sweeper has purged its records. Every records read excludes
+    # the records of unpublished requests; the partial index keeps that set a few entries
+    # long, however many requests the table holds.
+    """
+    ALTER TABLE bulk_requests ADD COLUMN mode TEXT NOT NULL DEFAULT 'partial';
+    ALTER TABLE bulk_requests ADD COLUMN unpublished INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX bulk_requests_unpublished ON bulk_requests (id) WHERE unpublished = 1;
+    """,
 ]
 
 

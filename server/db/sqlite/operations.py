@@ -8,16 +8,26 @@ server/batches.py), so another adapter makes the same decisions.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
 
-from server.batches import Batch, candidate_pairs, external_id_of, split_duplicates
+from server.batches import (
+    Batch,
+    atomic_failure_message,
+    candidate_pairs,
+    external_id_of,
+    source_item,
+    split_duplicates,
+    withhold_reserved,
+)
 from server.chains import RowRun, RunBuilder, chain_coverage
+from server.db.payload import stored_nacha_options
 from server.db.port import (
-    BulkRequestRow,
     CancelOutcome,
     Conflict,
     FencedOut,
@@ -26,16 +36,24 @@ from server.db.port import (
     NewUpload,
 )
 from server.db.sqlite.tx import WriteTx
-from server.models import DataStream
+from server.models import BulkRequest, ChainMember, DataStream
 from server.outcomes import Transition, terminal_transition
 from server.rules import cancel_refusal, retry_refusal
-from server.staging import ChunkWriter, EncodedChunk, StagedItem, decode_items
-from server.types import JSON, RowProblem, Source, Status
+from server.scheduling import run_at_text
+from server.staging import (
+    ChunkWriter,
+    EncodedChunk,
+    StagedItem,
+    ValidatedRows,
+    ValidatedWriter,
+    decode_chunk,
+)
+from server.types import JSON, Mode, RowProblem, Source, Status
 
 # --- client-facing ------------------------------------------------------------------------
 
 
-def _replay(tx: WriteTx, environment_id: int, claim: IdempotencyClaim | None) -> JSON | None:
+def _replay(tx: WriteTx, environment_id: int, claim: IdempotencyClaim | None) -> BulkRequest | None:
     if claim is None:
         return None
     seen = tx.get_idempotency_key(environment_id, claim.key)
@@ -59,11 +77,13 @@ def create_records_request(
     tx: WriteTx,
     environment_id: int,
     on_conflict: str,
+    mode: Mode,
     total_items: int,
     chunks: Sequence[EncodedChunk],
     data_stream_key: str | None,
     claim: IdempotencyClaim | None,
-) -> tuple[BulkRequestRow, bool]:
+    run_at: datetime | None,
+) -> tuple[BulkRequest, bool]:
     replayed = _replay(tx, environment_id, claim)
     if replayed is not None:
         return replayed, True
@@ -74,20 +94,24 @@ def create_records_request(
         environment_id=environment_id,
         source=Source.BULK_API,
         on_conflict=on_conflict,
+        mode=mode,
         total_items=total_items,
         data_stream_id=stream.id if stream else None,
+        run_at=run_at_text(run_at),
     )
     for first_row, row_count, body in chunks:
-        tx.insert_chunk(row["id"], first_row, row_count, body)
-    _save_claim(tx, environment_id, claim, row["id"])
-    row["data_stream_key"] = stream.key if stream else None
+        tx.insert_chunk(row.id, first_row, row_count, body)
+    _save_claim(tx, environment_id, claim, row.id)
+    row = dataclasses.replace(
+        row, data_stream_key=stream.key if stream else None, has_data_stream_key=True
+    )
     tx.emit(row, Transition.CREATED)
     return row, False
 
 
 def create_upload_request(
     tx: WriteTx, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
-) -> tuple[BulkRequestRow, bool]:
+) -> tuple[BulkRequest, bool]:
     replayed = _replay(tx, environment_id, claim)
     if replayed is not None:
         return replayed, True
@@ -95,29 +119,32 @@ def create_upload_request(
         environment_id=environment_id,
         source=Source(upload.upload_format),
         on_conflict=upload.on_conflict,
+        mode=upload.mode,
         parsing=1,
         upload_format=upload.upload_format,
         upload_path=upload.upload_path,
         filename=upload.filename,
         default_data_stream_key=upload.data_stream_key,
         nacha_options=upload.nacha_options,
+        csv_options=upload.csv_options,
+        run_at=run_at_text(upload.run_at),
     )
-    _save_claim(tx, environment_id, claim, row["id"])
-    row["data_stream_key"] = None
+    _save_claim(tx, environment_id, claim, row.id)
+    row = dataclasses.replace(row, data_stream_key=None, has_data_stream_key=True)
     tx.emit(row, Transition.CREATED)
     return row, False
 
 
 def cancel_request(
     tx: WriteTx, environment_id: int, request_id: int
-) -> tuple[BulkRequestRow, CancelOutcome] | None:
+) -> tuple[BulkRequest, CancelOutcome] | None:
     row = tx.get_bulk_request(environment_id, request_id)
     if row is None:
         return None
     refusal = cancel_refusal(row)
     if refusal is not None:
         raise Conflict(refusal)
-    status = row["status"]
+    status = row.status
     if status == "cancelled":
         return row, CancelOutcome.UNCHANGED
     # A pending request, or a processing one no worker holds right now, has no batch
@@ -139,7 +166,7 @@ def cancel_request(
 
 def create_retry(
     tx: WriteTx, environment_id: int, request_id: int, claim: IdempotencyClaim | None
-) -> tuple[BulkRequestRow, bool] | None:
+) -> tuple[BulkRequest, bool] | None:
     """Decided and created in one write transaction, so concurrent retries (of any
     members) and cancels are serialized: no chain ever gets two live children."""
     replayed = _replay(tx, environment_id, claim)
@@ -148,87 +175,105 @@ def create_retry(
     chain = tx.list_chain(environment_id, request_id)
     if not chain:
         return None
-    refusal = retry_refusal(request_id, chain)
+    refusal = retry_refusal(request_id, [ChainMember.of(member) for member in chain])
     if refusal is not None:
         raise Conflict(refusal)
     latest = chain[-1]
-    common = {
+    common: dict[str, Any] = {
         "environment_id": environment_id,
         "source": Source.RETRY,
-        "on_conflict": latest["on_conflict"],
-        "filename": latest["filename"],
-        "data_stream_id": latest["data_stream_id"],
-        "parent_bulk_request_id": latest["id"],
+        "on_conflict": latest.on_conflict,
+        # An atomic chain stays atomic; its failed members stored nothing (chain_coverage),
+        # so its retry holds every row again.
+        "mode": latest.mode,
+        "filename": latest.filename,
+        "data_stream_id": latest.data_stream_id,
+        "parent_bulk_request_id": latest.id,
         # A retry parses (or holds rows parsed) under the chain's relaxations.
-        "nacha_options": latest["nacha_options"],
+        "nacha_options": stored_nacha_options(latest.nacha_options),
+        # …and its CSV options (SPEC §15): a retry of an unparsed file reads it the same way.
+        "csv_options": latest.csv_options,
     }
-    if latest["parsing"]:
+    if latest.parsing:
         row = _retry_unparsed_upload(tx, latest, common)
     else:
         row = _retry_rows(tx, chain, common)
-    _save_claim(tx, environment_id, claim, row["id"])
-    row["data_stream_key"] = latest["data_stream_key"]
+    _save_claim(tx, environment_id, claim, row.id)
+    row = dataclasses.replace(row, data_stream_key=latest.data_stream_key, has_data_stream_key=True)
     tx.emit(row, Transition.CREATED)
     return row, False
 
 
-def _retry_unparsed_upload(tx: WriteTx, latest: JSON, common: JSON) -> JSON:
+def _retry_unparsed_upload(tx: WriteTx, latest: BulkRequest, common: dict[str, Any]) -> BulkRequest:
     # The chain stopped before its file was parsed (so it stored nothing): the child
     # parses the same file (retry_refusal checked that the file is still there).
     row = tx.insert_bulk_request(
         **common,
         parsing=1,
-        upload_format=latest["upload_format"],
-        upload_path=latest["upload_path"],
-        default_data_stream_key=latest["default_data_stream_key"],
+        upload_format=latest.upload_format,
+        upload_path=latest.upload_path,
+        default_data_stream_key=latest.default_data_stream_key,
     )
-    tx.hand_over_upload(latest["id"])
+    tx.hand_over_upload(latest.id)
     return row
 
 
-def _retry_rows(tx: WriteTx, chain: Sequence[JSON], common: JSON) -> JSON:
+def _retry_rows(tx: WriteTx, chain: Sequence[BulkRequest], common: dict[str, Any]) -> BulkRequest:
     # Members still parsing their file when they ended staged no rows; the first member
     # that staged rows is the origin, the later ones are retries of its rows.
-    staged = [member for member in chain if not member["parsing"]]
-    origin_id = staged[0]["id"]
-    error_rows = {member["id"]: tx.row_error_rows(member["id"]) for member in staged}
+    staged = [ChainMember.of(member) for member in chain if not member.parsing]
+    origin_id = staged[0].id
+    error_rows = {member.id: tx.row_error_rows(member.id) for member in staged}
     recorded: dict[int, list[RowRun]] = {
-        member["id"]: tx.retry_row_runs(member["id"]) for member in staged[1:]
+        member.id: tx.retry_row_runs(member.id) for member in staged[1:]
     }
     coverage = chain_coverage(staged, error_rows, recorded)
     row = tx.insert_bulk_request(**common)
-    child_id = row["id"]
+    child_id = row.id
     runs = RunBuilder()
     # Chunks close by the same rule as parsing (a buffer of 2000 rows of 64 KiB peaked
     # at 537 MB).
     writer = ChunkWriter()
+    # Rows the origin staged validated are copied validated (never re-validated: streams
+    # never change); a chunk holds one encoding, so switching flushes the other writer.
+    validated = ValidatedWriter()
     written = 0
 
     def flush() -> None:
         nonlocal written
-        if writer.rows:
-            row_count, body = writer.take()
-            tx.insert_chunk(child_id, written, row_count, body)
-            written += row_count
+        for filled in (writer, validated):
+            if filled.rows:
+                row_count, body = filled.take()
+                tx.insert_chunk(child_id, written, row_count, body)
+                written += row_count
 
     # The child holds the rows in the origin's order, copied from the origin's chunks
     # (kept until a request completes, and no member of a retried chain has).
     # One origin chunk is decoded at a time, once, however many gaps fall into it.
     first_row = 0
-    items: list[StagedItem] = []
+    rows: list[StagedItem] | ValidatedRows = []
     for start, end in coverage.gaps():
         runs.add(start, end)
         position = start
         while position < end:
-            if not first_row <= position < first_row + len(items):
+            if not first_row <= position < first_row + _row_count(rows):
                 found = tx.next_chunk_from(origin_id, position)
                 if found is None or found["first_row"] > position:
                     raise RuntimeError(f"staged rows of bulk request {origin_id} are missing")
-                first_row, items = found["first_row"], decode_items(found["body"])
-            stop = min(end, first_row + len(items))
-            for item in items[position - first_row : stop - first_row]:
-                if writer.add(item):
+                first_row, rows = found["first_row"], decode_chunk(found["body"])
+            stop = min(end, first_row + _row_count(rows))
+            if isinstance(rows, list):
+                if validated.rows:
                     flush()
+                for item in rows[position - first_row : stop - first_row]:
+                    if writer.add(item):
+                        flush()
+            else:
+                if writer.rows:
+                    flush()
+                for record in rows.records[position - first_row : stop - first_row]:
+                    if validated.add(record, rows.streams):
+                        flush()
             position = stop
     flush()
     if written == 0:
@@ -237,38 +282,48 @@ def _retry_rows(tx: WriteTx, chain: Sequence[JSON], common: JSON) -> JSON:
         raise RuntimeError(f"the chain of bulk request {origin_id} has no rows to retry")
     tx.insert_retry_row_runs(child_id, runs.runs)
     tx.set_total_items(child_id, written)
-    row["total_items"] = written
-    return row
+    return dataclasses.replace(row, total_items=written)
+
+
+def _row_count(rows: list[StagedItem] | ValidatedRows) -> int:
+    return len(rows) if isinstance(rows, list) else len(rows.records)
 
 
 # --- the worker side ------------------------------------------------------------------------
 
 
-def claim_next_request(tx: WriteTx, worker: str, sliced: frozenset[int]) -> JSON | None:
+def claim_next_request(tx: WriteTx, worker: str, sliced: frozenset[int]) -> BulkRequest | None:
     job = tx.claim_next_request(worker)
     if job is not None:
         tx.emit(
             job,
-            Transition.RESUMED if job["attempt"] > 1 else Transition.CLAIMED,
-            log_level=logging.DEBUG if job["id"] in sliced else logging.INFO,
+            Transition.RESUMED if job.attempt > 1 else Transition.CLAIMED,
+            log_level=logging.DEBUG if job.id in sliced else logging.INFO,
             worker=worker,
-            next_row=job["next_row"],
+            next_row=job.next_row,
         )
     return job
 
 
 def commit_batch(
     tx: WriteTx,
-    job: JSON,
+    job: BulkRequest,
     worker: str,
     batch: Batch,
     candidates: list[tuple[Any, ...]],
-) -> JSON:
+) -> BulkRequest:
     """`candidates`: the batch's candidates as insert rows, shaped before the transaction."""
-    request_id = job["id"]
+    request_id = job.id
     start = batch.start_row
     problems = list(batch.problems)
-    if job["on_conflict"] == "skip":
+    # Hidden records of another atomic request hold these external_ids: refused whatever
+    # on_conflict says, as neither storing (a duplicate if that request completes) nor
+    # skipping (a lost row if it fails) is safe. The row can be retried once it has ended.
+    if tx.others_unpublished(request_id):
+        reserved = tx.find_reserved_external_ids(request_id, candidate_pairs(batch))
+        if reserved:
+            candidates = withhold_reserved(batch, candidates, reserved, problems)
+    if job.on_conflict == "skip":
         # The unique index decides; only the count of skipped rows is needed.
         inserted = tx.insert_records_skipping_duplicates(candidates) if candidates else 0
         skipped = len(candidates) - inserted
@@ -291,7 +346,15 @@ def commit_batch(
     )
     if updated is None:
         raise FencedOut(request_id)
-    if updated["status"] == "completed":
+    if updated.status == "completed" and updated.unpublished:
+        # An atomic request's last batch, with failed rows: it fails, storing nothing
+        # (its records stay hidden; the sweeper purges them). Its staged rows are kept
+        # for a retry.
+        failed = tx.fail_atomic_request(request_id, atomic_failure_message(updated))
+        assert failed is not None
+        tx.emit(failed, Transition.FAILED, error=failed.error_message)
+        return failed
+    if updated.status == "completed":
         tx.delete_chunks(request_id)
         tx.emit(updated, Transition.COMPLETED)
     else:
@@ -303,36 +366,48 @@ def _row_errors(
     request_id: int, batch: Batch, problems: Sequence[tuple[int, RowProblem]]
 ) -> list[tuple[Any, ...]]:
     start = batch.start_row
-    return [
-        (
-            request_id,
-            start + offset,
-            batch.items[offset][0],
-            external_id_of(batch.items[offset][1]),
-            p.code,
-            p.message,
-            f"/records/{start + offset}{p.pointer}",
-            orjson.dumps(batch.items[offset]).decode(),
+    errors = []
+    for offset, p in problems:
+        line, fields, _problem = item = source_item(batch, offset)
+        errors.append(
+            (
+                request_id,
+                start + offset,
+                line,
+                external_id_of(fields),
+                p.code,
+                p.message,
+                f"/records/{start + offset}{p.pointer}",
+                orjson.dumps(item).decode(),
+            )
         )
-        for offset, p in problems
-    ]
+    return errors
 
 
-def release_request(tx: WriteTx, job: JSON, worker: str) -> None:
+def _keeping_stream_key(updated: BulkRequest, job: BulkRequest) -> BulkRequest:
+    """A write's returned row (no join) with the stream key the job was read with."""
+    return dataclasses.replace(
+        updated,
+        data_stream_key=job.data_stream_key,
+        has_data_stream_key=job.has_data_stream_key,
+    )
+
+
+def release_request(tx: WriteTx, job: BulkRequest, worker: str) -> None:
     released = tx.release_request(job, worker)
     if released is not None:
-        tx.emit({**job, **released}, Transition.RELEASED)
+        tx.emit(_keeping_stream_key(released, job), Transition.RELEASED)
 
 
 def finish_request(
     tx: WriteTx,
-    job: JSON,
+    job: BulkRequest,
     worker: str,
     status: Status,
     error_message: str | None,
     error_details: JSON | None,
     keep_upload: bool,
-) -> JSON:
+) -> BulkRequest:
     row = tx.finish_request(
         job,
         worker,
@@ -342,34 +417,48 @@ def finish_request(
         keep_upload=keep_upload,
     )
     if row is None:
-        raise FencedOut(job["id"])
+        raise FencedOut(job.id)
     extra: dict[str, Any] = {"error": error_message} if error_message else {}
     tx.emit(row, terminal_transition(status), **extra)
     return row
 
 
+def purge_hidden_records(tx: WriteTx, limit: int) -> int | None:
+    """Delete up to `limit` hidden records of one failed or cancelled atomic request;
+    its id, or None when none has any left. Once a pass deletes fewer than `limit`, its
+    last record is gone: it is marked purged, with an event (a retry of it may run now)."""
+    request_id = tx.next_request_to_purge()
+    if request_id is None:
+        return None
+    if tx.purge_request_records(request_id, limit) < limit:
+        row = tx.mark_purged(request_id)
+        assert row is not None
+        tx.emit(row, Transition.RECORDS_PURGED)
+    return request_id
+
+
 def record_parse_progress(
-    tx: WriteTx, job: JSON, worker: str, chunk: EncodedChunk, total_items: int
-) -> JSON:
+    tx: WriteTx, job: BulkRequest, worker: str, chunk: EncodedChunk, total_items: int
+) -> BulkRequest:
     first_row, row_count, body = chunk
-    tx.insert_chunk(job["id"], first_row, row_count, body)
+    tx.insert_chunk(job.id, first_row, row_count, body)
     progress = tx.record_parse_progress(job, worker, total_items)
     if progress is None:
-        raise FencedOut(job["id"])
+        raise FencedOut(job.id)
     # The job keeps what the claim read with it (the joined stream key) under the new state.
-    job = {**job, "total_items": total_items, **progress}
+    job = _keeping_stream_key(progress, job)
     tx.emit(job, Transition.PARSE_PROGRESS)
     return job
 
 
 def finish_parsing(
     tx: WriteTx,
-    job: JSON,
+    job: BulkRequest,
     worker: str,
     total_items: int,
     data_stream_id: int | None,
     error_details: JSON | None,
-) -> JSON:
+) -> BulkRequest:
     done = tx.finish_parsing(
         job,
         worker,
@@ -378,7 +467,7 @@ def finish_parsing(
         error_details=error_details,
     )
     if done is None:
-        raise FencedOut(job["id"])
+        raise FencedOut(job.id)
     tx.emit(done, Transition.PARSED, rows=total_items)
     return done
 

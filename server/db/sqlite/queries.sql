@@ -80,10 +80,14 @@ CROSS JOIN records AS r
  AND r.external_id IS NOT NULL;
 
 -- name: list_records
+-- Every records read hides the records of unpublished (atomic, not completed) requests:
+-- SPEC §14, no client sees part of an atomic request. The subquery reads the partial
+-- index bulk_requests_unpublished once per statement (a handful of ids).
 SELECT r.id, s.key AS data_stream_key, r.date, r.amount_minor, r.currency, r.description,
        r.external_id, r.metadata, r.bulk_request_id, r.created_at
 FROM records r JOIN data_streams s ON s.id = r.data_stream_id
 WHERE s.environment_id = :environment_id AND r.id > :after_id
+  AND r.bulk_request_id NOT IN (SELECT id FROM bulk_requests WHERE unpublished = 1)
 ORDER BY r.id LIMIT :limit;
 
 -- name: list_records_by_stream
@@ -92,6 +96,7 @@ SELECT r.id, s.key AS data_stream_key, r.date, r.amount_minor, r.currency, r.des
 FROM records r JOIN data_streams s ON s.id = r.data_stream_id
 WHERE s.environment_id = :environment_id AND s.key = :data_stream_key AND r.id > :after_id
   AND (:bulk_request_id IS NULL OR r.bulk_request_id = :bulk_request_id)
+  AND r.bulk_request_id NOT IN (SELECT id FROM bulk_requests WHERE unpublished = 1)
 ORDER BY r.id LIMIT :limit;
 
 -- name: list_records_by_request
@@ -100,16 +105,21 @@ SELECT r.id, s.key AS data_stream_key, r.date, r.amount_minor, r.currency, r.des
 FROM records r JOIN data_streams s ON s.id = r.data_stream_id
 WHERE r.bulk_request_id = :bulk_request_id AND s.environment_id = :environment_id
   AND r.id > :after_id
+  AND r.bulk_request_id NOT IN (SELECT id FROM bulk_requests WHERE unpublished = 1)
 ORDER BY r.id LIMIT :limit;
 
 -- name: insert_bulk_request
 INSERT INTO bulk_requests (environment_id, status, source, on_conflict, total_items, parsing,
                            upload_format, upload_path, filename, default_data_stream_key,
-                           nacha_options, data_stream_id, parent_bulk_request_id, created_at,
-                           queued_at)
+                           nacha_options, csv_options, data_stream_id, parent_bulk_request_id,
+                           created_at, run_at, queued_at, mode, unpublished)
+-- A scheduled request joins the queue at its run_at: once due it lines up behind what
+-- was submitted before that instant, not before everything submitted since it was made.
 VALUES (:environment_id, 'pending', :source, :on_conflict, :total_items, :parsing,
         :upload_format, :upload_path, :filename, :default_data_stream_key,
-        :nacha_options, :data_stream_id, :parent_bulk_request_id, :now, :now)
+        :nacha_options, :csv_options, :data_stream_id, :parent_bulk_request_id, :now,
+        :run_at, CASE WHEN :run_at > :now THEN :run_at ELSE :now END,
+        :mode, CASE WHEN :mode = 'atomic' THEN 1 ELSE 0 END)
 RETURNING *;
 
 -- name: insert_chunk
@@ -150,6 +160,9 @@ WHERE b.environment_id = :environment_id AND b.id < :before_id
   AND (:status IS NULL OR b.status = :status)
   AND (:source IS NULL OR b.source = :source)
   AND (:data_stream_key IS NULL OR s.key = :data_stream_key)
+  -- `scheduled` as the payload defines it (server/scheduling.py is_scheduled); never NULL.
+  AND (:scheduled IS NULL
+       OR :scheduled = (b.status = 'pending' AND b.run_at IS NOT NULL AND b.run_at > :now))
 ORDER BY b.id DESC LIMIT :limit;
 
 -- name: list_chain
@@ -191,9 +204,9 @@ WITH RECURSIVE
     UNION ALL
     SELECT m.root, b.id FROM bulk_requests b JOIN members m ON b.parent_bulk_request_id = m.id
   )
--- Only the columns the retry rule reads (server/bulk_requests.py retry_refusal).
+-- Only the columns the retry rule reads (server/models.py ChainMember).
 SELECT m.root AS chain_root, b.id, b.status, b.parsing, b.upload_path, b.error_message,
-       b.failed_items, b.next_row, b.total_items
+       b.failed_items, b.next_row, b.total_items, b.parent_bulk_request_id, b.mode
 FROM members m JOIN bulk_requests b ON b.id = m.id
 ORDER BY m.root, b.id;
 
@@ -213,6 +226,9 @@ VALUES (?, ?, ?, ?);
 -- Requests never started come first, oldest first; then the ones a worker gave back
 -- after a time slice, in the order they were given back (round-robin). So a small new
 -- request waits for at most one time slice, however many large ones are running.
+-- A scheduled request is not claimable before its run_at.
+-- A retry waits until its parent's hidden records are purged (an unpublished parent):
+-- they hold the very external_ids the retry is about to store.
 UPDATE bulk_requests
 SET status = 'processing',
     started_at = coalesce(started_at, :now),
@@ -221,15 +237,29 @@ SET status = 'processing',
     claimed_by = :worker
 WHERE id = (SELECT id FROM bulk_requests
             WHERE status IN ('pending', 'processing') AND claimed_by IS NULL
+              AND (run_at IS NULL OR run_at <= :now)
+              AND (parent_bulk_request_id IS NULL OR parent_bulk_request_id NOT IN
+                   (SELECT id FROM bulk_requests WHERE unpublished = 1))
             ORDER BY started_at IS NOT NULL, queued_at, id LIMIT 1)
 RETURNING *;
 
 -- name: has_runnable_request
 SELECT EXISTS (SELECT 1 FROM bulk_requests
-               WHERE status IN ('pending', 'processing') AND claimed_by IS NULL);
+               WHERE status IN ('pending', 'processing') AND claimed_by IS NULL
+                 AND (run_at IS NULL OR run_at <= :now)
+                 AND (parent_bulk_request_id IS NULL OR parent_bulk_request_id NOT IN
+                      (SELECT id FROM bulk_requests WHERE unpublished = 1)));
 
 -- name: count_runnable_requests
-SELECT count(*) FROM bulk_requests WHERE status IN ('pending', 'processing');
+-- The queue: requests waiting for their run_at are not a backlog yet.
+SELECT count(*) FROM bulk_requests WHERE status IN ('pending', 'processing')
+  AND (run_at IS NULL OR run_at <= :now);
+
+-- name: next_run_at
+-- When the earliest waiting scheduled request is due (NULL: none waits). One probe of
+-- the partial index bulk_requests_scheduled: the pool asks it each time it goes idle.
+SELECT min(run_at) FROM bulk_requests
+WHERE status = 'pending' AND run_at IS NOT NULL AND run_at > :now;
 
 -- name: release_request
 UPDATE bulk_requests SET claimed_by = NULL, queued_at = :now
@@ -248,10 +278,53 @@ SET processed_items = processed_items + :processed,
     last_progress_at = :now,
     status = CASE WHEN next_row + :processed >= total_items THEN 'completed' ELSE status END,
     completed_at = CASE WHEN next_row + :processed >= total_items THEN :now ELSE NULL END,
-    claimed_by = CASE WHEN next_row + :processed >= total_items THEN NULL ELSE claimed_by END
+    claimed_by = CASE WHEN next_row + :processed >= total_items THEN NULL ELSE claimed_by END,
+    -- An atomic request's records are published by the batch that completes it without a
+    -- failed row (one small transaction, however many rows it holds); with a failed row
+    -- the caller fails it in this same transaction (fail_atomic_request).
+    unpublished = CASE WHEN next_row + :processed >= total_items AND failed_items + :failed = 0
+                       THEN 0 ELSE unpublished END
 WHERE id = :id AND attempt = :attempt AND claimed_by = :worker AND status = 'processing'
   AND parsing = 0 AND next_row + :processed = :next_row
 RETURNING *;
+
+-- name: fail_atomic_request
+-- The last batch of an atomic request that has failed rows: it ends failed and its
+-- records stay hidden until the sweeper purges them (purge_unpublished_records).
+UPDATE bulk_requests SET status = 'failed', error_message = :error_message
+WHERE id = :id AND status = 'completed' AND mode = 'atomic' AND unpublished = 1
+RETURNING *;
+
+-- name: any_other_unpublished
+-- Whether some other request's records are hidden now: only then can a batch's
+-- external_ids collide with hidden records (find_reserved_external_ids).
+SELECT EXISTS (SELECT 1 FROM bulk_requests WHERE unpublished = 1 AND id <> :id);
+
+-- name: find_reserved_external_ids
+-- The pairs of :pairs (as find_existing_external_ids) held by hidden records of another
+-- unpublished request: a running atomic request, or a failed one not yet purged.
+SELECT r.data_stream_id, r.external_id
+FROM json_each(:pairs) AS pair
+CROSS JOIN records AS r
+  ON r.data_stream_id = pair.value ->> 0 AND r.external_id = pair.value ->> 1
+ AND r.external_id IS NOT NULL
+WHERE r.bulk_request_id <> :bulk_request_id
+  AND r.bulk_request_id IN (SELECT id FROM bulk_requests WHERE unpublished = 1);
+
+-- name: next_request_to_purge
+-- A failed or cancelled atomic request whose hidden records are still stored.
+SELECT id FROM bulk_requests
+WHERE unpublished = 1 AND status IN ('failed', 'cancelled') ORDER BY id LIMIT 1;
+
+-- name: purge_request_records
+-- At most :limit records per transaction (records_request_row finds them).
+DELETE FROM records WHERE id IN (
+    SELECT id FROM records WHERE bulk_request_id = :bulk_request_id LIMIT :limit
+);
+
+-- name: mark_purged
+-- The request's last hidden record is gone: nothing is left to hide.
+UPDATE bulk_requests SET unpublished = 0 WHERE id = :id AND unpublished = 1;
 
 -- name: record_parse_progress
 -- Returns the whole row: it is published to live event streams as the parse heartbeat.
@@ -266,7 +339,9 @@ SET parsing = 0, total_items = :total_items, data_stream_id = :data_stream_id,
     error_details = CASE WHEN :error_details IS NULL THEN error_details
                          ELSE json_patch(coalesce(error_details, '{}'), :error_details) END,
     status = CASE WHEN :total_items = 0 THEN 'completed' ELSE status END,
-    completed_at = CASE WHEN :total_items = 0 THEN :now ELSE NULL END
+    completed_at = CASE WHEN :total_items = 0 THEN :now ELSE NULL END,
+    -- An atomic upload without rows completes here: nothing to hide any more.
+    unpublished = CASE WHEN :total_items = 0 THEN 0 ELSE unpublished END
 WHERE id = :id AND attempt = :attempt AND claimed_by = :worker AND status = 'processing'
 RETURNING *;
 
@@ -347,8 +422,11 @@ VALUES (:bulk_request_id, :environment_id, :event_type, :payload, :now);
 
 -- name: delete_old_outbox_events
 -- At most :limit rows per transaction, so pruning a backlog never holds the writer long.
+-- Never an event the webhook dispatcher has not passed yet, however old (README "Webhooks").
 DELETE FROM outbox WHERE id IN (
-    SELECT id FROM outbox WHERE created_at < :not_before ORDER BY created_at LIMIT :limit
+    SELECT id FROM outbox
+    WHERE created_at < :not_before AND id <= (SELECT outbox_id FROM webhook_cursor)
+    ORDER BY created_at LIMIT :limit
 );
 
 -- name: list_upload_paths
@@ -372,3 +450,138 @@ FROM bulk_requests GROUP BY status, source;
 SELECT min(last_progress_at) AS oldest,
        coalesce(sum(last_progress_at < :stuck_before), 0) AS stuck
 FROM bulk_requests WHERE status = 'processing';
+
+-- --- webhooks (server/db/webhooks.py) ---------------------------------------------------
+
+-- name: insert_webhook_endpoint
+INSERT INTO webhook_endpoints (environment_id, url, events, description, enabled, secret,
+                               created_at)
+VALUES (:environment_id, :url, :events, :description, 1, :secret, :now)
+RETURNING *;
+
+-- name: get_webhook_endpoint
+SELECT * FROM webhook_endpoints WHERE id = :id AND environment_id = :environment_id;
+
+-- name: list_webhook_endpoints
+SELECT * FROM webhook_endpoints
+WHERE environment_id = :environment_id AND id > :after_id
+ORDER BY id LIMIT :limit;
+
+-- name: update_webhook_endpoint
+-- NULL keeps a field; enabling again closes the circuit (the operator says it is back).
+UPDATE webhook_endpoints SET
+    url = COALESCE(:url, url),
+    events = COALESCE(:events, events),
+    description = CASE WHEN :set_description THEN :description ELSE description END,
+    enabled = COALESCE(:enabled, enabled),
+    consecutive_failures = CASE WHEN :enabled THEN 0 ELSE consecutive_failures END,
+    circuit_open_until = CASE WHEN :enabled THEN NULL ELSE circuit_open_until END
+WHERE id = :id AND environment_id = :environment_id
+RETURNING *;
+
+-- name: delete_webhook_attempts_of_endpoint
+DELETE FROM webhook_attempts WHERE delivery_id IN (
+    SELECT id FROM webhook_deliveries WHERE endpoint_id = :endpoint_id
+);
+
+-- name: delete_webhook_deliveries_of_endpoint
+DELETE FROM webhook_deliveries WHERE endpoint_id = :endpoint_id;
+
+-- name: delete_webhook_endpoint
+DELETE FROM webhook_endpoints WHERE id = :id AND environment_id = :environment_id;
+
+-- name: get_webhook_cursor
+SELECT outbox_id FROM webhook_cursor WHERE id = 1;
+
+-- name: set_webhook_cursor
+UPDATE webhook_cursor SET outbox_id = :outbox_id WHERE id = 1;
+
+-- name: newest_outbox_id
+SELECT COALESCE(MAX(id), 0) FROM outbox;
+
+-- name: list_terminal_outbox_events
+SELECT id, bulk_request_id, environment_id, event_type, payload, created_at FROM outbox
+WHERE id > :after_id AND id <= :up_to
+  AND event_type IN ('completed', 'failed', 'cancelled')
+ORDER BY id LIMIT :limit;
+
+-- name: insert_webhook_deliveries_for_event
+-- One per enabled endpoint of the event's environment that subscribes to its type and
+-- existed when it happened.
+INSERT INTO webhook_deliveries (endpoint_id, outbox_id, event_id, event_type,
+                                bulk_request_id, body, status, next_attempt_at, created_at)
+SELECT e.id, :outbox_id, :event_id, :event_type, :bulk_request_id, :body, 'pending', :now, :now
+FROM webhook_endpoints e
+WHERE e.environment_id = :environment_id AND e.enabled = 1
+  AND e.created_at <= :event_created_at
+  AND EXISTS (SELECT 1 FROM json_each(e.events) WHERE value = :event_type)
+ON CONFLICT (endpoint_id, outbox_id) DO NOTHING;
+
+-- name: list_environments_with_webhooks
+SELECT DISTINCT environment_id FROM webhook_endpoints WHERE enabled = 1;
+
+-- name: event_has_webhook_endpoint
+-- Whether insert_webhook_deliveries_for_event would insert anything (same conditions).
+SELECT EXISTS (
+    SELECT 1 FROM webhook_endpoints e
+    WHERE e.environment_id = :environment_id AND e.enabled = 1
+      AND e.created_at <= :event_created_at
+      AND EXISTS (SELECT 1 FROM json_each(e.events) WHERE value = :event_type)
+) AS found;
+
+-- name: list_due_webhook_deliveries
+SELECT d.id, d.endpoint_id, d.event_id, d.body, e.url, e.secret
+FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+WHERE d.status = 'pending' AND d.next_attempt_at <= :now AND e.enabled = 1
+  AND (e.circuit_open_until IS NULL OR e.circuit_open_until <= :now)
+  AND d.id NOT IN (SELECT value FROM json_each(:in_flight))
+ORDER BY d.next_attempt_at, d.id LIMIT :limit;
+
+-- name: next_webhook_due_at
+-- When the next pending delivery may be sent: its own time or its endpoint's circuit.
+SELECT MIN(MAX(d.next_attempt_at, COALESCE(e.circuit_open_until, '')))
+FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+WHERE d.status = 'pending' AND e.enabled = 1
+  AND d.id NOT IN (SELECT value FROM json_each(:in_flight));
+
+-- name: get_webhook_delivery_state
+SELECT d.id, d.endpoint_id, d.attempt_count, e.consecutive_failures
+FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+WHERE d.id = :id;
+
+-- name: insert_webhook_attempt
+INSERT INTO webhook_attempts (delivery_id, number, at, http_status, error, duration_ms)
+VALUES (:delivery_id, :number, :at, :http_status, :error, :duration_ms);
+
+-- name: finish_webhook_attempt
+UPDATE webhook_deliveries
+SET status = :status, next_attempt_at = :next_attempt_at, attempt_count = :attempt_count
+WHERE id = :id;
+
+-- name: set_webhook_circuit
+UPDATE webhook_endpoints
+SET consecutive_failures = :consecutive_failures, circuit_open_until = :circuit_open_until
+WHERE id = :id;
+
+-- name: list_webhook_deliveries
+SELECT * FROM webhook_deliveries
+WHERE endpoint_id = :endpoint_id AND id < :before_id
+  AND (:status IS NULL OR status = :status)
+ORDER BY id DESC LIMIT :limit;
+
+-- name: list_webhook_attempts
+SELECT delivery_id, number, at, http_status, error, duration_ms FROM webhook_attempts
+WHERE delivery_id IN (SELECT value FROM json_each(:delivery_ids))
+ORDER BY delivery_id, number;
+
+-- name: get_webhook_delivery
+SELECT * FROM webhook_deliveries WHERE id = :id AND endpoint_id = :endpoint_id;
+
+-- name: redeliver_webhook
+-- Due now, whatever its status; the attempts so far stay in its log.
+UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = :now
+WHERE id = :id AND endpoint_id = :endpoint_id
+RETURNING *;
+
+-- name: close_webhook_circuit
+UPDATE webhook_endpoints SET circuit_open_until = NULL WHERE id = :id;

@@ -22,30 +22,42 @@ import os
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 import orjson
 
-from server.clock import now_rfc3339
+from server.clock import now_rfc3339, parse_rfc3339
 from server.constants import CHECKPOINT_INTERVAL_SECONDS, READER_CONNECTIONS
 from server.db.port import (
     AfterCommitHook,
-    BulkRequestRow,
     HeartbeatSummary,
+    StatusSourceTotals,
     StorageUnavailable,
     UploadSink,
     UploadSource,
 )
 from server.db.sqlite.connection import open_connection, open_writer_connection, prepare_database
 from server.db.sqlite.queries import Q
+from server.db.sqlite.rows import bulk_request_from_row, chain_member_from_row
 from server.db.sqlite.tx import WriteTx, row_dict
 from server.db.sqlite.uploads import FileUploadSink, remove, remove_files_except
+from server.db.sqlite.webhooks import WebhookStore
 from server.db.sqlite.writer import Writer
 from server.db.sqlite.writes import Writes
+from server.db.webhook_port import WebhookStorage
 from server.ingest.validation import StreamRef
-from server.models import ActiveApiKey, ApiKeyListing, DataStream, Record, RowError
+from server.models import (
+    ActiveApiKey,
+    ApiKeyListing,
+    BulkRequest,
+    ChainMember,
+    DataStream,
+    Record,
+    RowError,
+)
 from server.staging import StagedChunk
 from server.types import JSON, Source, Status
 
@@ -100,6 +112,8 @@ class Store(Writes):
         # The one place that acts on committed events (server/outcomes.py AfterCommit),
         # set by the app. Without one (a bare store), events are only in the outbox.
         self.after_commit: AfterCommitHook | None = None
+        # The webhook tables (server/db/webhook_port.py), on this store's writer and readers.
+        self.webhooks: WebhookStorage = WebhookStore(self)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -316,13 +330,18 @@ class Store(Writes):
 
     # --- bulk requests: reads ----------------------------------------------------------
 
-    async def get_bulk_request(self, environment_id: int, request_id: int) -> BulkRequestRow | None:
-        return await self.read_one(
-            Q.get_bulk_request, {"id": request_id, "environment_id": environment_id}
-        )
+    async def _read_requests(self, sql: str, params: Any) -> list[BulkRequest]:
+        async with self.reader() as conn:
+            return [bulk_request_from_row(r) for r in await conn.execute_fetchall(sql, params)]
 
-    async def get_bulk_request_any_environment(self, request_id: int) -> JSON | None:
-        return await self.read_one(Q.get_bulk_request_any_environment, {"id": request_id})
+    async def get_bulk_request(self, environment_id: int, request_id: int) -> BulkRequest | None:
+        params = {"id": request_id, "environment_id": environment_id}
+        found = await self._read_requests(Q.get_bulk_request, params)
+        return found[0] if found else None
+
+    async def get_bulk_request_any_environment(self, request_id: int) -> BulkRequest | None:
+        found = await self._read_requests(Q.get_bulk_request_any_environment, {"id": request_id})
+        return found[0] if found else None
 
     async def list_bulk_requests(
         self,
@@ -333,14 +352,17 @@ class Store(Writes):
         data_stream_key: str | None,
         before_id: int,
         limit: int,
-    ) -> list[JSON]:
-        return await self.read_all(
+        scheduled: bool | None = None,
+    ) -> list[BulkRequest]:
+        return await self._read_requests(
             Q.list_bulk_requests,
             {
                 "environment_id": environment_id,
                 "status": status,
                 "source": source,
                 "data_stream_key": data_stream_key,
+                "scheduled": scheduled,
+                "now": now_rfc3339(),
                 "before_id": before_id,
                 "limit": limit,
             },
@@ -348,14 +370,16 @@ class Store(Writes):
 
     async def list_chains(
         self, environment_id: int, request_ids: Iterable[int]
-    ) -> list[list[JSON]]:
+    ) -> list[list[ChainMember]]:
         """The chains of retries the requests belong to, each oldest first (SPEC §7),
         with the columns the retry rule reads (list_chains_of)."""
         ids = orjson.dumps(sorted(set(request_ids))).decode()
-        rows = await self.read_all(Q.list_chains_of, {"ids": ids, "environment_id": environment_id})
-        chains: dict[int, list[JSON]] = {}
+        params = {"ids": ids, "environment_id": environment_id}
+        async with self.reader() as conn:
+            rows = await conn.execute_fetchall(Q.list_chains_of, params)
+        chains: dict[int, list[ChainMember]] = {}
         for row in rows:
-            chains.setdefault(row.pop("chain_root"), []).append(row)
+            chains.setdefault(row["chain_root"], []).append(chain_member_from_row(row))
         return list(chains.values())
 
     async def list_row_errors(self, request_id: int, after_row: int, limit: int) -> list[RowError]:
@@ -370,10 +394,15 @@ class Store(Writes):
         return StagedChunk(**found) if found is not None else None
 
     async def has_runnable_request(self) -> bool:
-        return bool(await self.read_value(Q.has_runnable_request))
+        return bool(await self.read_value(Q.has_runnable_request, {"now": now_rfc3339()}))
 
     async def queue_depth(self) -> int:
-        return int(await _available(self.read_value(Q.count_runnable_requests)))
+        count = self.read_value(Q.count_runnable_requests, {"now": now_rfc3339()})
+        return int(await _available(count))
+
+    async def next_run_at(self) -> datetime | None:
+        due: str | None = await self.read_value(Q.next_run_at, {"now": now_rfc3339()})
+        return None if due is None else parse_rfc3339(due)
 
     async def referenced_upload_paths(self) -> set[str]:
         return {r["upload_path"] for r in await self.read_all(Q.list_upload_paths)}
@@ -404,9 +433,20 @@ class Store(Writes):
         key: str | None = await self.read_value(Q.get_data_stream_key, {"id": stream_id})
         return key
 
-    async def metrics_bulk_requests(self) -> list[JSON]:
+    async def metrics_bulk_requests(self) -> list[StatusSourceTotals]:
         """Per (status, source): request count and row counters, for /metrics."""
-        return await _available(self.read_all(Q.metrics_bulk_requests))
+        rows = await _available(self.read_all(Q.metrics_bulk_requests))
+        return [
+            StatusSourceTotals(
+                status=Status(r["status"]),
+                source=Source(r["source"]),
+                requests=r["requests"],
+                successful=r["successful"],
+                failed=r["failed"],
+                skipped=r["skipped"],
+            )
+            for r in rows
+        ]
 
     async def metrics_heartbeats(self, stuck_before: str) -> HeartbeatSummary:
         """Oldest heartbeat of a processing request, and how many are older than given."""

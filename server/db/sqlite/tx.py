@@ -28,10 +28,12 @@ from server.constants import (
     OUTBOX_PRUNE_BATCH,
     OUTBOX_RETENTION_SECONDS,
 )
+from server.db.payload import stored_row
 from server.db.sqlite.queries import Q, multi_row
-from server.models import DataStream
+from server.db.sqlite.rows import bulk_request_from_row
+from server.models import BulkRequest, DataStream
 from server.outcomes import RequestChanged, Transition
-from server.types import JSON, Status
+from server.types import JSON, Mode, Status
 
 
 def row_dict(row: sqlite3.Row | None) -> JSON | None:
@@ -56,6 +58,11 @@ class WriteTx:
     def all(self, sql: str, params: Any = ()) -> list[JSON]:
         return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
 
+    def request(self, sql: str, params: Any = ()) -> BulkRequest | None:
+        """The bulk request a query selects or returns (`bulk_requests.*`), if any."""
+        row = self.conn.execute(sql, params).fetchone()
+        return bulk_request_from_row(row) if row is not None else None
+
     def run(self, sql: str, params: Any = ()) -> int:
         return self.conn.execute(sql, params).rowcount
 
@@ -63,7 +70,7 @@ class WriteTx:
 
     def emit(
         self,
-        row: JSON,
+        row: BulkRequest,
         transition: Transition,
         *,
         log_level: int = logging.INFO,
@@ -74,10 +81,10 @@ class WriteTx:
         self.run(
             Q.insert_outbox_event,
             {
-                "bulk_request_id": row["id"],
-                "environment_id": row["environment_id"],
+                "bulk_request_id": row.id,
+                "environment_id": row.environment_id,
                 "event_type": transition.value,
-                "payload": orjson.dumps(row).decode(),
+                "payload": orjson.dumps(stored_row(row)).decode(),
                 "now": now_rfc3339(),
             },
         )
@@ -142,7 +149,7 @@ class WriteTx:
 
     # --- bulk requests --------------------------------------------------------------------
 
-    def insert_bulk_request(self, **fields: Any) -> JSON:
+    def insert_bulk_request(self, **fields: Any) -> BulkRequest:
         params = {
             "total_items": 0,
             "parsing": 0,
@@ -151,23 +158,29 @@ class WriteTx:
             "filename": None,
             "default_data_stream_key": None,
             "nacha_options": None,
+            "csv_options": None,
             "data_stream_id": None,
             "parent_bulk_request_id": None,
+            "run_at": None,
+            "mode": Mode.PARTIAL,
             **fields,
             "now": now_rfc3339(),
         }
-        row = self.one(Q.insert_bulk_request, params)
+        row = self.request(Q.insert_bulk_request, params)
         assert row is not None
         return row
 
-    def get_bulk_request(self, environment_id: int, request_id: int) -> JSON | None:
-        return self.one(Q.get_bulk_request, {"id": request_id, "environment_id": environment_id})
+    def get_bulk_request(self, environment_id: int, request_id: int) -> BulkRequest | None:
+        return self.request(
+            Q.get_bulk_request, {"id": request_id, "environment_id": environment_id}
+        )
 
-    def get_bulk_request_any_environment(self, request_id: int) -> JSON | None:
-        return self.one(Q.get_bulk_request_any_environment, {"id": request_id})
+    def get_bulk_request_any_environment(self, request_id: int) -> BulkRequest | None:
+        return self.request(Q.get_bulk_request_any_environment, {"id": request_id})
 
     def insert_chunk(self, request_id: int, first_row: int, row_count: int, body: bytes) -> None:
-        """Stage rows; `body` comes from encode_items, made before the transaction."""
+        """Stage rows; `body` comes from server/staging.py (JSON or validated rows), made
+        before the transaction."""
         self.run(
             Q.insert_chunk,
             {
@@ -187,9 +200,10 @@ class WriteTx:
     def delete_chunks(self, request_id: int) -> None:
         self.run(Q.delete_chunks, {"bulk_request_id": request_id})
 
-    def list_chain(self, environment_id: int, request_id: int) -> list[JSON]:
+    def list_chain(self, environment_id: int, request_id: int) -> list[BulkRequest]:
         """The members of the request's chain of retries, oldest first (SPEC §7)."""
-        return self.all(Q.list_chain, {"id": request_id, "environment_id": environment_id})
+        params = {"id": request_id, "environment_id": environment_id}
+        return [bulk_request_from_row(r) for r in self.conn.execute(Q.list_chain, params)]
 
     def row_error_rows(self, request_id: int) -> list[int]:
         rows = self.conn.execute(Q.list_row_error_rows, {"bulk_request_id": request_id})
@@ -223,20 +237,50 @@ class WriteTx:
 
     # --- worker side: every statement fenced by (attempt, claimed_by) ------------------------
 
-    def claim_next_request(self, worker: str) -> JSON | None:
-        return self.one(Q.claim_next_request, {"worker": worker, "now": now_rfc3339()})
+    def claim_next_request(self, worker: str) -> BulkRequest | None:
+        return self.request(Q.claim_next_request, {"worker": worker, "now": now_rfc3339()})
 
-    def release_request(self, job: JSON, worker: str) -> JSON | None:
+    def release_request(self, job: BulkRequest, worker: str) -> BulkRequest | None:
         """Give the claim back (runnable again); the row, or None if the claim is stale."""
-        return self.one(
+        return self.request(
             Q.release_request,
-            {"id": job["id"], "attempt": job["attempt"], "worker": worker, "now": now_rfc3339()},
+            {"id": job.id, "attempt": job.attempt, "worker": worker, "now": now_rfc3339()},
         )
 
     def find_existing_external_ids(self, pairs: Iterable[tuple[int, str]]) -> set[tuple[int, str]]:
         payload = orjson.dumps(list(pairs)).decode()
         rows = self.conn.execute(Q.find_existing_external_ids, {"pairs": payload}).fetchall()
         return {(r[0], r[1]) for r in rows}
+
+    def others_unpublished(self, request_id: int) -> bool:
+        """Whether another request's records are hidden now (one probe of a tiny index)."""
+        return bool(self.conn.execute(Q.any_other_unpublished, {"id": request_id}).fetchone()[0])
+
+    def find_reserved_external_ids(
+        self, request_id: int, pairs: Sequence[tuple[int, str]]
+    ) -> set[tuple[int, str]]:
+        """The pairs held by hidden records of another unpublished request (SPEC §14)."""
+        if not pairs:
+            return set()
+        payload = orjson.dumps(list(pairs)).decode()
+        params = {"pairs": payload, "bulk_request_id": request_id}
+        rows = self.conn.execute(Q.find_reserved_external_ids, params).fetchall()
+        return {(r[0], r[1]) for r in rows}
+
+    def fail_atomic_request(self, request_id: int, error_message: str) -> BulkRequest | None:
+        params = {"id": request_id, "error_message": error_message}
+        return self.request(Q.fail_atomic_request, params)
+
+    def next_request_to_purge(self) -> int | None:
+        found = self.one(Q.next_request_to_purge)
+        return None if found is None else int(found["id"])
+
+    def purge_request_records(self, request_id: int, limit: int) -> int:
+        return self.run(Q.purge_request_records, {"bulk_request_id": request_id, "limit": limit})
+
+    def mark_purged(self, request_id: int) -> BulkRequest | None:
+        self.run(Q.mark_purged, {"id": request_id})
+        return self.get_bulk_request_any_environment(request_id)
 
     def _insert_rows(self, name: str, rows: Sequence[Sequence[Any]]) -> int:
         """Insert rows with multi-row statements (see queries.multi_row); returns changes."""
@@ -260,20 +304,20 @@ class WriteTx:
 
     def record_batch(
         self,
-        job: JSON,
+        job: BulkRequest,
         worker: str,
         *,
         next_row: int,
         successful: int,
         failed: int,
         skipped: int,
-    ) -> JSON | None:
+    ) -> BulkRequest | None:
         """The heartbeat: advance counters and checkpoint; None if this claim is stale."""
-        return self.one(
+        return self.request(
             Q.record_batch,
             {
-                "id": job["id"],
-                "attempt": job["attempt"],
+                "id": job.id,
+                "attempt": job.attempt,
                 "worker": worker,
                 "processed": successful + failed + skipped,
                 "successful": successful,
@@ -284,12 +328,14 @@ class WriteTx:
             },
         )
 
-    def record_parse_progress(self, job: JSON, worker: str, total_items: int) -> JSON | None:
-        return self.one(
+    def record_parse_progress(
+        self, job: BulkRequest, worker: str, total_items: int
+    ) -> BulkRequest | None:
+        return self.request(
             Q.record_parse_progress,
             {
-                "id": job["id"],
-                "attempt": job["attempt"],
+                "id": job.id,
+                "attempt": job.attempt,
                 "worker": worker,
                 "total_items": total_items,
                 "now": now_rfc3339(),
@@ -298,18 +344,18 @@ class WriteTx:
 
     def finish_parsing(
         self,
-        job: JSON,
+        job: BulkRequest,
         worker: str,
         *,
         total_items: int,
         data_stream_id: int | None,
         error_details: JSON | None,
-    ) -> JSON | None:
-        return self.one(
+    ) -> BulkRequest | None:
+        return self.request(
             Q.finish_parsing,
             {
-                "id": job["id"],
-                "attempt": job["attempt"],
+                "id": job.id,
+                "attempt": job.attempt,
                 "worker": worker,
                 "total_items": total_items,
                 "data_stream_id": data_stream_id,
@@ -320,19 +366,19 @@ class WriteTx:
 
     def finish_request(
         self,
-        job: JSON,
+        job: BulkRequest,
         worker: str,
         status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,
         keep_upload: bool = True,
-    ) -> JSON | None:
-        return self.one(
+    ) -> BulkRequest | None:
+        return self.request(
             Q.finish_request,
             {
-                "id": job["id"],
-                "attempt": job["attempt"],
+                "id": job.id,
+                "attempt": job.attempt,
                 "worker": worker,
                 "status": status,
                 "keep_upload": keep_upload,

@@ -8,16 +8,19 @@ cancel, retry) go before worker and sweeper transactions (server/db/sqlite/write
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
 from server.batches import Batch
 from server.clock import now_rfc3339
-from server.db.port import BulkRequestRow, CancelOutcome, IdempotencyClaim, NewUpload
+from server.constants import ATOMIC_PURGE_BATCH
+from server.db.port import CancelOutcome, IdempotencyClaim, NewUpload
 from server.db.sqlite import operations
 from server.db.sqlite.tx import WriteTx
+from server.models import BulkRequest
 from server.staging import EncodedChunk
-from server.types import JSON, Status
+from server.types import JSON, Mode, Status
 
 T = TypeVar("T")
 
@@ -36,26 +39,30 @@ class Writes:
         environment_id: int,
         *,
         on_conflict: str,
+        mode: Mode = Mode.PARTIAL,
         total_items: int,
         chunks: Sequence[EncodedChunk],
         data_stream_key: str | None,
         claim: IdempotencyClaim | None,
-    ) -> tuple[BulkRequestRow, bool]:
+        run_at: datetime | None = None,
+    ) -> tuple[BulkRequest, bool]:
         work = partial(
             operations.create_records_request,
             environment_id=environment_id,
             on_conflict=on_conflict,
+            mode=mode,
             total_items=total_items,
             chunks=chunks,
             data_stream_key=data_stream_key,
             claim=claim,
+            run_at=run_at,
         )
         # urgent: the client waits for this commit, a worker's next batch can wait 1 ms more.
         return await self.write(work, urgent=True)
 
     async def create_upload_request(
         self, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
-    ) -> tuple[BulkRequestRow, bool]:
+    ) -> tuple[BulkRequest, bool]:
         work = partial(
             operations.create_upload_request,
             environment_id=environment_id,
@@ -66,7 +73,7 @@ class Writes:
 
     async def cancel_request(
         self, environment_id: int, request_id: int
-    ) -> tuple[BulkRequestRow, CancelOutcome] | None:
+    ) -> tuple[BulkRequest, CancelOutcome] | None:
         work = partial(
             operations.cancel_request, environment_id=environment_id, request_id=request_id
         )
@@ -74,7 +81,7 @@ class Writes:
 
     async def create_retry(
         self, environment_id: int, request_id: int, claim: IdempotencyClaim | None
-    ) -> tuple[BulkRequestRow, bool] | None:
+    ) -> tuple[BulkRequest, bool] | None:
         work = partial(
             operations.create_retry,
             environment_id=environment_id,
@@ -87,13 +94,13 @@ class Writes:
 
     async def claim_next_request(
         self, worker: str, *, sliced: frozenset[int] = frozenset()
-    ) -> BulkRequestRow | None:
+    ) -> BulkRequest | None:
         return await self.write(
             partial(operations.claim_next_request, worker=worker, sliced=sliced)
         )
 
-    async def commit_batch(self, job: BulkRequestRow, worker: str, batch: Batch) -> BulkRequestRow:
-        request_id = job["id"]
+    async def commit_batch(self, job: BulkRequest, worker: str, batch: Batch) -> BulkRequest:
+        request_id = job.id
         start = batch.start_row
         now = now_rfc3339()
         # Rows are shaped here, on the loop, so the writer thread holds the lock only for SQL.
@@ -106,19 +113,19 @@ class Writes:
             )
         )
 
-    async def release_request(self, job: BulkRequestRow, worker: str) -> None:
+    async def release_request(self, job: BulkRequest, worker: str) -> None:
         await self.write(partial(operations.release_request, job=job, worker=worker))
 
     async def finish_request(
         self,
-        job: BulkRequestRow,
+        job: BulkRequest,
         worker: str,
         status: Status,
         *,
         error_message: str | None = None,
         error_details: JSON | None = None,
         keep_upload: bool = True,
-    ) -> BulkRequestRow:
+    ) -> BulkRequest:
         work = partial(
             operations.finish_request,
             job=job,
@@ -131,8 +138,8 @@ class Writes:
         return await self.write(work)
 
     async def record_parse_progress(
-        self, job: BulkRequestRow, worker: str, chunk: EncodedChunk, total_items: int
-    ) -> BulkRequestRow:
+        self, job: BulkRequest, worker: str, chunk: EncodedChunk, total_items: int
+    ) -> BulkRequest:
         work = partial(
             operations.record_parse_progress,
             job=job,
@@ -144,13 +151,13 @@ class Writes:
 
     async def finish_parsing(
         self,
-        job: BulkRequestRow,
+        job: BulkRequest,
         worker: str,
         *,
         total_items: int,
         data_stream_id: int | None,
         error_details: JSON | None,
-    ) -> BulkRequestRow:
+    ) -> BulkRequest:
         work = partial(
             operations.finish_parsing,
             job=job,
@@ -177,3 +184,6 @@ class Writes:
 
     async def prune_outbox(self) -> int:
         return await self.write(lambda tx: tx.delete_old_outbox_events())
+
+    async def purge_hidden_records(self) -> int | None:
+        return await self.write(partial(operations.purge_hidden_records, limit=ATOMIC_PURGE_BATCH))
