@@ -19,16 +19,25 @@ import pytest
 
 from server.api.common import POOL, STORE
 from server.batches import validated_batch
+from server.bulk_requests import submit_records
 from server.config import Settings
 from server.constants import OUTBOX_PRUNE_BATCH
 from server.db.payload import stored_row
-from server.db.port import FencedOut
+from server.db.port import FencedOut, Storage
+from server.db.postgres.storage import PostgresStorage
 from server.db.sqlite.store import Store
 from server.db.sqlite.tx import WriteTx
 from server.outcomes import RequestChanged, Transition
 from server.staging import ValidatedRows
 from server.types import Source
-from tests.conftest import Api, claim_without_event, record, wait_until
+from tests.conftest import (
+    Api,
+    claim_without_event,
+    make_environment,
+    make_stream,
+    record,
+    wait_until,
+)
 from tests.db_access import stored_execute, stored_request_row, stored_rows, stored_value
 from tests.test_uploads import upload
 
@@ -320,3 +329,33 @@ def test_only_the_after_commit_module_publishes_wakes_or_logs_transitions() -> N
     source = ast.parse((SERVER / "outcomes.py").read_text(encoding="utf-8"))
     made = {_called_name(n) for n in ast.walk(source) if isinstance(n, ast.Call)}
     assert {"publish", "log_transition"} <= made
+
+
+async def test_a_malformed_notified_event_is_logged_and_the_next_ones_still_apply(
+    store: Storage, backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL hears other processes' events by NOTIFY: an outbox row written behind
+    the service's back that does not read as a request is logged and skipped, and the
+    listener goes on (it once raised out of its drain task, and out of close())."""
+    if backend != "postgres":
+        pytest.skip("one SQLite process hears no other process's events")
+    assert isinstance(store, PostgresStorage)
+    env = await make_environment(store)
+    await make_stream(store, env)
+    request = (await submit_records(store, env, [record(1)], "error", None, 10))[0]
+    payload = orjson.dumps(stored_row(request)).decode()
+    applied: list[RequestChanged] = []
+    store.after_commit = applied.extend
+    insert = (
+        "INSERT INTO outbox (bulk_request_id, environment_id, event_type, payload, created_at)"
+        " VALUES (?, ?, ?, ?, '2024-01-01T00:00:00Z')"
+    )
+    # As another process would: the listener does not know these ids as its own.
+    await stored_execute(store, insert, request.id, env, "progress", "{}")
+    await stored_execute(store, insert, request.id, env, "progress", payload)
+    await wait_until(lambda: asyncio.sleep(0, len(applied)), lambda n: n == 1)
+    assert applied[0].row == request
+    draining = store._draining
+    assert draining is not None
+    await draining  # did not die of the malformed row
+    assert "could not read notified outbox event" in caplog.text

@@ -240,22 +240,24 @@ class PostgresStorage(Reads):
             except _UNAVAILABLE:
                 log.warning("could not read %d notified event(s)", len(ids), exc_info=True)
                 continue
-            events = [
+            events: list[RequestChanged] = []
+            for row in rows:
+                try:
+                    request = bulk_request_from_stored(orjson.loads(row["payload"]))
+                    transition = Transition(row["event_type"])
+                except (ValueError, KeyError, TypeError):
+                    # A malformed row written behind the service's back must not stop
+                    # this process hearing of the next ones.
+                    log.exception("could not read notified outbox event %s", row["id"])
+                    continue
                 # Logged by the process that made the change; here only at DEBUG.
-                RequestChanged(
-                    bulk_request_from_stored(orjson.loads(row["payload"])),
-                    Transition(row["event_type"]),
-                    logging.DEBUG,
-                    {"via": "another process"},
+                events.append(
+                    RequestChanged(request, transition, logging.DEBUG, {"via": "another process"})
                 )
-                for row in rows
-            ]
             if events and self.after_commit is not None:
                 try:
                     self.after_commit(tuple(events))
                 except Exception:
-                    # A malformed row written behind the service's back must not stop
-                    # this process hearing of the next ones.
                     log.exception("could not apply %d notified event(s)", len(events))
 
     # --- environments and API keys ---------------------------------------------------
