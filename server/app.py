@@ -14,8 +14,9 @@ from server.api.common import HUB, LARGE_BODIES, POOL, SETTINGS, STORE, STREAMS
 from server.api.openapi import openapi_document
 from server.bulk_requests import StreamCache
 from server.config import Settings
-from server.constants import LARGE_JSON_BODY_SLOTS, MAX_JSON_BODY_BYTES
+from server.constants import LARGE_JSON_BODY_SLOTS, MAX_JSON_BODY_BYTES, postgres_pool_size
 from server.db.port import Storage
+from server.db.postgres.storage import PostgresStorage
 from server.db.sqlite.store import Store
 from server.events import ProgressHub
 from server.http.auth import generate_api_key, hash_api_key, make_auth_middleware
@@ -56,6 +57,19 @@ def _announce_key(key: str) -> None:
     )
 
 
+def make_storage(settings: Settings) -> Storage:
+    """The composition root's one choice of adapter: PostgreSQL when a database URL is
+    set (any number of processes share it), else the SQLite file, held exclusively by
+    this process (Store's flock; see WorkerPool.start)."""
+    if settings.database_url is not None:
+        return PostgresStorage(
+            settings.database_url,
+            pool_size=postgres_pool_size(settings.workers),
+            heartbeat_timeout=settings.heartbeat_timeout,
+        )
+    return Store(settings.db_path, synchronous=settings.synchronous, exclusive=True)
+
+
 def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> web.Application:
     app = web.Application(
         middlewares=[
@@ -66,9 +80,7 @@ def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> w
         ],
         client_max_size=MAX_JSON_BODY_BYTES,
     )
-    # The composition root: the one place that picks the storage adapter. The server
-    # holds the database exclusively (Store's flock; see WorkerPool.start).
-    store: Storage = Store(settings.db_path, synchronous=settings.synchronous, exclusive=True)
+    store = make_storage(settings)
     hub = ProgressHub()
     app[SETTINGS] = settings
     app[STORE] = store

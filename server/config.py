@@ -30,6 +30,9 @@ class Settings:
     batch_pause: float = C.DEFAULT_BATCH_PAUSE_SECONDS
     keepalive_timeout: float = C.KEEPALIVE_TIMEOUT_SECONDS
     head_timeout: float = C.REQUEST_HEAD_TIMEOUT_SECONDS
+    # PostgreSQL instead of the SQLite file (README, "Running on PostgreSQL").
+    database_url: str | None = None
+    heartbeat_timeout: float = C.DEFAULT_HEARTBEAT_TIMEOUT_SECONDS
     webhook_retry_base: float = C.DEFAULT_WEBHOOK_RETRY_BASE_SECONDS
     webhook_deny_private: bool = False
     webhook_circuit_cooldown: float = C.WEBHOOK_CIRCUIT_COOLDOWN_SECONDS
@@ -57,6 +60,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -76,6 +86,12 @@ def non_negative_float(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text}")
     return value
+
+
+def _database_url(text: str) -> str:
+    if not text.startswith(("postgresql://", "postgres://")):
+        raise argparse.ArgumentTypeError("must be a postgresql://… URL")
+    return text
 
 
 def _synchronous(text: str) -> str:
@@ -104,7 +120,13 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--host", "host", str, "interface to listen on"),
     ("--port", "port", _port, "TCP port (0 picks a free one)"),
     ("--db", "db_path", Path, "SQLite database file; uploads are kept beside it"),
-    ("--workers", "workers", positive_int, "asyncio worker tasks processing bulk requests"),
+    (
+        "--workers",
+        "workers",
+        non_negative_int,
+        "asyncio worker tasks processing bulk requests (0: serve the API only, as a "
+        "PostgreSQL process whose work other processes do)",
+    ),
     ("--batch-size", "batch_size", positive_int, "rows per batch (one transaction each)"),
     (
         "--stuck-after",
@@ -143,6 +165,19 @@ _OPTIONS: list[tuple[str, str, Callable[[str], Any], str]] = [
         "keepalive_timeout",
         positive_float,
         "seconds an idle keep-alive connection stays open",
+    ),
+    (
+        "--database-url",
+        "database_url",
+        _database_url,
+        "PostgreSQL database (postgresql://user@host/db) instead of the SQLite file; "
+        "any number of server processes may share it",
+    ),
+    (
+        "--heartbeat-timeout",
+        "heartbeat_timeout",
+        positive_float,
+        "PostgreSQL: seconds without a heartbeat before another process resumes a claim",
     ),
     (
         "--head-timeout",

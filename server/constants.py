@@ -245,6 +245,42 @@ GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 # 1 of server/db/postgres/migrations.py), so each process's event streams see every
 # process's changes (SPEC §16).
 POSTGRES_OUTBOX_CHANNEL = "bulk_outbox"
+
+# PostgreSQL connections per server process: one per worker (each holds one for the length
+# of a batch transaction), plus POSTGRES_API_CONNECTIONS for API reads and client writes
+# so requests never queue behind the workers, plus the sweeper's. The LISTEN connection
+# is separate (server/db/postgres/storage.py). 3 processes x (2 + 4 + 1) stays far below
+# PostgreSQL's default max_connections of 100.
+POSTGRES_API_CONNECTIONS = 4
+POSTGRES_SWEEPER_CONNECTIONS = 1
+
+
+def postgres_pool_size(workers: int) -> int:
+    """The pool's maximum size for a process running `workers` workers."""
+    return workers + POSTGRES_API_CONNECTIONS + POSTGRES_SWEEPER_CONNECTIONS
+
+
+# Row errors and retry runs are inserted with multi-row statements: 1000 rows x 8 columns
+# stays far below PostgreSQL's 65535 parameters per statement (records use COPY).
+POSTGRES_MAX_ROWS_PER_INSERT = 1000
+# Several processes: a claim whose heartbeat (last_progress_at; every batch and parsed
+# chunk writes it, and so does the claim) is older than this is taken to belong to a
+# dead or hung process and goes back to the queue. A batch or chunk never takes
+# anywhere near this long; a live holder that did is fenced out, nothing is lost.
+DEFAULT_HEARTBEAT_TIMEOUT_SECONDS = 60.0
+# A transaction that lost a deadlock or a serialization conflict to another process's is
+# run again this many times before the error propagates.
+POSTGRES_TRANSACTION_ATTEMPTS = 5
+# The LISTEN connection, when lost, is opened again after this pause.
+POSTGRES_LISTEN_RETRY_SECONDS = 1.0
+# Own outbox ids remembered so the listener skips events this process already applied;
+# a rolled-back transaction's ids are never notified, so the set is dropped past this.
+POSTGRES_MAX_REMEMBERED_OUTBOX_IDS = 100_000
+# The parser reads an upload's chunks back this many at a time (4 x 256 KiB per query).
+POSTGRES_UPLOAD_READ_AHEAD_CHUNKS = 4
+# An upload never completed (its receiving process died mid-stream) is deleted by a
+# start-up sweep once this old: long enough that no live process is still receiving it.
+POSTGRES_ABANDONED_UPLOAD_SECONDS = 24 * 3600
 # --- Webhooks (SPEC §13, README "Webhooks") ------------------------------------------
 # A receiver has this long to answer (SPEC §13: a 2xx within 10 s is success).
 WEBHOOK_TIMEOUT_SECONDS = 10.0

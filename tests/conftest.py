@@ -1,5 +1,10 @@
-"""Fixtures: the real app on a real SQLite file in tmp_path, driven over HTTP; and, for
-domain tests that need no HTTP server, the real store alone on such a file (`store`)."""
+"""Fixtures: the real app on a real database, driven over HTTP; and, for domain tests that
+need no HTTP server, the real storage alone (`store`).
+
+Every one runs on both backends (`backend`: `sqlite`, a file in tmp_path; `postgres`, a
+fresh migrated database of the session's throwaway cluster, tests/pg_cluster.py). A test
+that is about SQLite by nature (the writer thread, WAL, flock, PRAGMAs, the file's bytes)
+is marked `@pytest.mark.sqlite_only("why")` and runs on SQLite alone."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from hypothesis import settings as hypothesis_settings
 from server.app import create_app
 from server.config import Settings
 from server.db.port import Storage
+from server.db.postgres.storage import PostgresStorage
 from server.db.sqlite.store import Store
 from server.models import BulkRequest, DataStream
 from server.types import TERMINAL_STATUSES
@@ -146,10 +152,42 @@ def record(n: int, stream: str = "bank", **overrides: Any) -> dict[str, Any]:
     return row
 
 
+BACKENDS = ("sqlite", "postgres")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): the test is about SQLite itself; not run on PostgreSQL"
+    )
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    marker = request.node.get_closest_marker("sqlite_only")
+    if request.param == "postgres" and marker is not None:
+        pytest.skip(f"SQLite only: {marker.args[0] if marker.args else ''}")
+    name: str = request.param
+    return name
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def database_url(backend: str, request: pytest.FixtureRequest) -> str | None:
+    """None on SQLite; on PostgreSQL a fresh migrated database, dropped after the test."""
+    if backend != "postgres":
+        return None
+    dsn: str = request.getfixturevalue("pg_database")
+    return dsn
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str | None) -> Settings:
     return Settings(
-        db_path=tmp_path / "bulk.db", workers=2, batch_size=50, sweep_interval=3600, time_slice=0.25
+        db_path=tmp_path / "bulk.db",
+        database_url=database_url,
+        workers=2,
+        batch_size=50,
+        sweep_interval=3600,
+        time_slice=0.25,
     )
 
 
@@ -171,13 +209,20 @@ async def api(make_api: Callable[..., Awaitable[Api]], settings: Settings) -> Ap
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    """The real store (migrations, writer thread, reader pool) on tmp_path, closed after.
+async def store(tmp_path: Path, database_url: str | None) -> AsyncIterator[Storage]:
+    """The real storage of the backend (migrations, pools), closed after: SQLite on
+    tmp_path, or a fresh PostgreSQL database.
 
     No app and no workers run: nothing claims a request unless the test does, so a
     domain test drives each step itself and sees exactly what that step committed.
     """
-    opened = Store(tmp_path / "unit.db")
+    opened: Storage
+    if database_url is None:
+        opened = Store(tmp_path / "unit.db")
+    else:
+        # Heartbeat timeout 0: requeue_orphans takes back every claim, as SQLite's does
+        # for a store that is the only process (the tests drive each step themselves).
+        opened = PostgresStorage(database_url, pool_size=4, heartbeat_timeout=0)
     await opened.open()
     try:
         yield opened
@@ -185,13 +230,13 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
         await opened.close()
 
 
-async def make_environment(store: Store, name: str = "default") -> int:
+async def make_environment(store: Storage, name: str = "default") -> int:
     """The id of environment `name`, created through the store's own operation."""
     return await store.ensure_environment(name)
 
 
 async def make_stream(
-    store: Store, environment_id: int, key: str = "bank", currency: str = "USD"
+    store: Storage, environment_id: int, key: str = "bank", currency: str = "USD"
 ) -> DataStream:
     stream = await store.create_data_stream(environment_id, key, None, currency)
     assert stream is not None, f"stream {key!r} already exists"
@@ -205,6 +250,8 @@ async def claim_next(store: Storage, worker: str) -> BulkRequest | None:
 
 async def claim_without_event(store: Storage, worker: str) -> BulkRequest | None:
     """A claim as a process that then died left it: written without its outbox event
-    (a bare SQLite transaction, so this needs the SQLite adapter)."""
+    (a bare transaction of the adapter's own)."""
+    if isinstance(store, PostgresStorage):
+        return await store.write(lambda tx: tx.claim_next_request(worker))
     assert isinstance(store, Store)
     return await store.write(lambda tx: tx.claim_next_request(worker))

@@ -91,7 +91,7 @@ async def test_a_chain_with_nothing_left_cannot_be_retried(api: Api, settings: S
     await api.wait_terminal(summary["id"])
     # The state a cancel landing right after the last batch's rows would leave.
     await db_write(
-        settings,
+        api,
         "UPDATE bulk_requests SET status = 'cancelled' WHERE id = ?",
         (summary["id"],),
     )

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sqlite3
 from collections.abc import Awaitable, Callable
-from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from server.api.common import STORE
 from server.config import Settings
+from server.db.port import Storage
 from server.types import TERMINAL_STATUSES
 from tests.conftest import Api, record, wait_until
+from tests.db_access import stored_value
 
 ApiFactory = Callable[[Settings], Awaitable[Api]]
 READS = (
@@ -70,22 +70,20 @@ async def watch_until_terminal(api: Api, request_id: int) -> tuple[Any, list[lis
         await asyncio.sleep(0.005)
 
 
-def stored_rows(db: Path, request_id: int) -> int:
-    """Records of the request physically in the file, hidden or not."""
-    with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as conn:
-        query = "SELECT count(*) FROM records WHERE bulk_request_id = ?"
-        return int(conn.execute(query, (request_id,)).fetchone()[0])
+async def stored_rows(store: Storage, request_id: int) -> int:
+    """Records of the request physically in the database, hidden or not."""
+    query = "SELECT count(*) FROM records WHERE bulk_request_id = ?"
+    return int(await stored_value(store, query, request_id))
 
 
-def unpublished(db: Path, request_id: int) -> int:
-    with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as conn:
-        query = "SELECT unpublished FROM bulk_requests WHERE id = ?"
-        return int(conn.execute(query, (request_id,)).fetchone()[0])
+async def unpublished(store: Storage, request_id: int) -> int:
+    query = "SELECT unpublished FROM bulk_requests WHERE id = ?"
+    return int(await stored_value(store, query, request_id))
 
 
-async def wait_purged(db: Path, request_id: int) -> None:
+async def wait_purged(store: Storage, request_id: int) -> None:
     async def state() -> tuple[int, int]:
-        return stored_rows(db, request_id), unpublished(db, request_id)
+        return await stored_rows(store, request_id), await unpublished(store, request_id)
 
     await wait_until(state, lambda s: s == (0, 0))
 
@@ -119,7 +117,7 @@ async def test_a_bad_row_in_the_middle_fails_the_request_and_no_record_is_ever_v
     )
     errors = await api.all_pages(f"/v1/bulk_requests/{request['id']}/errors")
     assert [(e["row"], e["code"]) for e in errors] == [(60, "invalid_date")]
-    await wait_purged(settings.db_path, request["id"])
+    await wait_purged(api.app[STORE], request["id"])
     assert await visible(api, request["id"]) == [0, 0, 0, 0]
 
 
@@ -141,7 +139,7 @@ async def test_a_clean_atomic_request_publishes_all_its_rows_at_once(
         None,
     )
     assert await visible(api, request["id"]) == [80, 80, 80, 80]
-    assert unpublished(settings.db_path, request["id"]) == 0
+    assert await unpublished(api.app[STORE], request["id"]) == 0
 
 
 async def test_a_duplicate_under_on_conflict_error_fails_the_atomic_request(
@@ -162,8 +160,8 @@ async def test_a_duplicate_under_on_conflict_error_fails_the_atomic_request(
     twice = [record(i, external_id=f"t{i % 30}") for i in range(31)]
     again = await api.wait_terminal((await submit_atomic(api, twice, on_conflict="error"))["id"])
     assert (again["status"], again["failed_items"]) == ("failed", 1)
-    await wait_purged(settings.db_path, request["id"])
-    await wait_purged(settings.db_path, again["id"])
+    await wait_purged(api.app[STORE], request["id"])
+    await wait_purged(api.app[STORE], again["id"])
     # Only the earlier request's record was ever visible.
     assert [r["external_id"] for r in await api.all_pages("/v1/records")] == ["taken"]
 
@@ -194,7 +192,7 @@ async def test_an_atomic_request_cancelled_half_way_leaves_no_record(
         lambda: api.get(f"/v1/bulk_requests/{request['id']}"),
         lambda r: r["status"] == "processing" and r["processed_items"] >= 50,
     )
-    assert stored_rows(settings.db_path, request["id"]) >= 50  # inserted, hidden
+    assert await stored_rows(api.app[STORE], request["id"]) >= 50  # inserted, hidden
     assert await visible(api, request["id"]) == [0, 0, 0, 0]
     status, body = await api.call("POST", f"/v1/bulk_requests/{request['id']}/cancel")
     assert status == 202, body  # the worker stops at its next heartbeat
@@ -202,7 +200,7 @@ async def test_an_atomic_request_cancelled_half_way_leaves_no_record(
     assert final["status"] == "cancelled"
     assert running["processed_items"] <= final["processed_items"] < 400
     assert all(counts == [0, 0, 0, 0] for counts in seen), seen
-    await wait_purged(settings.db_path, request["id"])
+    await wait_purged(api.app[STORE], request["id"])
     assert await api.all_pages("/v1/records") == []
 
 
@@ -223,7 +221,7 @@ async def test_a_cancel_between_time_slices_also_leaves_no_record(
     assert status in (200, 202), body
     final = await api.wait_terminal(big["id"])
     assert final["status"] == "cancelled"
-    await wait_purged(settings.db_path, big["id"])
+    await wait_purged(api.app[STORE], big["id"])
     await api.wait_terminal(other["id"])
     assert {r["bulk_request_id"] for r in await api.all_pages("/v1/records")} == {other["id"]}
 
@@ -253,7 +251,7 @@ async def test_a_running_atomic_request_holds_its_external_ids_against_other_req
     # The atomic request fails (cancelled here): its rows are purged, the id is free.
     await api.post(f"/v1/bulk_requests/{atomic['id']}/cancel", expect=202)
     await api.wait_terminal(atomic["id"])
-    await wait_purged(settings.db_path, atomic["id"])
+    await wait_purged(api.app[STORE], atomic["id"])
     again = await api.wait_terminal((await api.submit([record(0, external_id="a0")]))["id"])
     assert (again["status"], again["successful_items"]) == ("completed", 1)
     ids = sorted(r["external_id"] for r in await api.all_pages("/v1/records"))
@@ -280,7 +278,7 @@ async def test_a_retry_of_a_failed_atomic_request_holds_every_row_and_is_atomic(
     # purged: none of its rows collided with them.
     assert (child["mode"], child["total_items"], child["status"]) == ("atomic", 50, "completed")
     assert (child["successful_items"], child["failed_items"]) == (50, 0)
-    assert stored_rows(settings.db_path, failed["id"]) == 0
+    assert await stored_rows(api.app[STORE], failed["id"]) == 0
     stored = await api.all_pages("/v1/records")
     assert sorted(r["external_id"] for r in stored) == sorted(f"r{i}" for i in range(50))
     assert {r["bulk_request_id"] for r in stored} == {child["id"]}
@@ -363,4 +361,4 @@ async def test_an_atomic_file_rejected_as_a_whole_leaves_nothing_hidden(
     final = await api.wait_terminal(answer["id"])
     assert (final["status"], final["total_items"]) == ("failed", 0)
     # No records, but purged all the same: not left in the set every batch checks.
-    await wait_purged(settings.db_path, final["id"])
+    await wait_purged(api.app[STORE], final["id"])

@@ -13,6 +13,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from server.api.common import STORE
 from server.app import create_app
 from server.config import Settings
@@ -111,6 +113,7 @@ async def test_public_routes_need_no_key(api: Api) -> None:
         assert body == {"status": "ok", "database": "ok", "workers": 2, "queue_depth": 0}
 
 
+@pytest.mark.sqlite_only("reads the SQLite file's whole dump")
 async def test_keys_are_stored_hashed_and_last_use_recorded(api: Api, settings: Settings) -> None:
     await api.get("/v1/bulk_requests")
     conn = sqlite3.connect(settings.db_path)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sqlite3
 import zlib
 from typing import Any
 
@@ -17,12 +16,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from server.api.common import STORE
 from server.api.error_export import OMITTED_COLUMN, csv_line
 from server.config import Settings
 from server.constants import MAX_CSV_COLUMNS, PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
 from server.jobs.parsing import take_chunk
 from server.types import SourceRow
 from tests.conftest import Api, record
+from tests.db_access import stored_rows
 from tests.test_cancel_retry import ApiFactory, slow
 from tests.test_chains import _cancel_mid_way
 
@@ -40,15 +41,14 @@ def test_staged_chunks_are_bounded_in_bytes_as_well_as_rows() -> None:
     assert len(take_chunk(narrow)) == PARSE_CHUNK_ROWS
 
 
-def staged_chunk_sizes(settings: Settings, request_id: int) -> list[tuple[int, int]]:
-    """(rows, bytes of JSON) of each chunk staged for the request, straight from SQLite."""
-    with sqlite3.connect(settings.db_path) as conn:
-        found = conn.execute(
-            "SELECT row_count, body FROM request_chunks WHERE bulk_request_id = ? "
-            "ORDER BY first_row",
-            (request_id,),
-        ).fetchall()
-    return [(count, len(zlib.decompress(body))) for count, body in found]
+async def staged_chunk_sizes(api: Api, request_id: int) -> list[tuple[int, int]]:
+    """(rows, bytes of JSON) of each chunk staged for the request, straight from the database."""
+    found = await stored_rows(
+        api.app[STORE],
+        "SELECT row_count, body FROM request_chunks WHERE bulk_request_id = ? ORDER BY first_row",
+        request_id,
+    )
+    return [(row["row_count"], len(zlib.decompress(row["body"]))) for row in found]
 
 
 async def submit_large(api: Api, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -77,7 +77,7 @@ async def test_a_large_post_is_staged_in_chunks_bounded_in_bytes(
     """Regression (issue 9.3): a 15 MB POST was one chunk, decoded whole by a worker."""
     await api.create_stream()
     accepted = await submit_large(api, wide_rows())
-    chunks = staged_chunk_sizes(settings, accepted["id"])
+    chunks = await staged_chunk_sizes(api, accepted["id"])
     assert [sum(count for count, _ in chunks), len(chunks) > 1] == [1000, True]
     assert max(size for _, size in chunks) <= PARSE_CHUNK_BYTES + WIDE_ROW_BYTES + 1000
     done = await api.wait_terminal(accepted["id"])
@@ -95,7 +95,7 @@ async def test_a_retry_stages_wide_rows_in_chunks_bounded_in_bytes(
     origin = await submit_large(api, wide_rows())
     await _cancel_mid_way(api, origin["id"])
     child = await api.post(f"/v1/bulk_requests/{origin['id']}/retry", expect=201)
-    chunks = staged_chunk_sizes(settings, child["id"])
+    chunks = await staged_chunk_sizes(api, child["id"])
     assert sum(count for count, _ in chunks) == child["total_items"]
     assert len(chunks) > 1
     assert max(size for _, size in chunks) <= PARSE_CHUNK_BYTES + WIDE_ROW_BYTES + 1000

@@ -159,7 +159,7 @@ async def test_a_retry_made_before_chains_were_recorded_is_read_from_its_parent(
     a = await api.submit(rows)
     await _cancel_mid_way(api, a["id"])
     b = await api.post(f"/v1/bulk_requests/{a['id']}/retry", expect=201)
-    await db_write(settings, "DELETE FROM retry_row_runs WHERE bulk_request_id = ?", (b["id"],))
+    await db_write(api, "DELETE FROM retry_row_runs WHERE bulk_request_id = ?", (b["id"],))
     await _cancel_mid_way(api, b["id"])
     stored = sum((await _stored_descriptions(api)).values())
 

@@ -53,12 +53,14 @@ def test_environment_then_flags_win() -> None:
     ) == (9001, Path("/tmp/x.db"), 4, 100, 30.0, 8, "DEBUG", "0.0.0.0")
     assert parse(["--port", "9002", "--workers", "1"], env).port == 9002
     assert parse(["--port", "9002", "--workers", "1"], env).workers == 1
+    # 0: an API-only process (on PostgreSQL, other processes do the work).
+    assert parse(["--workers", "0"], env).workers == 0
 
 
 @pytest.mark.parametrize(
     "argv",
     [
-        ["--workers", "0"],
+        ["--workers", "-1"],
         ["--port", "70000"],
         ["--batch-size", "x"],
         ["--stuck-after", "-1"],

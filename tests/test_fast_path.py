@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from server.api.common import SETTINGS, STORE
 from server.config import Settings
+from server.db.port import Storage
 from server.ingest.validation import StreamRef, ValidRecord
 from server.jobs.worker import WorkerPool
 from server.staging import VALIDATED_V1, ValidatedRows, decode_chunk, encode_validated
 from tests.conftest import Api, record, wait_until
+from tests.db_access import stored_rows
 from tests.test_atomic import slow, submit_atomic
 
 MakeApi = Callable[[Settings], Awaitable[Api]]
@@ -36,16 +39,13 @@ async def _post_text(api: Api, body: bytes, headers: dict[str, str] | None = Non
     return answer
 
 
-def _query(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql).fetchall()
+async def _query(store: Storage, sql: str) -> list[tuple[Any, ...]]:
+    return [tuple(row.values()) for row in await stored_rows(store, sql)]
 
 
-def _chunk_kinds(db: Path) -> list[str]:
-    bodies = [
-        row[0]
-        for row in _query(db, "SELECT body FROM request_chunks ORDER BY bulk_request_id, first_row")
-    ]
+async def _chunk_kinds(store: Storage) -> list[str]:
+    query = "SELECT body FROM request_chunks ORDER BY bulk_request_id, first_row"
+    bodies = [row[0] for row in await _query(store, query)]
     return ["validated" if b[:1] == VALIDATED_V1 else "json" for b in bodies]
 
 
@@ -117,22 +117,27 @@ async def _make_with_streams(make_api: MakeApi, settings: Settings, name: str) -
     return api
 
 
+def _sqlite_query(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(sql).fetchall()
+
+
 def _stored(db: Path) -> dict[str, list[tuple[Any, ...]]]:
     """Every column a request's outcome is made of, quoted (type and bytes)."""
     return {
-        "records": _query(
+        "records": _sqlite_query(
             db,
             "SELECT quote(data_stream_id), quote(bulk_request_id), quote(row_index), quote(date),"
             " quote(amount_minor), quote(currency), quote(description), quote(external_id),"
             " quote(metadata) FROM records ORDER BY bulk_request_id, row_index",
         ),
-        "row_errors": _query(
+        "row_errors": _sqlite_query(
             db,
             "SELECT quote(bulk_request_id), quote(row), quote(line), quote(external_id),"
             " quote(code), quote(message), quote(pointer), quote(source)"
             " FROM row_errors ORDER BY bulk_request_id, row",
         ),
-        "requests": _query(
+        "requests": _sqlite_query(
             db,
             "SELECT id, status, on_conflict, total_items, processed_items, successful_items,"
             " failed_items, skipped_items, data_stream_id FROM bulk_requests ORDER BY id",
@@ -140,6 +145,7 @@ def _stored(db: Path) -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
+@pytest.mark.sqlite_only("compares two SQLite files column by column with quote()")
 async def test_fast_and_precise_paths_store_identical_records_and_row_errors(
     make_api: MakeApi, settings: Settings
 ) -> None:
@@ -168,9 +174,9 @@ async def test_a_provable_body_is_staged_validated_and_any_other_as_json(
 ) -> None:
     api = await make_api(dataclasses.replace(settings, workers=0))
     await api.create_stream("bank", "USD")
-    db = settings.db_path
+    store = api.app[STORE]
     await api.submit([record(1), record(2, external_id="e2")])
-    assert _chunk_kinds(db) == ["validated"]
+    assert await _chunk_kinds(store) == ["validated"]
     for body in [
         {"records": [record(1), record(2, amount="1.234")]},  # a row error
         {"records": [record(1)], "on_conflict": "error"},  # duplicates would need the row
@@ -178,8 +184,8 @@ async def test_a_provable_body_is_staged_validated_and_any_other_as_json(
         {"records": [record(1, metadata={"a": 1})]},
     ]:
         await api.post("/v1/records/bulk", body, expect=202)
-    assert _chunk_kinds(db) == ["validated"] + ["json"] * 4
-    (body,) = _query(db, "SELECT body FROM request_chunks WHERE bulk_request_id = 1")[0]
+    assert await _chunk_kinds(store) == ["validated"] + ["json"] * 4
+    (body,) = (await _query(store, "SELECT body FROM request_chunks WHERE bulk_request_id = 1"))[0]
     rows = decode_chunk(body)
     assert isinstance(rows, ValidatedRows)
     assert rows.streams == {"bank": StreamRef(1, "USD")}
@@ -216,9 +222,9 @@ async def test_idempotency_fingerprints_are_unchanged_by_the_fast_path(
     for n, (body, fingerprint) in enumerate(GOLDEN):
         key = {"Idempotency-Key": f"k{n}"}
         first = await _post_text(api, body, key)
-        assert _chunk_kinds(settings.db_path)[-1] == "validated"
-        stored = _query(
-            settings.db_path, f"SELECT fingerprint FROM idempotency_keys WHERE key = 'k{n}'"
+        assert (await _chunk_kinds(api.app[STORE]))[-1] == "validated"
+        stored = await _query(
+            api.app[STORE], f"SELECT fingerprint FROM idempotency_keys WHERE key = 'k{n}'"
         )
         assert stored == [(fingerprint,)]
         # A replay, spelled differently (the precise path): the same request.
@@ -231,7 +237,7 @@ async def test_idempotency_fingerprints_are_unchanged_by_the_fast_path(
     key = {"Idempotency-Key": "precise-first"}
     spelled = GOLDEN[1][0].replace(b'"skip"', b'"sk\\u0069p"')
     first = await _post_text(api, spelled, key)
-    assert _chunk_kinds(settings.db_path)[-1] == "json"
+    assert (await _chunk_kinds(api.app[STORE]))[-1] == "json"
     status, replay = await api.call(
         "POST", "/v1/records/bulk", data=GOLDEN[1][0], headers={**JSON_TYPE, **key}
     )
@@ -274,7 +280,7 @@ async def test_chunks_staged_before_validated_ones_still_decode(
     first, second = await _run_workers(api, settings, ids)
     assert (first["successful_items"], first["failed_items"]) == (1, 1)
     assert (second["status"], second["successful_items"]) == ("completed", 1)
-    assert _query(settings.db_path, "SELECT amount_minor FROM records ORDER BY id") == [
+    assert await _query(api.app[STORE], "SELECT amount_minor FROM records ORDER BY id") == [
         (150,),
         (200,),
     ]
@@ -286,7 +292,7 @@ async def test_a_stream_created_after_accept_is_found_by_the_worker(
     api = await make_api(dataclasses.replace(settings, workers=0))
     await api.create_stream("bank", "USD")
     waiting = await api.submit([record(1), record(2, stream="later"), record(3, stream="never")])
-    assert _chunk_kinds(settings.db_path) == ["json"]
+    assert (await _chunk_kinds(api.app[STORE])) == ["json"]
     await api.create_stream("later", "EUR")
     (done,) = await _run_workers(api, settings, [waiting["id"]])
     assert (done["successful_items"], done["failed_items"]) == (2, 1)
@@ -317,7 +323,7 @@ async def test_validated_rows_are_checked_against_the_environments_streams(
     for failed in (wrong_currency, wrong_id):
         assert failed["status"] == "failed"
         assert failed["successful_items"] == 0
-    assert _query(settings.db_path, "SELECT bulk_request_id FROM records") == [(ids[0],)]
+    assert await _query(api.app[STORE], "SELECT bulk_request_id FROM records") == [(ids[0],)]
 
 
 async def test_a_fast_staged_request_cancelled_midway_retries_its_remaining_rows(
@@ -327,7 +333,7 @@ async def test_a_fast_staged_request_cancelled_midway_retries_its_remaining_rows
     await api.create_stream("bank", "USD")
     rows = [record(n, external_id=f"r{n}") for n in range(60)]
     first = await api.submit(rows)
-    assert _chunk_kinds(settings.db_path) == ["validated"]
+    assert (await _chunk_kinds(api.app[STORE])) == ["validated"]
     await wait_until(
         lambda: api.get(f"/v1/bulk_requests/{first['id']}"), lambda r: r["processed_items"] >= 10
     )
@@ -337,10 +343,12 @@ async def test_a_fast_staged_request_cancelled_midway_retries_its_remaining_rows
     assert cancelled["processed_items"] < 60
     child = await api.post(f"/v1/bulk_requests/{first['id']}/retry", expect=201)
     assert child["total_items"] == 60 - cancelled["processed_items"]
-    assert _chunk_kinds(settings.db_path)[-1] == "validated"
+    assert (await _chunk_kinds(api.app[STORE]))[-1] == "validated"
     done = await api.wait_terminal(child["id"], within=60)
     assert done["status"] == "completed"
-    stored = _query(settings.db_path, "SELECT external_id, amount_minor FROM records ORDER BY id")
+    stored = await _query(
+        api.app[STORE], "SELECT external_id, amount_minor FROM records ORDER BY id"
+    )
     assert sorted(stored) == sorted((f"r{n}", n * 100 + 25) for n in range(60))
 
 
@@ -363,13 +371,13 @@ async def test_a_validated_row_whose_external_id_an_atomic_request_holds_is_a_ro
         b' "external_id": "a0", "description": "held"},'
         b' {"date": "2024-01-31", "data_stream_key": "bank", "amount": 3, "external_id": "free"}]}',
     )
-    assert _chunk_kinds(settings.db_path)[-1] == "validated"
+    assert (await _chunk_kinds(api.app[STORE]))[-1] == "validated"
     done = await api.wait_terminal(fast["id"])
     assert (done["status"], done["successful_items"], done["failed_items"]) == ("completed", 1, 1)
     (error,) = await api.all_pages(f"/v1/bulk_requests/{fast['id']}/errors")
     assert (error["row"], error["code"]) == (0, "external_id_reserved")
-    ((source,),) = _query(
-        settings.db_path, f"SELECT source FROM row_errors WHERE bulk_request_id = {fast['id']}"
+    ((source,),) = await _query(
+        api.app[STORE], f"SELECT source FROM row_errors WHERE bulk_request_id = {fast['id']}"
     )
     assert orjson.loads(source)[1] == {
         "data_stream_key": "bank",

@@ -8,6 +8,7 @@ only server/outcomes.py publishes, wakes the pool or logs a transition.
 from __future__ import annotations
 
 import ast
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -18,17 +19,26 @@ import pytest
 
 from server.api.common import POOL, STORE
 from server.batches import validated_batch
+from server.bulk_requests import submit_records
 from server.config import Settings
 from server.constants import OUTBOX_PRUNE_BATCH
-from server.db.port import FencedOut
-from server.db.sqlite.queries import Q
-from server.db.sqlite.rows import stored_row
+from server.db.payload import stored_row
+from server.db.port import FencedOut, Storage
+from server.db.postgres.storage import PostgresStorage
 from server.db.sqlite.store import Store
 from server.db.sqlite.tx import WriteTx
 from server.outcomes import RequestChanged, Transition
 from server.staging import ValidatedRows
 from server.types import Source
-from tests.conftest import Api, claim_without_event, record, wait_until
+from tests.conftest import (
+    Api,
+    claim_without_event,
+    make_environment,
+    make_stream,
+    record,
+    wait_until,
+)
+from tests.db_access import stored_execute, stored_request_row, stored_rows, stored_value
 from tests.test_uploads import upload
 
 ApiFactory = Callable[[Settings], Awaitable[Api]]
@@ -36,10 +46,11 @@ SERVER = Path(__file__).resolve().parents[1] / "server"
 
 
 async def outbox(api: Api, request_id: int) -> list[tuple[str, dict[str, Any]]]:
-    rows = await api.app[STORE].read_all(
+    rows = await stored_rows(
+        api.app[STORE],
         "SELECT event_type, environment_id, payload FROM outbox"
         " WHERE bulk_request_id = ? ORDER BY id",
-        (request_id,),
+        request_id,
     )
     events = [(r["event_type"], orjson.loads(r["payload"])) for r in rows]
     # The columns a reader filters on agree with the payload.
@@ -75,7 +86,7 @@ def as_stored(applied: Sequence[RequestChanged], request_id: int) -> list[tuple[
 
 
 async def count(api: Api, sql: str, *params: Any) -> int:
-    value: int = await api.app[STORE].read_value(sql, params)
+    value: int = await stored_value(api.app[STORE], sql, *params)
     return value
 
 
@@ -195,12 +206,14 @@ async def test_an_upload_parsed_then_processed(api: Api) -> None:
 async def test_crash_recovery_requeue_leaves_a_requeued_event(
     make_api: ApiFactory, settings: Settings
 ) -> None:
-    # No workers: the claim below is one a dead process left behind.
-    api = await make_api(dataclasses.replace(settings, workers=0))
+    # No workers: the claim below is one a dead process left behind (on PostgreSQL its
+    # heartbeat is past the timeout at once: other processes' claims go by heartbeat).
+    api = await make_api(dataclasses.replace(settings, workers=0, heartbeat_timeout=0.001))
     summary = await api.submit([record(1)])
     store = api.app[STORE]
     claimed = await claim_without_event(store, "gone:0:0000")
     assert claimed is not None
+    await asyncio.sleep(0.01)
     assert await api.app[POOL].requeue_orphans("process restarted") == [summary["id"]]
     events = await outbox(api, summary["id"])
     # The dead claim made no event (written without one, as by a bare transaction).
@@ -209,8 +222,7 @@ async def test_crash_recovery_requeue_leaves_a_requeued_event(
     assert (requeued["recoveries"], requeued["claimed_by"]) == (1, None)
     # The payload is the row as stored: every column in table order with its stored
     # value (JSON columns as JSON text, parsing 0/1), then the joined stream key.
-    as_read = await store.read_one(Q.get_bulk_request_any_environment, {"id": summary["id"]})
-    assert as_read is not None
+    as_read = await stored_request_row(store, summary["id"])
     assert list(requeued.items()) == list(as_read.items())
     recovery = orjson.loads(requeued["error_details"])["recoveries"][0]
     assert recovery["reason"] == "process restarted"
@@ -278,15 +290,15 @@ async def test_the_sweeper_prunes_old_events_only(make_api: ApiFactory, settings
     summary = await api.submit([record(1)])
     old = OUTBOX_PRUNE_BATCH + 3  # more than one pruning transaction's worth
 
-    def backdate(tx: WriteTx) -> None:
-        tx.run(
-            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
-            " INSERT INTO outbox (bulk_request_id, environment_id, event_type, payload,"
-            " created_at) SELECT ?, 1, 'progress', '{}', '2000-01-01T00:00:00Z' FROM n",
-            (old, summary["id"]),
-        )
-
-    await api.app[STORE].write(backdate)
+    await stored_execute(
+        api.app[STORE],
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)"
+        " INSERT INTO outbox (bulk_request_id, environment_id, event_type, payload,"
+        " created_at) SELECT CAST(? AS BIGINT), 1, 'progress', '{}', '2000-01-01T00:00:00Z'"
+        " FROM n",
+        old,
+        summary["id"],
+    )
     await wait_until(lambda: count(api, "SELECT count(*) FROM outbox"), lambda n: n < old)
     await wait_until(lambda: count(api, "SELECT count(*) FROM outbox"), lambda n: n == 1)
     assert types_of(await outbox(api, summary["id"])) == ["created"]
@@ -317,3 +329,33 @@ def test_only_the_after_commit_module_publishes_wakes_or_logs_transitions() -> N
     source = ast.parse((SERVER / "outcomes.py").read_text(encoding="utf-8"))
     made = {_called_name(n) for n in ast.walk(source) if isinstance(n, ast.Call)}
     assert {"publish", "log_transition"} <= made
+
+
+async def test_a_malformed_notified_event_is_logged_and_the_next_ones_still_apply(
+    store: Storage, backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL hears other processes' events by NOTIFY: an outbox row written behind
+    the service's back that does not read as a request is logged and skipped, and the
+    listener goes on (it once raised out of its drain task, and out of close())."""
+    if backend != "postgres":
+        pytest.skip("one SQLite process hears no other process's events")
+    assert isinstance(store, PostgresStorage)
+    env = await make_environment(store)
+    await make_stream(store, env)
+    request = (await submit_records(store, env, [record(1)], "error", None, 10))[0]
+    payload = orjson.dumps(stored_row(request)).decode()
+    applied: list[RequestChanged] = []
+    store.after_commit = applied.extend
+    insert = (
+        "INSERT INTO outbox (bulk_request_id, environment_id, event_type, payload, created_at)"
+        " VALUES (?, ?, ?, ?, '2024-01-01T00:00:00Z')"
+    )
+    # As another process would: the listener does not know these ids as its own.
+    await stored_execute(store, insert, request.id, env, "progress", "{}")
+    await stored_execute(store, insert, request.id, env, "progress", payload)
+    await wait_until(lambda: asyncio.sleep(0, len(applied)), lambda n: n == 1)
+    assert applied[0].row == request
+    draining = store._draining
+    assert draining is not None
+    await draining  # did not die of the malformed row
+    assert "could not read notified outbox event" in caplog.text

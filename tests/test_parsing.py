@@ -6,21 +6,19 @@ store, flags a test sets, and the same fenced terminal transition as the worker 
 
 from __future__ import annotations
 
-import asyncio
-from functools import partial
 from pathlib import Path
 
 import pytest
 
 from server.bulk_requests import submit_upload
 from server.constants import PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
-from server.db.sqlite.store import Store
-from server.db.sqlite.tx import WriteTx
+from server.db.port import Storage as Store
 from server.jobs.parsing import ParseHost, parse_upload, take_chunk
 from server.models import BulkRequest
-from server.staging import StagedItem, decode_items
+from server.staging import StagedItem
 from server.types import JSON, SourceRow, Status
 from tests.conftest import claim_next, make_environment, make_stream
+from tests.db_access import store_upload, stored_uploads
 from tests.nacha_builder import build, encode, sample_batches
 
 WORKER = "unit-parser-1"
@@ -80,15 +78,15 @@ def _is_parse_host(host: Host) -> ParseHost:
 async def claimed_upload(
     store: Store, path: Path, body: bytes, upload_format: str = "csv"
 ) -> tuple[int, BulkRequest]:
-    """A stream, the file on disk, its upload request claimed by WORKER: (env, job)."""
+    """A stream, the upload stored, its request claimed by WORKER: (env, job)."""
     env = await make_environment(store)
     await make_stream(store, env)
-    await asyncio.to_thread(path.write_bytes, body)
+    name = await store_upload(store, body, upload_format)
     await submit_upload(
         store,
         env,
         upload_format=upload_format,
-        upload_path=str(path),
+        upload_path=name,
         filename=path.name,
         data_stream_key="bank",
         on_conflict="error",
@@ -105,17 +103,17 @@ async def staged_chunks(store: Store, request_id: int) -> list[tuple[int, list[S
     chunks: list[tuple[int, list[StagedItem]]] = []
     row = 0
     while True:
-        found = await store.write(partial(_next_chunk, request_id, row))
-        if found is None:
+        found = await store.get_chunk_at(request_id, row)
+        if found is None or found.first_row + found.row_count <= row:
             return chunks
-        items = decode_items(found["body"])
-        assert len(items) == found["row_count"]
-        chunks.append((found["first_row"], items))
-        row = found["first_row"] + found["row_count"]
+        items = found.items()
+        assert len(items) == found.row_count
+        chunks.append((found.first_row, items))
+        row = found.first_row + found.row_count
 
 
-def _next_chunk(request_id: int, row: int, tx: WriteTx) -> JSON | None:
-    return tx.next_chunk_from(request_id, row)
+async def upload_kept(store: Store, job: BulkRequest) -> bool:
+    return job.upload_path in await stored_uploads(store)
 
 
 def csv_rows(count: int) -> bytes:
@@ -168,7 +166,7 @@ async def test_a_small_csv_is_staged_with_its_lines_and_the_file_removed(
     line, _fields, problem = items[1]
     assert line == 3
     assert problem is not None  # the parser's own finding, staged for the worker to report
-    assert not path.exists()
+    assert not await upload_kept(store, job)
     assert host.finished == []
 
 
@@ -206,7 +204,7 @@ async def test_a_small_nacha_file_stages_one_row_per_entry(store: Store, tmp_pat
     assert fields["data_stream_key"] == "bank"
     assert (fields["amount"], fields["currency"]) == ("2500.00", "USD")
     assert fields["metadata"]["trace_number"] == "091000010000001"
-    assert not path.exists()
+    assert not await upload_kept(store, job)
 
 
 async def test_a_rejected_file_leaves_nothing_staged(
@@ -229,7 +227,7 @@ async def test_a_rejected_file_leaves_nothing_staged(
     assert row is not None
     assert row.status == "failed"
     assert row.error_message
-    assert not path.exists()
+    assert not await upload_kept(store, job)
 
 
 async def test_a_cancelled_parse_discards_what_it_staged(store: Store, tmp_path: Path) -> None:
@@ -254,7 +252,7 @@ async def test_a_stopped_parse_resumes_staging_only_the_rows_it_had_not(
     # Shutting down: one chunk staged, then the request is given back.
     assert await parse_upload(Host(store, stopping=True), job, WORKER) is None
     assert [(f, len(i)) for f, i in await staged_chunks(store, job.id)] == [(0, 2)]
-    assert path.exists()
+    assert await upload_kept(store, job)
 
     resumed = await claim_next(store, WORKER)
     assert resumed is not None

@@ -11,6 +11,7 @@ from typing import Any
 
 import server.db.port as port
 from server.db.port import Storage
+from server.db.postgres.storage import PostgresStorage
 from server.db.sqlite.store import Store
 
 # What issue 12 needs of the skeleton at least: the claim, the fenced worker writes,
@@ -75,5 +76,12 @@ def _shape(signature: inspect.Signature) -> list[tuple[str, Any, Any]]:
 def test_the_sqlite_adapter_implements_every_operation_with_the_same_parameters() -> None:
     for name, signature in _operations(Storage).items():
         implementation = getattr(Store, name)
+        assert inspect.iscoroutinefunction(implementation), name
+        assert _shape(inspect.signature(implementation)) == _shape(signature), name
+
+
+def test_the_postgresql_adapter_implements_every_operation_with_the_same_parameters() -> None:
+    for name, signature in _operations(Storage).items():
+        implementation = getattr(PostgresStorage, name)
         assert inspect.iscoroutinefunction(implementation), name
         assert _shape(inspect.signature(implementation)) == _shape(signature), name

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from aiohttp import FormData
 
+from server.api.common import STORE
 from server.clock import parse_rfc3339, to_rfc3339, utc_now
 from server.db.sqlite.migrations import MIGRATIONS, migrate
 from server.db.sqlite.store import Store
@@ -32,6 +33,7 @@ from tests.conftest import (
     record,
     wait_until,
 )
+from tests.db_access import stored_uploads
 from tests.server_process import ServerProcess, poll, read_db
 
 # How late after run_at a claim may be and still pass here. The contract is "within a
@@ -124,7 +126,7 @@ async def test_bad_run_at_on_upload_is_422_and_leaves_nothing(
     problem = await upload_at(api, b"date,amount\n2024-01-31,1.00\n", run_at, expect=422)
     assert [(e["pointer"], e["code"]) for e in problem["errors"]] == [("/run_at", code)]
     assert (await api.get("/v1/bulk_requests"))["data"] == []
-    assert list(settings.upload_dir.iterdir()) == []
+    assert await stored_uploads(api.app[STORE]) == []
 
 
 async def test_bad_scheduled_filter_is_400(api: Api) -> None:
@@ -214,8 +216,8 @@ async def test_scheduled_upload_is_parsed_when_it_runs_and_a_bad_file_fails_then
     waiting = await api.get(path)
     assert (waiting["status"], waiting["scheduled"], waiting["parsing"]) == ("pending", True, True)
     assert waiting["error_message"] is None
-    # Stored, not parsed: the file waits in the upload directory.
-    assert len(list(settings.upload_dir.iterdir())) == 1
+    # Stored, not parsed: the file waits among the stored uploads.
+    assert len(await stored_uploads(api.app[STORE])) == 1
     final = await api.wait_terminal(body["id"])
     assert final["status"] == "failed", final
     assert final["error_message"]
@@ -321,6 +323,7 @@ async def test_queue_depth_does_not_count_requests_waiting_for_their_time(api: A
     assert health["queue_depth"] == 0
 
 
+@pytest.mark.sqlite_only("a SQLite file from before SQLite's scheduling migration")
 async def test_a_request_pending_before_the_migration_runs_unscheduled(
     make_api: Any, settings: Any
 ) -> None:

@@ -12,8 +12,7 @@ from server.batches import validate_batch
 from server.bulk_requests import submit_records
 from server.clock import parse_rfc3339
 from server.constants import IDEMPOTENCY_KEY_TTL_SECONDS
-from server.db.sqlite.queries import Q
-from server.db.sqlite.rows import stored_row
+from server.db.payload import stored_row
 from server.db.sqlite.store import Store
 from server.ingest.validation import StreamRef
 from server.models import (
@@ -27,6 +26,7 @@ from server.models import (
 from server.staging import encode_items
 from server.types import Status
 from tests.conftest import claim_next, make_environment, make_stream
+from tests.db_access import stored_request_row, stored_value, table_columns
 
 WORKER = "unit-store-1"
 
@@ -170,11 +170,12 @@ async def test_an_idempotency_key_expires_exactly_at_its_ttl(
     env = await make_environment(store)
     request_id = (await submit_records(store, env, [rec(1)], "error", None, 10))[0].id
     await store.write(lambda tx: tx.save_idempotency_key(env, "k1", "fp", request_id))
-    created = await store.read_value("SELECT created_at FROM idempotency_keys")
+    created = await stored_value(store, "SELECT created_at FROM idempotency_keys")
     ttl = timedelta(seconds=IDEMPOTENCY_KEY_TTL_SECONDS)
 
     def at(moment: datetime) -> None:
         monkeypatch.setattr("server.db.sqlite.tx.utc_now", lambda: moment)
+        monkeypatch.setattr("server.db.postgres.tx.utc_now", lambda: moment)
 
     at(parse_rfc3339(created) + ttl - timedelta(microseconds=1))
     kept = await store.write(lambda tx: tx.get_idempotency_key(env, "k1"))
@@ -208,10 +209,10 @@ async def test_get_chunk_at_finds_the_chunk_holding_a_row_position(store: Store)
 
 
 async def test_a_bulk_request_model_has_every_column_in_table_order(store: Store) -> None:
-    """The row→model function (server/db/sqlite/rows.py) reads every column, and the
+    """The row→model function (each adapter's rows.py) reads every column, and the
     outbox payload writes them back in table order: a migration's new column without
     its field fails here (and at the first read)."""
-    columns = [r["name"] for r in await store.read_all("PRAGMA table_info(bulk_requests)")]
+    columns = await table_columns(store, "bulk_requests")
     fields = [f.name for f in dataclasses.fields(BulkRequest)]
     assert fields == [*columns, "data_stream_key", "has_data_stream_key"]
     env = await make_environment(store)
@@ -219,8 +220,7 @@ async def test_a_bulk_request_model_has_every_column_in_table_order(store: Store
     request_id = (await submit_records(store, env, [rec(1)], "error", None, 10))[0].id
     request = await store.get_bulk_request(env, request_id)
     assert request is not None
-    as_read = await store.read_one(Q.get_bulk_request, {"id": request_id, "environment_id": env})
-    assert as_read is not None
+    as_read = await stored_request_row(store, request_id)
     assert list(stored_row(request).items()) == list(as_read.items())
     assert (request.status, request.parsing, request.data_stream_key) == (
         Status.PENDING,

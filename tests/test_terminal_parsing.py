@@ -16,9 +16,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from server.api.common import STORE
 from server.config import Settings
 from server.types import TERMINAL_STATUSES
 from tests.conftest import Api, wait_until
+from tests.db_access import stored_uploads
 from tests.test_events import stream
 from tests.test_uploads import HEADER, csv_bytes, upload
 
@@ -115,8 +117,8 @@ async def test_an_upload_whose_file_is_gone_says_it_is_not_parsing(
     await idle.create_stream("checking")
     content = big_csv(10)
     _, summary = await upload(idle, content, headers=REPLAY_KEY)
-    for path in settings.upload_dir.iterdir():
-        path.unlink()
+    for name in await stored_uploads(idle.app[STORE]):
+        await idle.app[STORE].delete_upload(name)
     await idle.client.close()
     api = await make_api(settings)  # the same database, now with workers
     done = await api.wait_terminal(summary["id"])

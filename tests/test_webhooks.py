@@ -36,6 +36,10 @@ ApiFactory = Callable[[Settings], Awaitable[Api]]
 ALL_TYPES = ["bulk_request.completed", "bulk_request.failed", "bulk_request.cancelled"]
 
 
+# PostgresStorage.webhooks refuses (tests/test_webhooks_unsupported.py checks how).
+pytestmark = pytest.mark.sqlite_only("webhooks on PostgreSQL: not yet")
+
+
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, webhook_retry_base=0.05)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from server.api.common import POOL, STORE, json_response
+from server.api.common import POOL, SETTINGS, STORE, json_response
 from server.db.port import StorageUnavailable
 
 
@@ -22,7 +22,10 @@ async def healthz(request: web.Request) -> web.Response:
             },
             status=503,
         )
-    status = "ok" if pool.worker_count else "degraded"
+    # Degraded: workers were configured and none runs. A process started with
+    # --workers 0 serves the API only (other PostgreSQL processes do the work): ok.
+    configured = request.app[SETTINGS].workers
+    status = "ok" if pool.worker_count or not configured else "degraded"
     return json_response(
         {"status": status, "database": "ok", "workers": pool.worker_count, "queue_depth": depth}
     )

@@ -1,18 +1,17 @@
-"""`POST /v1/uploads`: stream a CSV or NACHA file to disk and enqueue it (SPEC §8).
+"""`POST /v1/uploads`: stream a CSV or NACHA file to storage and enqueue it (SPEC §8).
 
-The file is written chunk by chunk under the data directory and never held in memory;
-the size limit is enforced while streaming. Parsing happens later, in a worker.
+The file goes chunk by chunk to the storage's upload sink (a file beside the SQLite
+database; chunks in the PostgreSQL database, where any process can parse it) and is
+never held in memory; the size limit is enforced while streaming. Parsing happens
+later, in a worker.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from urllib.parse import unquote
 
 from aiohttp import BodyPartReader, MultipartReader, web
@@ -34,7 +33,7 @@ from server.constants import (
     MAX_FILENAME_CHARS,
     MAX_PART_HEADER_BYTES,
 )
-from server.db.port import IdempotencyClaim
+from server.db.port import IdempotencyClaim, UploadSink
 from server.http.auth import caller_of
 from server.http.errors import Problem, field_error
 from server.ingest.csv_options import DEFAULT_CSV_OPTIONS, InvalidCsvOptions, parse_csv_options
@@ -77,8 +76,8 @@ def sanitize_filename(name: str | None) -> str | None:
 
 
 class _ReceivedFile:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, sink: UploadSink) -> None:
+        self.sink = sink
         self.size = 0
         self.head = b""
         self.sha256 = hashlib.sha256()
@@ -86,19 +85,18 @@ class _ReceivedFile:
 
 
 async def _receive_file(part: BodyPartReader, received: _ReceivedFile, limit: int) -> None:
-    with received.path.open("wb") as handle:
-        while chunk := await part.read_chunk(FILE_READ_BYTES):
-            received.size += len(chunk)
-            if received.size > limit:
-                raise Problem(
-                    413,
-                    "payload-too-large",
-                    f"the file is larger than the {limit // (1024 * 1024)} MiB limit",
-                )
-            if len(received.head) < DETECTION_BYTES:
-                received.head += chunk[: DETECTION_BYTES - len(received.head)]
-            received.sha256.update(chunk)
-            handle.write(chunk)
+    while chunk := await part.read_chunk(FILE_READ_BYTES):
+        received.size += len(chunk)
+        if received.size > limit:
+            raise Problem(
+                413,
+                "payload-too-large",
+                f"the file is larger than the {limit // (1024 * 1024)} MiB limit",
+            )
+        if len(received.head) < DETECTION_BYTES:
+            received.head += chunk[: DETECTION_BYTES - len(received.head)]
+        received.sha256.update(chunk)
+        await received.sink.write(chunk)
     received.filename = sanitize_filename(part.filename)
 
 
@@ -145,7 +143,7 @@ async def create_upload(request: web.Request) -> web.Response:
             "send the file as multipart/form-data with a part named 'file'",
         )
     settings = request.app[SETTINGS]
-    settings.upload_dir.mkdir(parents=True, exist_ok=True)
+    store = request.app[STORE]
     received: _ReceivedFile | None = None
     fields: dict[str, str] = {}
     try:
@@ -157,7 +155,7 @@ async def create_upload(request: web.Request) -> web.Response:
                         422, "validation-error", "nested multipart bodies are not supported"
                     )
                 if part.name == "file" and received is None:
-                    received = _ReceivedFile(settings.upload_dir / f"{uuid.uuid4().hex}.part")
+                    received = _ReceivedFile(await store.begin_upload())
                     await _receive_file(part, received, settings.max_upload_bytes)
                 elif part.name in TEXT_FIELDS:
                     fields[part.name] = await _read_text(part)
@@ -180,9 +178,7 @@ async def create_upload(request: web.Request) -> web.Response:
             ) from None
         form = await _validate(request, received, fields)
         assert received is not None
-        final = received.path.with_suffix(f".{form.upload_format}")
-        received.path.rename(final)
-        received.path = final
+        upload_name = await received.sink.finish(form.upload_format)
         payload: JSON = {
             "sha256": received.sha256.hexdigest(),
             "format": form.upload_format,
@@ -202,10 +198,10 @@ async def create_upload(request: web.Request) -> web.Response:
         claim = IdempotencyClaim(key, domain.fingerprint("uploads", payload)) if key else None
         with translate_domain_errors():
             row, replayed = await domain.submit_upload(
-                request.app[STORE],
+                store,
                 caller.environment_id,
                 upload_format=form.upload_format,
-                upload_path=str(final),
+                upload_path=upload_name,
                 filename=received.filename,
                 data_stream_key=form.stream_key,
                 on_conflict=form.on_conflict,
@@ -217,8 +213,7 @@ async def create_upload(request: web.Request) -> web.Response:
             )
     except BaseException:
         if received is not None:
-            with contextlib.suppress(FileNotFoundError):
-                received.path.unlink()
+            await received.sink.discard()
         raise
     body = {
         **render_summary(row),
@@ -227,7 +222,7 @@ async def create_upload(request: web.Request) -> web.Response:
         "parsing": is_parsing(row),
     }
     if replayed:
-        received.path.unlink(missing_ok=True)
+        await received.sink.discard()
         return json_response(body, status=200, headers={"Idempotent-Replayed": "true"})
     return json_response(body, status=202, headers={"Location": body["url"]})
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -30,6 +32,7 @@ from server.constants import (
     WEBHOOK_SECRET_BYTES,
 )
 from server.db.port import Storage
+from server.db.webhook_port import WebhooksUnsupported
 from server.http.auth import caller_of
 from server.http.errors import Problem, field_error, not_found
 from server.ids import parse_stored_int
@@ -199,10 +202,27 @@ async def _load_endpoint(request: web.Request) -> WebhookEndpoint:
     return endpoint
 
 
+WebhookHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _supported(handler: WebhookHandler) -> WebhookHandler:
+    """A storage without webhooks (PostgreSQL, not yet) refuses with a 501 problem."""
+
+    @functools.wraps(handler)
+    async def refusing(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except WebhooksUnsupported as exc:
+            raise Problem(501, "not-implemented", str(exc)) from None
+
+    return refusing
+
+
 # --- handlers ----------------------------------------------------------------------------
 
 
-async def create_endpoint(request: web.Request) -> web.Response:
+@_supported
+async def create_endpoint(request: web.Request) -> web.StreamResponse:
     caller = caller_of(request)
     body = require_object(await read_json_body(request), CREATE_FIELDS)
     deny_private = request.app[SETTINGS].webhook_deny_private
@@ -231,7 +251,8 @@ async def create_endpoint(request: web.Request) -> web.Response:
     )
 
 
-async def list_endpoints(request: web.Request) -> web.Response:
+@_supported
+async def list_endpoints(request: web.Request) -> web.StreamResponse:
     caller = caller_of(request)
     limit = page_limit(request)
     after = decode_cursor(request, "webhook_endpoints") or 0
@@ -240,11 +261,13 @@ async def list_endpoints(request: web.Request) -> web.Response:
     return json_response(page([render_endpoint(r) for r in rows], limit, "webhook_endpoints", last))
 
 
-async def get_endpoint(request: web.Request) -> web.Response:
+@_supported
+async def get_endpoint(request: web.Request) -> web.StreamResponse:
     return json_response(render_endpoint(await _load_endpoint(request)))
 
 
-async def update_endpoint(request: web.Request) -> web.Response:
+@_supported
+async def update_endpoint(request: web.Request) -> web.StreamResponse:
     caller = caller_of(request)
     endpoint_id = path_id(request, "webhook endpoint")
     body = require_object(await read_json_body(request), UPDATE_FIELDS)
@@ -271,7 +294,8 @@ async def update_endpoint(request: web.Request) -> web.Response:
     return json_response(render_endpoint(endpoint))
 
 
-async def delete_endpoint(request: web.Request) -> web.Response:
+@_supported
+async def delete_endpoint(request: web.Request) -> web.StreamResponse:
     caller = caller_of(request)
     endpoint_id = path_id(request, "webhook endpoint")
     if not await request.app[WEBHOOKS].webhooks.delete_endpoint(caller.environment_id, endpoint_id):
@@ -279,7 +303,8 @@ async def delete_endpoint(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-async def list_deliveries(request: web.Request) -> web.Response:
+@_supported
+async def list_deliveries(request: web.Request) -> web.StreamResponse:
     endpoint = await _load_endpoint(request)
     limit = page_limit(request)
     before = decode_cursor(request, "webhook_deliveries")
@@ -296,7 +321,8 @@ async def list_deliveries(request: web.Request) -> web.Response:
     return json_response(page(data, limit, "webhook_deliveries", last))
 
 
-async def retry_delivery(request: web.Request) -> web.Response:
+@_supported
+async def retry_delivery(request: web.Request) -> web.StreamResponse:
     endpoint = await _load_endpoint(request)
     text = request.match_info["delivery_id"]
     delivery_id = parse_stored_int(text)  # anything else names no delivery: 404

@@ -35,7 +35,8 @@ process per database file, so every claim found at start is an orphan). All of t
 SQLite-only and lives in the adapter; so do json_each, json_patch, `$[#]` and
 PRAGMA user_version migrations.
 
-The PostgreSQL adapter (issue 12) implements this same Protocol. Its skeleton, in the
+`server/db/postgres/` (`PostgresStorage`, issue 12) implements this same Protocol on
+asyncpg; any number of server processes share its database. Its skeleton, in the
 port's own signatures (tests/test_port.py checks each against `Storage`; nothing in the
 domain, the jobs or the handlers changes for it):
 
@@ -223,6 +224,30 @@ class StatusSourceTotals:
     skipped: int
 
 
+class UploadSink(Protocol):
+    """An upload being received (SPEC §8): its bytes appended in order, never held whole.
+
+    `finish` names the stored upload for `NewUpload.upload_path`; the request that refers
+    to it is created next (on PostgreSQL the upload is marked complete in that same
+    transaction, so the start-up sweep never takes it for abandoned). `discard` drops
+    what was received (a refused or cut-off upload).
+    """
+
+    async def write(self, chunk: bytes) -> None: ...
+    async def finish(self, upload_format: str) -> str: ...
+    async def discard(self) -> None: ...
+
+
+class UploadSource(Protocol):
+    """A stored upload read back by the parser, on a worker thread (off the event loop).
+
+    `read` returns the next bytes (any length up to about `size`), b"" at the end.
+    """
+
+    def read(self, size: int) -> bytes: ...
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class HeartbeatSummary:
     """Oldest heartbeat of a processing request, and how many are older than asked."""
@@ -353,7 +378,22 @@ class Storage(Protocol):
     ) -> BulkRequest: ...
 
     async def discard_staged_rows(self, request_id: int) -> None: ...
-    async def requeue_orphans(self, live_workers: Iterable[str], reason: str) -> list[int]: ...
+    async def requeue_orphans(self, live_workers: Iterable[str], reason: str) -> list[int]:
+        """Claims of this process's workers not in `live_workers`; on a backend shared by
+        several processes, also any claim whose heartbeat is past the timeout."""
+        ...
+
+    # --- uploads: the received files, stored where every process can parse them -------
+
+    async def begin_upload(self) -> UploadSink: ...
+    async def open_upload(self, name: str) -> UploadSource:
+        """Raises FileNotFoundError when the upload is gone."""
+        ...
+
+    async def delete_upload(self, name: str) -> None: ...
+    async def delete_unreferenced_uploads(self) -> int:
+        """At start: uploads no request needs (parsed, or cut off mid-receive); how many."""
+        ...
 
     # --- sweeps ---------------------------------------------------------------------------
 

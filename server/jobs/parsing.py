@@ -10,14 +10,12 @@ a whole (bad structure, undecodable) leaves no rows behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Generator, Iterator
-from pathlib import Path
 from typing import Protocol
 
 from server.constants import FILE_READ_BYTES
-from server.db.port import Storage
+from server.db.port import Storage, UploadSource
 from server.ingest.csv_options import CsvOptions
 from server.ingest.csv_reader import iter_csv_rows
 from server.ingest.nacha import iter_nacha_rows
@@ -57,26 +55,26 @@ class ParseHost(Protocol):
 log = logging.getLogger("server.parsing")
 
 
-def _file_rows(job: BulkRequest, report: ParseReport) -> Generator[SourceRow, None, None]:
-    path = Path(job.upload_path or "")
+def _file_rows(
+    job: BulkRequest, source: UploadSource, report: ParseReport
+) -> Generator[SourceRow, None, None]:
     data_stream_key = job.default_data_stream_key
-    with path.open("rb") as handle:
-        chunks = iter(lambda: handle.read(FILE_READ_BYTES), b"")
-        if job.upload_format == "nacha":
-            if not data_stream_key:
-                raise FileRejected("data_stream_key is required for NACHA files")
-            # Names were checked at upload; a name a later version dropped fails loudly.
-            options = [NachaOption(name) for name in job.nacha_options or ()]
-            yield from iter_nacha_rows(
-                chunks, data_stream_key=data_stream_key, report=report, options=options
-            )
-        else:
-            yield from iter_csv_rows(
-                chunks,
-                data_stream_key=data_stream_key,
-                options=CsvOptions.from_stored(job.csv_options),
-                report=report,
-            )
+    chunks = iter(lambda: source.read(FILE_READ_BYTES), b"")
+    if job.upload_format == "nacha":
+        if not data_stream_key:
+            raise FileRejected("data_stream_key is required for NACHA files")
+        # Names were checked at upload; a name a later version dropped fails loudly.
+        options = [NachaOption(name) for name in job.nacha_options or ()]
+        yield from iter_nacha_rows(
+            chunks, data_stream_key=data_stream_key, report=report, options=options
+        )
+    else:
+        yield from iter_csv_rows(
+            chunks,
+            data_stream_key=data_stream_key,
+            options=CsvOptions.from_stored(job.csv_options),
+            report=report,
+        )
 
 
 def take_chunk(rows: Iterator[SourceRow]) -> list[SourceRow]:
@@ -102,10 +100,22 @@ def _staged(row: SourceRow) -> StagedItem:
 async def parse_upload(pool: ParseHost, job: BulkRequest, worker: str) -> BulkRequest | None:
     """Stage every row of the job's file; the updated job, or None when it ended here."""
     store = pool.store
-    path = Path(job.upload_path or "")
+    upload_name: str = job.upload_path or ""
     already_staged = job.total_items
     report = ParseReport()
-    rows = _file_rows(job, report)
+    try:
+        source = await store.open_upload(upload_name)
+    except FileNotFoundError:
+        await _discard_staged(pool, job)
+        await pool.finish(
+            job,
+            worker,
+            Status.FAILED,
+            keep_upload=False,
+            error_message="the uploaded file is no longer on disk",
+        )
+        return None
+    rows = _file_rows(job, source, report)
     keys: set[str] = set()
     position = 0
     try:
@@ -145,20 +155,11 @@ async def parse_upload(pool: ParseHost, job: BulkRequest, worker: str) -> BulkRe
             error_details={"file": exc.details},
             keep_upload=False,
         )
-        _remove(path)
-        return None
-    except FileNotFoundError:
-        await _discard_staged(pool, job)
-        await pool.finish(
-            job,
-            worker,
-            Status.FAILED,
-            keep_upload=False,
-            error_message="the uploaded file is no longer on disk",
-        )
+        await store.delete_upload(upload_name)
         return None
     finally:
         rows.close()
+        source.close()
 
     stream_id = None
     if len(keys) == 1:
@@ -173,7 +174,7 @@ async def parse_upload(pool: ParseHost, job: BulkRequest, worker: str) -> BulkRe
         data_stream_id=stream_id,
         error_details=details or None,
     )
-    _remove(path)
+    await store.delete_upload(upload_name)
     return done
 
 
@@ -181,27 +182,10 @@ async def _discard_staged(pool: ParseHost, job: BulkRequest) -> None:
     await pool.store.discard_staged_rows(job.id)
 
 
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def _remove_files_except(upload_dir: Path, keep: set[str]) -> int:
-    if not upload_dir.is_dir():
-        return 0
-    removed = 0
-    for path in upload_dir.iterdir():
-        if path.is_file() and str(path) not in keep:
-            _remove(path)
-            removed += 1
-    return removed
-
-
-async def remove_unreferenced_uploads(store: Storage, upload_dir: Path) -> int:
-    """At start: delete files no request needs (a crash between commit and unlink, or
-    an upload cut off mid-stream). Only this process writes there (see the DB lock)."""
-    keep = await store.referenced_upload_paths()
-    removed = await asyncio.to_thread(_remove_files_except, upload_dir, keep)
+async def remove_unreferenced_uploads(store: Storage) -> int:
+    """At start: delete uploads no request needs (a crash between commit and delete, or
+    an upload cut off mid-stream)."""
+    removed = await store.delete_unreferenced_uploads()
     if removed:
-        log.info("removed %d unreferenced upload file(s)", removed)
+        log.info("removed %d unreferenced upload(s)", removed)
     return removed

@@ -70,10 +70,11 @@ class WorkerPool:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        # Only one server process may use a database (the storage adapter holds it
+        # On SQLite only one server process uses a database (the adapter holds it
         # exclusively), so every claim still recorded now belongs to a process that is
-        # gone: resume them all.
-        await remove_unreferenced_uploads(self.store, self.settings.upload_dir)
+        # gone: resume them all. On PostgreSQL the adapter resumes only claims whose
+        # heartbeat is past the timeout: the others are live processes' work.
+        await remove_unreferenced_uploads(self.store)
         recovered = await self.requeue_orphans("process restarted")
         if recovered:
             log.warning("resuming %d interrupted bulk request(s): %s", len(recovered), recovered)

@@ -105,6 +105,7 @@ SELECT r.id, s.key AS data_stream_key, r.date, r.amount_minor, r.currency, r.des
        r.external_id, r.metadata, r.bulk_request_id, r.created_at
 FROM records r JOIN data_streams s ON s.id = r.data_stream_id
 WHERE s.environment_id = $1 AND r.id > $2
+  AND r.bulk_request_id NOT IN (SELECT id FROM bulk_requests WHERE unpublished = 1)
 ORDER BY r.id LIMIT $3;
 
 -- name: list_records_by_stream
@@ -114,6 +115,7 @@ SELECT r.id, s.key AS data_stream_key, r.date, r.amount_minor, r.currency, r.des
 FROM records r JOIN data_streams s ON s.id = r.data_stream_id
 WHERE s.environment_id = $1 AND s.key = $2 AND r.id > $3
   AND ($4::bigint IS NULL OR r.bulk_request_id = $4)
+  AND r.bulk_request_id NOT IN (SELECT id FROM bulk_requests WHERE unpublished = 1)
 ORDER BY r.id LIMIT $5;
 
 -- name: list_records_by_request
@@ -122,6 +124,7 @@ SELECT r.id, s.key AS data_stream_key, r.date, r.amount_minor, r.currency, r.des
        r.external_id, r.metadata, r.bulk_request_id, r.created_at
 FROM records r JOIN data_streams s ON s.id = r.data_stream_id
 WHERE r.bulk_request_id = $1 AND s.environment_id = $2 AND r.id > $3
+  AND r.bulk_request_id NOT IN (SELECT id FROM bulk_requests WHERE unpublished = 1)
 ORDER BY r.id LIMIT $4;
 
 -- name: insert_bulk_request
@@ -227,7 +230,7 @@ WITH RECURSIVE
     SELECT m.root, b.id FROM bulk_requests b JOIN members m ON b.parent_bulk_request_id = m.id
   )
 SELECT m.root AS chain_root, b.id, b.status, b.parsing, b.upload_path, b.error_message,
-       b.failed_items, b.next_row, b.total_items
+       b.failed_items, b.next_row, b.total_items, b.parent_bulk_request_id, b.mode
 FROM members m JOIN bulk_requests b ON b.id = m.id
 ORDER BY m.root, b.id;
 
@@ -250,16 +253,22 @@ VALUES ($1, $2, $3, $4);
 -- As on SQLite (requests never started first, then round-robin by queued_at), and
 -- SKIP LOCKED: processes claiming at once each take a different request instead of
 -- queueing on the first one's lock. The locked row's WHERE is re-checked after the lock.
+-- Unlike SQLite, the claim is a heartbeat: with several processes, a request that waited
+-- in the queue longer than the rescue threshold would otherwise look dead to the other
+-- processes' rescue the moment it is claimed (rescue_stale_requests).
 -- params: now, worker
 UPDATE bulk_requests AS b
 SET status = 'processing',
     started_at = coalesce(b.started_at, $1),
-    last_progress_at = coalesce(b.last_progress_at, $1),
+    last_progress_at = $1,
     attempt = b.attempt + 1,
     claimed_by = $2
 FROM (SELECT id FROM bulk_requests
       WHERE status IN ('pending', 'processing') AND claimed_by IS NULL
         AND (run_at IS NULL OR run_at <= $1)
+        -- A retry waits until its parent's hidden records are purged (as on SQLite).
+        AND (parent_bulk_request_id IS NULL OR parent_bulk_request_id NOT IN
+             (SELECT id FROM bulk_requests WHERE unpublished = 1))
       ORDER BY started_at IS NOT NULL, queued_at, id
       LIMIT 1
       FOR UPDATE SKIP LOCKED) AS next
@@ -270,7 +279,9 @@ RETURNING b.*;
 -- params: now
 SELECT EXISTS (SELECT 1 FROM bulk_requests
                WHERE status IN ('pending', 'processing') AND claimed_by IS NULL
-                 AND (run_at IS NULL OR run_at <= $1));
+                 AND (run_at IS NULL OR run_at <= $1)
+                 AND (parent_bulk_request_id IS NULL OR parent_bulk_request_id NOT IN
+                      (SELECT id FROM bulk_requests WHERE unpublished = 1)));
 
 -- name: count_runnable_requests
 -- params: now
@@ -301,7 +312,11 @@ SET processed_items = processed_items + $1,
     last_progress_at = $6,
     status = CASE WHEN next_row + $1 >= total_items THEN 'completed' ELSE status END,
     completed_at = CASE WHEN next_row + $1 >= total_items THEN $6 ELSE NULL END,
-    claimed_by = CASE WHEN next_row + $1 >= total_items THEN NULL ELSE claimed_by END
+    claimed_by = CASE WHEN next_row + $1 >= total_items THEN NULL ELSE claimed_by END,
+    -- An atomic request's records are published by the batch that completes it without a
+    -- failed row; with a failed row the caller fails it in this transaction (as on SQLite).
+    unpublished = CASE WHEN next_row + $1 >= total_items AND failed_items + $3 = 0
+                       THEN 0 ELSE unpublished END
 WHERE id = $7 AND attempt = $8 AND claimed_by = $9 AND status = 'processing'
   AND parsing = 0 AND next_row + $1 = $5
 RETURNING *;
@@ -320,7 +335,9 @@ SET parsing = 0, total_items = $1, data_stream_id = $2,
     error_details = CASE WHEN $4::jsonb IS NULL THEN error_details
                          ELSE json_merge_patch(coalesce(error_details, '{}'), $4::jsonb) END,
     status = CASE WHEN $1::bigint = 0 THEN 'completed' ELSE status END,
-    completed_at = CASE WHEN $1::bigint = 0 THEN $3 ELSE NULL END
+    completed_at = CASE WHEN $1::bigint = 0 THEN $3 ELSE NULL END,
+    -- An atomic upload without rows completes here: nothing to hide any more.
+    unpublished = CASE WHEN $1::bigint = 0 THEN 0 ELSE unpublished END
 WHERE id = $5 AND attempt = $6 AND claimed_by = $7 AND status = 'processing'
 RETURNING *;
 
@@ -430,13 +447,15 @@ DELETE FROM idempotency_keys WHERE created_at <= $1;
 -- The outbox_notify trigger NOTIFYs every process's listeners at commit.
 -- params: bulk_request_id, environment_id, event_type, payload, now
 INSERT INTO outbox (bulk_request_id, environment_id, event_type, payload, created_at)
-VALUES ($1, $2, $3, $4, $5);
+VALUES ($1, $2, $3, $4, $5)
+RETURNING id;
 
--- name: list_outbox_events_after
--- What a LISTENing process reads when notified: the events after its cursor, in order.
--- params: after_id, limit
-SELECT id, bulk_request_id, environment_id, event_type, payload, created_at FROM outbox
-WHERE id > $1 ORDER BY id LIMIT $2;
+-- name: list_outbox_events_by_ids
+-- What a LISTENing process reads when notified: the events named by the notifications
+-- (delivered in commit order; ids are not, so no "after id N" cursor can be trusted).
+-- params: ids
+SELECT id, bulk_request_id, environment_id, event_type, payload FROM outbox
+WHERE id = ANY($1::bigint[]) ORDER BY array_position($1::bigint[], id);
 
 -- name: delete_old_outbox_events
 -- At most `limit` rows per transaction, so pruning a backlog never holds locks long.
@@ -478,6 +497,11 @@ SELECT name, byte_count, created_at, completed_at FROM uploads WHERE name = $1;
 SELECT seq, body FROM upload_chunks
 WHERE upload_name = $1 AND seq >= $2
 ORDER BY seq LIMIT $3;
+
+-- name: delete_upload
+-- A refused, replayed or parsed upload; its chunks go with it (ON DELETE CASCADE).
+-- params: name
+DELETE FROM uploads WHERE name = $1;
 
 -- name: delete_unreferenced_uploads
 -- Uploads no request refers to any more (parsed, rejected, or abandoned mid-receive

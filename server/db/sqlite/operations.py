@@ -26,6 +26,7 @@ from server.batches import (
     withhold_reserved,
 )
 from server.chains import RowRun, RunBuilder, chain_coverage
+from server.db.payload import stored_nacha_options
 from server.db.port import (
     CancelOutcome,
     Conflict,
@@ -34,7 +35,6 @@ from server.db.port import (
     IdempotencyMismatch,
     NewUpload,
 )
-from server.db.sqlite.rows import stored_nacha_options
 from server.db.sqlite.tx import WriteTx
 from server.models import BulkRequest, ChainMember, DataStream
 from server.outcomes import Transition, terminal_transition

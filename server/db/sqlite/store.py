@@ -36,11 +36,14 @@ from server.db.port import (
     HeartbeatSummary,
     StatusSourceTotals,
     StorageUnavailable,
+    UploadSink,
+    UploadSource,
 )
 from server.db.sqlite.connection import open_connection, open_writer_connection, prepare_database
 from server.db.sqlite.queries import Q
 from server.db.sqlite.rows import bulk_request_from_row, chain_member_from_row
 from server.db.sqlite.tx import WriteTx, row_dict
+from server.db.sqlite.uploads import FileUploadSink, remove, remove_files_except
 from server.db.sqlite.webhooks import WebhookStore
 from server.db.sqlite.writer import Writer
 from server.db.sqlite.writes import Writes
@@ -403,6 +406,26 @@ class Store(Writes):
 
     async def referenced_upload_paths(self) -> set[str]:
         return {r["upload_path"] for r in await self.read_all(Q.list_upload_paths)}
+
+    # --- uploads: files beside the database (uploads.py) --------------------------------
+
+    @property
+    def upload_dir(self) -> Path:
+        return self.path.parent / "uploads"
+
+    async def begin_upload(self) -> UploadSink:
+        return FileUploadSink(self.upload_dir)
+
+    async def open_upload(self, name: str) -> UploadSource:
+        handle: UploadSource = await asyncio.to_thread(Path(name).open, "rb")
+        return handle
+
+    async def delete_upload(self, name: str) -> None:
+        remove(Path(name))
+
+    async def delete_unreferenced_uploads(self) -> int:
+        keep = await self.referenced_upload_paths()
+        return await remove_files_except(self.upload_dir, keep)
 
     # --- live events and metrics -------------------------------------------------------
 

@@ -28,8 +28,9 @@ from server.constants import (
     OUTBOX_PRUNE_BATCH,
     OUTBOX_RETENTION_SECONDS,
 )
+from server.db.payload import stored_row
 from server.db.sqlite.queries import Q, multi_row
-from server.db.sqlite.rows import bulk_request_from_row, stored_row
+from server.db.sqlite.rows import bulk_request_from_row
 from server.models import BulkRequest, DataStream
 from server.outcomes import RequestChanged, Transition
 from server.types import JSON, Mode, Status

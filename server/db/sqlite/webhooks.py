@@ -21,8 +21,8 @@ from server.constants import (
     WEBHOOK_MAX_ATTEMPTS,
     WEBHOOK_RETRY_JITTER,
 )
+from server.db.payload import bulk_request_from_stored
 from server.db.sqlite.queries import Q
-from server.db.sqlite.rows import bulk_request_from_stored
 from server.db.sqlite.tx import WriteTx
 from server.db.webhook_port import NewDelivery, OutboxEvent
 from server.models import (
