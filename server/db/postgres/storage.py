@@ -9,7 +9,8 @@ claimed_by), a dead process's claims are rescued by heartbeat age, and a LISTEN
 connection feeds the other processes' committed events to this one's `after_commit`
 (event streams, the dashboard, idle workers' wake-up and cancels see every process).
 
-The operations' transaction bodies are in operations.py, the statements in queries.sql.
+The operations' transaction bodies are server/db/transactions.py's, shared with SQLite;
+the statements are in queries.sql.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
@@ -35,6 +36,7 @@ from server.constants import (
     POSTGRES_OUTBOX_CHANNEL,
     POSTGRES_TRANSACTION_ATTEMPTS,
 )
+from server.db import transactions
 from server.db.payload import bulk_request_from_stored
 from server.db.port import (
     AfterCommitHook,
@@ -48,13 +50,14 @@ from server.db.port import (
     UploadSink,
     UploadSource,
 )
-from server.db.postgres import operations, uploads
+from server.db.postgres import uploads
 from server.db.postgres.migrations import migrate
 from server.db.postgres.queries import bind
 from server.db.postgres.reads import Reads
 from server.db.postgres.tx import CREATE_STAGED_RECORDS, PgTx
 from server.db.postgres.uploads import PgUploadSink
 from server.db.postgres.webhooks import UnsupportedWebhooks
+from server.db.tx_port import Tx
 from server.db.webhook_port import WebhookStorage
 from server.models import BulkRequest, DataStream
 from server.outcomes import RequestChanged, Transition
@@ -166,6 +169,10 @@ class PostgresStorage(Reads):
         that lost a deadlock or serialization conflict (or `retry_on`) runs again.
         """
         return await asyncio.shield(self._write(work, retry_on))
+
+    async def transaction(self, body: Callable[[Tx], Coroutine[Any, Any, T]]) -> T:
+        """Run a shared transaction body (server/db/transactions.py) as one `write`."""
+        return await self.write(body)
 
     async def _write(
         self, work: Callable[[PgTx], Awaitable[T]], retry_on: tuple[type[BaseException], ...]
@@ -330,7 +337,7 @@ class PostgresStorage(Reads):
         run_at: datetime | None = None,
     ) -> tuple[BulkRequest, bool]:
         work = partial(
-            operations.create_records_request,
+            transactions.create_records_request,
             environment_id=environment_id,
             on_conflict=on_conflict,
             mode=mode,
@@ -340,45 +347,45 @@ class PostgresStorage(Reads):
             data_stream_key=data_stream_key,
             claim=claim,
         )
-        return await self.write(work)
+        return await self.transaction(work)
 
     async def create_upload_request(
         self, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
     ) -> tuple[BulkRequest, bool]:
         work = partial(
-            operations.create_upload_request,
+            transactions.create_upload_request,
             environment_id=environment_id,
             upload=upload,
             claim=claim,
         )
-        return await self.write(work)
+        return await self.transaction(work)
 
     async def cancel_request(
         self, environment_id: int, request_id: int
     ) -> tuple[BulkRequest, CancelOutcome] | None:
         work = partial(
-            operations.cancel_request, environment_id=environment_id, request_id=request_id
+            transactions.cancel_request, environment_id=environment_id, request_id=request_id
         )
-        return await self.write(work)
+        return await self.transaction(work)
 
     async def create_retry(
         self, environment_id: int, request_id: int, claim: IdempotencyClaim | None
     ) -> tuple[BulkRequest, bool] | None:
         work = partial(
-            operations.create_retry,
+            transactions.create_retry,
             environment_id=environment_id,
             request_id=request_id,
             claim=claim,
         )
-        return await self.write(work)
+        return await self.transaction(work)
 
     # --- the worker side -------------------------------------------------------------
 
     async def claim_next_request(
         self, worker: str, *, sliced: frozenset[int] = frozenset()
     ) -> BulkRequest | None:
-        return await self.write(
-            partial(operations.claim_next_request, worker=worker, sliced=sliced)
+        return await self.transaction(
+            partial(transactions.claim_next_request, worker=worker, sliced=sliced)
         )
 
     async def commit_batch(self, job: BulkRequest, worker: str, batch: Batch) -> BulkRequest:
@@ -389,11 +396,11 @@ class PostgresStorage(Reads):
             (*rec, request_id, start + offset, now) for offset, rec in batch.candidates
         ]
         work = partial(
-            operations.commit_batch, job=job, worker=worker, batch=batch, candidates=candidates
+            transactions.commit_batch, job=job, worker=worker, batch=batch, candidates=candidates
         )
         for attempt in range(1, POSTGRES_TRANSACTION_ATTEMPTS + 1):
             try:
-                return await self.write(work)
+                return await self.transaction(work)
             except asyncpg.exceptions.UniqueViolationError as exc:
                 if exc.constraint_name == RECORDS_REQUEST_ROW_INDEX:
                     # Rows behind the checkpoint: only a stale claim writes those.
@@ -408,7 +415,7 @@ class PostgresStorage(Reads):
         raise AssertionError("unreachable")
 
     async def release_request(self, job: BulkRequest, worker: str) -> None:
-        await self.write(partial(operations.release_request, job=job, worker=worker))
+        await self.transaction(partial(transactions.release_request, job=job, worker=worker))
 
     async def finish_request(
         self,
@@ -421,7 +428,7 @@ class PostgresStorage(Reads):
         keep_upload: bool = True,
     ) -> BulkRequest:
         work = partial(
-            operations.finish_request,
+            transactions.finish_request,
             job=job,
             worker=worker,
             status=status,
@@ -429,19 +436,19 @@ class PostgresStorage(Reads):
             error_details=error_details,
             keep_upload=keep_upload,
         )
-        return await self.write(work)
+        return await self.transaction(work)
 
     async def record_parse_progress(
         self, job: BulkRequest, worker: str, chunk: EncodedChunk, total_items: int
     ) -> BulkRequest:
         work = partial(
-            operations.record_parse_progress,
+            transactions.record_parse_progress,
             job=job,
             worker=worker,
             chunk=chunk,
             total_items=total_items,
         )
-        return await self.write(work)
+        return await self.transaction(work)
 
     async def finish_parsing(
         self,
@@ -453,14 +460,14 @@ class PostgresStorage(Reads):
         error_details: JSON | None,
     ) -> BulkRequest:
         work = partial(
-            operations.finish_parsing,
+            transactions.finish_parsing,
             job=job,
             worker=worker,
             total_items=total_items,
             data_stream_id=data_stream_id,
             error_details=error_details,
         )
-        return await self.write(work)
+        return await self.transaction(work)
 
     async def discard_staged_rows(self, request_id: int) -> None:
         await self.write(lambda tx: tx.delete_chunks(request_id))
@@ -471,9 +478,12 @@ class PostgresStorage(Reads):
         live = list(live_workers)
         stale_before = to_rfc3339(utc_now() - timedelta(seconds=self.heartbeat_timeout))
         work = partial(
-            operations.requeue_orphans, live_workers=live, reason=reason, stale_before=stale_before
+            transactions.requeue_orphans,
+            live_workers=live,
+            reason=reason,
+            stale_before=stale_before,
         )
-        return await self.write(work)
+        return await self.transaction(work)
 
     # --- uploads: chunks in the database (uploads.py) ---------------------------------
 
@@ -501,7 +511,9 @@ class PostgresStorage(Reads):
         return await self.write(lambda tx: tx.delete_old_outbox_events())
 
     async def purge_hidden_records(self) -> int | None:
-        return await self.write(partial(operations.purge_hidden_records, limit=ATOMIC_PURGE_BATCH))
+        return await self.transaction(
+            partial(transactions.purge_hidden_records, limit=ATOMIC_PURGE_BATCH)
+        )
 
     # --- reads that raise StorageUnavailable ------------------------------------------
 

@@ -1,7 +1,7 @@
 """The SQLite adapter of the storage port (server/db/port.py): `Store` implements `Storage`.
 
-The statements live in `queries.sql`; the write operations' transaction bodies in
-operations.py.
+The statements live in `queries.sql`; the write operations' transaction bodies are
+server/db/transactions.py's, shared with PostgreSQL (run through writes.py).
 
 Writes go through a single writer connection on its own thread (server/db/sqlite/writer.py),
 each transaction a plain function run there in one hop as `BEGIN IMMEDIATE` (a deferred

@@ -1,13 +1,16 @@
 """The port's bulk-request write operations on SQLite: each one transaction on the writer.
 
-A mixin of `Store` (store.py), which provides `write`: the transaction bodies are in
-operations.py. `urgent` is as it always was: the operations a client waits on (create,
-cancel, retry) go before worker and sweeper transactions (server/db/sqlite/writer.py).
+A mixin of `Store` (store.py), which provides `write`. The transaction bodies are
+server/db/transactions.py's, shared with PostgreSQL: `transaction` runs one on the writer
+thread through `AsyncWriteTx`, to completion without a loop (server/db/drive.py), inside
+the same one-hop `BEGIN IMMEDIATE` as any other write. `urgent` is as it always was: the
+operations a client waits on (create, cancel, retry) go before worker and sweeper
+transactions (server/db/sqlite/writer.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -15,9 +18,12 @@ from typing import Any, TypeVar
 from server.batches import Batch
 from server.clock import now_rfc3339
 from server.constants import ATOMIC_PURGE_BATCH
+from server.db import transactions
+from server.db.drive import run_to_completion
 from server.db.port import CancelOutcome, IdempotencyClaim, NewUpload
-from server.db.sqlite import operations
+from server.db.sqlite.async_tx import AsyncWriteTx
 from server.db.sqlite.tx import WriteTx
+from server.db.tx_port import Tx
 from server.models import BulkRequest
 from server.staging import EncodedChunk
 from server.types import JSON, Mode, Status
@@ -28,6 +34,12 @@ T = TypeVar("T")
 class Writes:
     async def write(self, work: Callable[[WriteTx], T], *, urgent: bool = False) -> T:
         raise NotImplementedError  # Store's
+
+    async def transaction(
+        self, body: Callable[[Tx], Coroutine[Any, Any, T]], *, urgent: bool = False
+    ) -> T:
+        """Run a shared transaction body (server/db/transactions.py) as one write."""
+        return await self.write(lambda tx: run_to_completion(body(AsyncWriteTx(tx))), urgent=urgent)
 
     async def ensure_environment(self, name: str) -> int:
         return await self.write(lambda tx: tx.ensure_environment(name))
@@ -47,7 +59,7 @@ class Writes:
         run_at: datetime | None = None,
     ) -> tuple[BulkRequest, bool]:
         work = partial(
-            operations.create_records_request,
+            transactions.create_records_request,
             environment_id=environment_id,
             on_conflict=on_conflict,
             mode=mode,
@@ -58,45 +70,45 @@ class Writes:
             run_at=run_at,
         )
         # urgent: the client waits for this commit, a worker's next batch can wait 1 ms more.
-        return await self.write(work, urgent=True)
+        return await self.transaction(work, urgent=True)
 
     async def create_upload_request(
         self, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
     ) -> tuple[BulkRequest, bool]:
         work = partial(
-            operations.create_upload_request,
+            transactions.create_upload_request,
             environment_id=environment_id,
             upload=upload,
             claim=claim,
         )
-        return await self.write(work, urgent=True)
+        return await self.transaction(work, urgent=True)
 
     async def cancel_request(
         self, environment_id: int, request_id: int
     ) -> tuple[BulkRequest, CancelOutcome] | None:
         work = partial(
-            operations.cancel_request, environment_id=environment_id, request_id=request_id
+            transactions.cancel_request, environment_id=environment_id, request_id=request_id
         )
-        return await self.write(work, urgent=True)
+        return await self.transaction(work, urgent=True)
 
     async def create_retry(
         self, environment_id: int, request_id: int, claim: IdempotencyClaim | None
     ) -> tuple[BulkRequest, bool] | None:
         work = partial(
-            operations.create_retry,
+            transactions.create_retry,
             environment_id=environment_id,
             request_id=request_id,
             claim=claim,
         )
-        return await self.write(work, urgent=True)
+        return await self.transaction(work, urgent=True)
 
     # --- the worker side ------------------------------------------------------------------
 
     async def claim_next_request(
         self, worker: str, *, sliced: frozenset[int] = frozenset()
     ) -> BulkRequest | None:
-        return await self.write(
-            partial(operations.claim_next_request, worker=worker, sliced=sliced)
+        return await self.transaction(
+            partial(transactions.claim_next_request, worker=worker, sliced=sliced)
         )
 
     async def commit_batch(self, job: BulkRequest, worker: str, batch: Batch) -> BulkRequest:
@@ -107,14 +119,18 @@ class Writes:
         candidates: list[tuple[Any, ...]] = [
             (*rec, request_id, start + offset, now) for offset, rec in batch.candidates
         ]
-        return await self.write(
+        return await self.transaction(
             partial(
-                operations.commit_batch, job=job, worker=worker, batch=batch, candidates=candidates
+                transactions.commit_batch,
+                job=job,
+                worker=worker,
+                batch=batch,
+                candidates=candidates,
             )
         )
 
     async def release_request(self, job: BulkRequest, worker: str) -> None:
-        await self.write(partial(operations.release_request, job=job, worker=worker))
+        await self.transaction(partial(transactions.release_request, job=job, worker=worker))
 
     async def finish_request(
         self,
@@ -127,7 +143,7 @@ class Writes:
         keep_upload: bool = True,
     ) -> BulkRequest:
         work = partial(
-            operations.finish_request,
+            transactions.finish_request,
             job=job,
             worker=worker,
             status=status,
@@ -135,19 +151,19 @@ class Writes:
             error_details=error_details,
             keep_upload=keep_upload,
         )
-        return await self.write(work)
+        return await self.transaction(work)
 
     async def record_parse_progress(
         self, job: BulkRequest, worker: str, chunk: EncodedChunk, total_items: int
     ) -> BulkRequest:
         work = partial(
-            operations.record_parse_progress,
+            transactions.record_parse_progress,
             job=job,
             worker=worker,
             chunk=chunk,
             total_items=total_items,
         )
-        return await self.write(work)
+        return await self.transaction(work)
 
     async def finish_parsing(
         self,
@@ -159,22 +175,24 @@ class Writes:
         error_details: JSON | None,
     ) -> BulkRequest:
         work = partial(
-            operations.finish_parsing,
+            transactions.finish_parsing,
             job=job,
             worker=worker,
             total_items=total_items,
             data_stream_id=data_stream_id,
             error_details=error_details,
         )
-        return await self.write(work)
+        return await self.transaction(work)
 
     async def discard_staged_rows(self, request_id: int) -> None:
         await self.write(lambda tx: tx.delete_chunks(request_id))
 
     async def requeue_orphans(self, live_workers: Iterable[str], reason: str) -> list[int]:
         live = list(live_workers)
-        return await self.write(
-            partial(operations.requeue_orphans, live_workers=live, reason=reason)
+        return await self.transaction(
+            partial(
+                transactions.requeue_orphans, live_workers=live, reason=reason, stale_before=None
+            )
         )
 
     # --- sweeps -----------------------------------------------------------------------------
@@ -186,4 +204,6 @@ class Writes:
         return await self.write(lambda tx: tx.delete_old_outbox_events())
 
     async def purge_hidden_records(self) -> int | None:
-        return await self.write(partial(operations.purge_hidden_records, limit=ATOMIC_PURGE_BATCH))
+        return await self.transaction(
+            partial(transactions.purge_hidden_records, limit=ATOMIC_PURGE_BATCH)
+        )
