@@ -31,6 +31,7 @@ import orjson
 
 from server.clock import now_rfc3339, parse_rfc3339
 from server.constants import CHECKPOINT_INTERVAL_SECONDS, READER_CONNECTIONS
+from server.db.listing import records_query
 from server.db.port import (
     AfterCommitHook,
     HeartbeatSummary,
@@ -40,7 +41,7 @@ from server.db.port import (
     UploadSource,
 )
 from server.db.sqlite.connection import open_connection, open_writer_connection, prepare_database
-from server.db.sqlite.queries import Q
+from server.db.sqlite.queries import Q, load_queries
 from server.db.sqlite.rows import bulk_request_from_row, chain_member_from_row
 from server.db.sqlite.tx import WriteTx, row_dict
 from server.db.sqlite.uploads import FileUploadSink, remove, remove_files_except
@@ -313,20 +314,15 @@ class Store(Writes):
         after_id: int,
         limit: int,
     ) -> list[Record]:
-        params = {
-            "environment_id": environment_id,
-            "data_stream_key": data_stream_key,
-            "bulk_request_id": bulk_request_id,
-            "after_id": after_id,
-            "limit": limit,
-        }
-        if data_stream_key is not None:
-            query = Q.list_records_by_stream
-        elif bulk_request_id is not None:
-            query = Q.list_records_by_request
-        else:
-            query = Q.list_records
-        return [Record(**row) for row in await self.read_all(query, params)]
+        query = records_query(
+            environment_id,
+            data_stream_key=data_stream_key,
+            bulk_request_id=bulk_request_id,
+            after_id=after_id,
+            limit=limit,
+        )
+        rows = await self.read_all(load_queries()[query.name], query.params)
+        return [Record(**row) for row in rows]
 
     # --- bulk requests: reads ----------------------------------------------------------
 
