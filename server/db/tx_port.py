@@ -40,7 +40,11 @@ class Tx(Protocol):
         outbox row now, the event handed to after-commit once the transaction commits."""
         ...
 
-    # --- streams and idempotency -------------------------------------------------------
+    async def delete_old_outbox_events(self) -> int: ...
+
+    # --- environments, streams, idempotency --------------------------------------------
+
+    async def ensure_environment(self, name: str) -> int: ...
 
     async def get_data_stream(self, environment_id: int, key: str) -> DataStream | None: ...
 
@@ -54,6 +58,8 @@ class Tx(Protocol):
     async def save_idempotency_key(
         self, environment_id: int, key: str, fingerprint: str, request_id: int
     ) -> None: ...
+
+    async def delete_expired_idempotency_keys(self) -> int: ...
 
     # --- bulk requests ---------------------------------------------------------------------
 

@@ -69,6 +69,15 @@ class AsyncWriteTx:
     ) -> RequestChanged:
         return self._tx.emit(row, transition, log_level=log_level, **log_fields)
 
+    async def delete_old_outbox_events(self) -> int:
+        return self._tx.delete_old_outbox_events()
+
+    async def ensure_environment(self, name: str) -> int:
+        return self._tx.ensure_environment(name)
+
+    async def delete_expired_idempotency_keys(self) -> int:
+        return self._tx.delete_expired_idempotency_keys()
+
     async def get_data_stream(self, environment_id: int, key: str) -> DataStream | None:
         return self._tx.get_data_stream(environment_id, key)
 

@@ -1,11 +1,15 @@
-"""The port's bulk-request write operations on SQLite: each one transaction on the writer.
+"""The port's write operations, once for both adapters: each one transaction body.
 
-A mixin of `Store` (store.py), which provides `write`. The transaction bodies are
-server/db/transactions.py's, shared with PostgreSQL: `transaction` runs one on the writer
-thread through `AsyncWriteTx`, to completion without a loop (server/db/drive.py), inside
-the same one-hop `BEGIN IMMEDIATE` as any other write. `urgent` is as it always was: the
-operations a client waits on (create, cancel, retry) go before worker and sweeper
-transactions (server/db/sqlite/writer.py).
+A mixin of both adapters (`Store`, `PostgresStorage`): an operation picks its body in
+server/db/transactions.py and hands it to the adapter's `transaction`, which runs it as
+one transaction of its own kind (SQLite: on the writer thread, in one `BEGIN IMMEDIATE`
+hop; PostgreSQL: on one pooled connection). What differs per adapter stays there:
+PostgreSQL's `commit_batch` runs again after an external_id another process committed
+meanwhile, and only PostgreSQL rescues claims by heartbeat age (`stale_claims_before`).
+
+`urgent`: the operations a client waits on (create, cancel, retry) go before worker and
+sweeper transactions on SQLite's one writer (server/db/sqlite/writer.py); PostgreSQL's
+pool has no queue to jump.
 """
 
 from __future__ import annotations
@@ -19,10 +23,7 @@ from server.batches import Batch
 from server.clock import now_rfc3339
 from server.constants import ATOMIC_PURGE_BATCH
 from server.db import transactions
-from server.db.drive import run_to_completion
 from server.db.port import CancelOutcome, IdempotencyClaim, NewUpload
-from server.db.sqlite.async_tx import AsyncWriteTx
-from server.db.sqlite.tx import WriteTx
 from server.db.tx_port import Tx
 from server.models import BulkRequest
 from server.staging import EncodedChunk
@@ -32,17 +33,20 @@ T = TypeVar("T")
 
 
 class Writes:
-    async def write(self, work: Callable[[WriteTx], T], *, urgent: bool = False) -> T:
-        raise NotImplementedError  # Store's
-
     async def transaction(
         self, body: Callable[[Tx], Coroutine[Any, Any, T]], *, urgent: bool = False
     ) -> T:
-        """Run a shared transaction body (server/db/transactions.py) as one write."""
-        return await self.write(lambda tx: run_to_completion(body(AsyncWriteTx(tx))), urgent=urgent)
+        """Run a transaction body of transactions.py as one transaction; commit when it
+        returns, roll back when it raises; its events go to after-commit once committed."""
+        raise NotImplementedError  # the adapter's
+
+    def stale_claims_before(self) -> str | None:
+        """The heartbeat time before which any process's claim is an orphan, or None
+        when a claim is judged by its worker's liveness alone."""
+        raise NotImplementedError  # the adapter's
 
     async def ensure_environment(self, name: str) -> int:
-        return await self.write(lambda tx: tx.ensure_environment(name))
+        return await self.transaction(lambda tx: tx.ensure_environment(name))
 
     # --- what clients ask for: urgent, the client waits for this commit -----------------
 
@@ -115,7 +119,8 @@ class Writes:
         request_id = job.id
         start = batch.start_row
         now = now_rfc3339()
-        # Rows are shaped here, on the loop, so the writer thread holds the lock only for SQL.
+        # Rows are shaped here, before the transaction: SQLite's writer thread then holds
+        # the lock only for SQL.
         candidates: list[tuple[Any, ...]] = [
             (*rec, request_id, start + offset, now) for offset, rec in batch.candidates
         ]
@@ -185,23 +190,26 @@ class Writes:
         return await self.transaction(work)
 
     async def discard_staged_rows(self, request_id: int) -> None:
-        await self.write(lambda tx: tx.delete_chunks(request_id))
+        await self.transaction(lambda tx: tx.delete_chunks(request_id))
 
     async def requeue_orphans(self, live_workers: Iterable[str], reason: str) -> list[int]:
         live = list(live_workers)
         return await self.transaction(
             partial(
-                transactions.requeue_orphans, live_workers=live, reason=reason, stale_before=None
+                transactions.requeue_orphans,
+                live_workers=live,
+                reason=reason,
+                stale_before=self.stale_claims_before(),
             )
         )
 
     # --- sweeps -----------------------------------------------------------------------------
 
     async def delete_expired_idempotency_keys(self) -> int:
-        return await self.write(lambda tx: tx.delete_expired_idempotency_keys())
+        return await self.transaction(lambda tx: tx.delete_expired_idempotency_keys())
 
     async def prune_outbox(self) -> int:
-        return await self.write(lambda tx: tx.delete_old_outbox_events())
+        return await self.transaction(lambda tx: tx.delete_old_outbox_events())
 
     async def purge_hidden_records(self) -> int | None:
         return await self.transaction(
