@@ -1,11 +1,11 @@
 """Every write operation of the storage port, once: `async def` functions of a `Tx`.
 
-Each is one transaction body; the adapter opens the transaction and runs it there:
-SQLite's `Store` on its writer thread in one `BEGIN IMMEDIATE` hop, through the
-never-suspending `AsyncWriteTx` and server/db/drive.py's `run_to_completion`
-(server/db/sqlite/writes.py), PostgreSQL's `PostgresStorage.write` awaiting it on a
-pooled connection (server/db/postgres/storage.py). A change to what an operation does
-lands here, for both.
+Each is one transaction body; server/db/writes.py picks it for a port operation and
+the adapter's `transaction` runs it: SQLite's `Store` on its writer thread in one
+`BEGIN IMMEDIATE` hop, through the never-suspending `AsyncWriteTx` and
+server/db/drive.py's `run_to_completion` (server/db/sqlite/store.py), PostgreSQL's
+`PostgresStorage` awaiting it on a pooled connection (server/db/postgres/storage.py).
+A change to what an operation does lands here, for both.
 
 What they decide comes from the domain's pure functions (server/rules.py,
 server/chains.py, server/batches.py). Where several PostgreSQL processes change what one

@@ -1,4 +1,4 @@
-"""Named statements inside one open PostgreSQL transaction (the asyncpg twin of SQLite's WriteTx).
+"""Named statements inside one open PostgreSQL transaction (asyncpg; SQLite's is WriteTx).
 
 server/db/transactions.py decides *what* each port operation does, once for both
 adapters; this class knows *how* in SQL and implements its `Tx` (server/db/tx_port.py), one

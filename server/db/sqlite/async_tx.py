@@ -4,7 +4,7 @@ The shared transaction bodies (server/db/transactions.py) are coroutines of a `T
 SQLite they run on the writer thread, which has no event loop: each method here is an
 `async def` that calls the synchronous WriteTx method and returns, never suspending, so
 server/db/drive.py's `run_to_completion` takes the body's value on its first step
-(writes.py). WriteTx itself stays synchronous: the webhook tables, the API-key and stream
+(`Store.transaction`). WriteTx itself stays synchronous: the webhook tables, the API-key and stream
 writes in store.py and the tests call it directly.
 
 The steps only PostgreSQL needs (locks, the second look for reserved external_ids,
