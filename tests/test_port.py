@@ -1,6 +1,10 @@
 """server/db/port.py: the PostgreSQL skeleton in its docstring is written in the port's own
 signatures (the test that another adapter fits without touching the domain), and the
-SQLite adapter implements every operation of the port with the same parameters."""
+SQLite adapter implements every operation of the port with the same parameters.
+
+server/db/tx_port.py: both adapters' transactions implement every method of `Tx`, the
+one interface of the shared transaction bodies (server/db/transactions.py), with the same
+parameters (mypy --strict checks the types where the adapters run a body)."""
 
 from __future__ import annotations
 import __future__
@@ -12,7 +16,10 @@ from typing import Any
 import server.db.port as port
 from server.db.port import Storage
 from server.db.postgres.storage import PostgresStorage
+from server.db.postgres.tx import PgTx
+from server.db.sqlite.async_tx import AsyncWriteTx
 from server.db.sqlite.store import Store
+from server.db.tx_port import Tx
 
 # What issue 12 needs of the skeleton at least: the claim, the fenced worker writes,
 # the client-facing transactions and the sweeps.
@@ -85,3 +92,38 @@ def test_the_postgresql_adapter_implements_every_operation_with_the_same_paramet
         implementation = getattr(PostgresStorage, name)
         assert inspect.iscoroutinefunction(implementation), name
         assert _shape(inspect.signature(implementation)) == _shape(signature), name
+
+
+def _tx_mismatches(cls: type) -> list[str]:
+    """The methods of `Tx` that `cls` lacks, does not make a coroutine, or takes other
+    parameters for."""
+    return [
+        name
+        for name, signature in _operations(Tx).items()
+        if not _implements(getattr(cls, name, None), signature)
+    ]
+
+
+def _implements(implementation: Any, signature: inspect.Signature) -> bool:
+    return inspect.iscoroutinefunction(implementation) and _shape(
+        inspect.signature(implementation)
+    ) == _shape(signature)
+
+
+def test_both_transactions_implement_every_method_of_tx_with_the_same_parameters() -> None:
+    assert len(_operations(Tx)) > 30  # the statements of every write operation
+    assert _tx_mismatches(AsyncWriteTx) == []
+    assert _tx_mismatches(PgTx) == []
+
+
+def test_the_tx_check_names_a_missing_a_blocking_and_a_different_method() -> None:
+    class Mismatched:
+        async def emit(self) -> None:  # other parameters
+            pass
+
+        def lock_request(self, request_id: int) -> None:  # not a coroutine
+            pass
+
+    wrong = _tx_mismatches(Mismatched)
+    assert {"emit", "lock_request", "insert_chunk"} <= set(wrong)
+    assert len(wrong) == len(_operations(Tx))

@@ -14,6 +14,7 @@ import asyncpg
 import orjson
 
 from server.clock import now_rfc3339, parse_rfc3339
+from server.db.listing import records_query
 from server.db.postgres.queries import bind
 from server.db.postgres.rows import bulk_request_from_record, chain_member_from_record
 from server.ingest.validation import StreamRef
@@ -106,20 +107,14 @@ class Reads:
         after_id: int,
         limit: int,
     ) -> list[Record]:
-        values = {
-            "environment_id": environment_id,
-            "data_stream_key": data_stream_key,
-            "bulk_request_id": bulk_request_id,
-            "after_id": after_id,
-            "limit": limit,
-        }
-        if data_stream_key is not None:
-            query = "list_records_by_stream"
-        elif bulk_request_id is not None:
-            query = "list_records_by_request"
-        else:
-            query = "list_records"
-        return [Record(**found) for found in await self.rows(query, **values)]
+        query = records_query(
+            environment_id,
+            data_stream_key=data_stream_key,
+            bulk_request_id=bulk_request_id,
+            after_id=after_id,
+            limit=limit,
+        )
+        return [Record(**found) for found in await self.rows(query.name, **query.params)]
 
     # --- bulk requests -----------------------------------------------------------------
 

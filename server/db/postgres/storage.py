@@ -9,7 +9,8 @@ claimed_by), a dead process's claims are rescued by heartbeat age, and a LISTEN
 connection feeds the other processes' committed events to this one's `after_commit`
 (event streams, the dashboard, idle workers' wake-up and cancels see every process).
 
-The operations' transaction bodies are in operations.py, the statements in queries.sql.
+The port's write operations are server/db/writes.py's and their transaction bodies
+server/db/transactions.py's, shared with SQLite; the statements are in queries.sql.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -28,7 +29,6 @@ import orjson
 from server.batches import Batch
 from server.clock import now_rfc3339, to_rfc3339, utc_now
 from server.constants import (
-    ATOMIC_PURGE_BATCH,
     POSTGRES_ABANDONED_UPLOAD_SECONDS,
     POSTGRES_LISTEN_RETRY_SECONDS,
     POSTGRES_MAX_REMEMBERED_OUTBOX_IDS,
@@ -38,28 +38,26 @@ from server.constants import (
 from server.db.payload import bulk_request_from_stored
 from server.db.port import (
     AfterCommitHook,
-    CancelOutcome,
     FencedOut,
     HeartbeatSummary,
-    IdempotencyClaim,
-    NewUpload,
     StatusSourceTotals,
     StorageUnavailable,
     UploadSink,
     UploadSource,
 )
-from server.db.postgres import operations, uploads
+from server.db.postgres import uploads
 from server.db.postgres.migrations import migrate
 from server.db.postgres.queries import bind
 from server.db.postgres.reads import Reads
 from server.db.postgres.tx import CREATE_STAGED_RECORDS, PgTx
 from server.db.postgres.uploads import PgUploadSink
 from server.db.postgres.webhooks import UnsupportedWebhooks
+from server.db.tx_port import Tx
 from server.db.webhook_port import WebhookStorage
+from server.db.writes import Writes
 from server.models import BulkRequest, DataStream
 from server.outcomes import RequestChanged, Transition
-from server.staging import EncodedChunk
-from server.types import JSON, Mode, Source, Status
+from server.types import Source, Status
 
 T = TypeVar("T")
 log = logging.getLogger("server.db")
@@ -96,7 +94,7 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     transaction-level, the LISTEN has its own connection, no cursor outlives a query."""
 
 
-class PostgresStorage(Reads):
+class PostgresStorage(Reads, Writes):
     def __init__(self, dsn: str, *, pool_size: int, heartbeat_timeout: float) -> None:
         """`heartbeat_timeout`: seconds without a heartbeat before any process may rescue
         a claim (requeue_orphans)."""
@@ -166,6 +164,14 @@ class PostgresStorage(Reads):
         that lost a deadlock or serialization conflict (or `retry_on`) runs again.
         """
         return await asyncio.shield(self._write(work, retry_on))
+
+    async def transaction(
+        self, body: Callable[[Tx], Coroutine[Any, Any, T]], *, urgent: bool = False
+    ) -> T:
+        """Run a shared transaction body (server/db/transactions.py) as one `write`.
+        `urgent` changes nothing here: each transaction has its own pooled connection,
+        there is no writer queue to jump."""
+        return await self.write(body)
 
     async def _write(
         self, work: Callable[[PgTx], Awaitable[T]], retry_on: tuple[type[BaseException], ...]
@@ -262,9 +268,6 @@ class PostgresStorage(Reads):
 
     # --- environments and API keys ---------------------------------------------------
 
-    async def ensure_environment(self, name: str) -> int:
-        return await self.write(lambda tx: tx.ensure_environment(name))
-
     async def create_api_key(self, environment: str, key_hash: str, public_id: str) -> int:
         async def work(tx: PgTx) -> int:
             return await tx.insert_api_key(
@@ -315,89 +318,16 @@ class PostgresStorage(Reads):
 
         return await self.write(work)
 
-    # --- bulk requests: what clients ask for -----------------------------------------
-
-    async def create_records_request(
-        self,
-        environment_id: int,
-        *,
-        on_conflict: str,
-        mode: Mode = Mode.PARTIAL,
-        total_items: int,
-        chunks: Sequence[EncodedChunk],
-        data_stream_key: str | None,
-        claim: IdempotencyClaim | None,
-        run_at: datetime | None = None,
-    ) -> tuple[BulkRequest, bool]:
-        work = partial(
-            operations.create_records_request,
-            environment_id=environment_id,
-            on_conflict=on_conflict,
-            mode=mode,
-            run_at=run_at,
-            total_items=total_items,
-            chunks=chunks,
-            data_stream_key=data_stream_key,
-            claim=claim,
-        )
-        return await self.write(work)
-
-    async def create_upload_request(
-        self, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
-    ) -> tuple[BulkRequest, bool]:
-        work = partial(
-            operations.create_upload_request,
-            environment_id=environment_id,
-            upload=upload,
-            claim=claim,
-        )
-        return await self.write(work)
-
-    async def cancel_request(
-        self, environment_id: int, request_id: int
-    ) -> tuple[BulkRequest, CancelOutcome] | None:
-        work = partial(
-            operations.cancel_request, environment_id=environment_id, request_id=request_id
-        )
-        return await self.write(work)
-
-    async def create_retry(
-        self, environment_id: int, request_id: int, claim: IdempotencyClaim | None
-    ) -> tuple[BulkRequest, bool] | None:
-        work = partial(
-            operations.create_retry,
-            environment_id=environment_id,
-            request_id=request_id,
-            claim=claim,
-        )
-        return await self.write(work)
-
     # --- the worker side -------------------------------------------------------------
 
-    async def claim_next_request(
-        self, worker: str, *, sliced: frozenset[int] = frozenset()
-    ) -> BulkRequest | None:
-        return await self.write(
-            partial(operations.claim_next_request, worker=worker, sliced=sliced)
-        )
-
     async def commit_batch(self, job: BulkRequest, worker: str, batch: Batch) -> BulkRequest:
-        request_id = job.id
-        start = batch.start_row
-        now = now_rfc3339()
-        candidates: list[tuple[Any, ...]] = [
-            (*rec, request_id, start + offset, now) for offset, rec in batch.candidates
-        ]
-        work = partial(
-            operations.commit_batch, job=job, worker=worker, batch=batch, candidates=candidates
-        )
         for attempt in range(1, POSTGRES_TRANSACTION_ATTEMPTS + 1):
             try:
-                return await self.write(work)
+                return await super().commit_batch(job, worker, batch)
             except asyncpg.exceptions.UniqueViolationError as exc:
                 if exc.constraint_name == RECORDS_REQUEST_ROW_INDEX:
                     # Rows behind the checkpoint: only a stale claim writes those.
-                    raise FencedOut(request_id) from exc
+                    raise FencedOut(job.id) from exc
                 if exc.constraint_name != RECORDS_EXTERNAL_ID_INDEX or (
                     attempt == POSTGRES_TRANSACTION_ATTEMPTS
                 ):
@@ -407,73 +337,10 @@ class PostgresStorage(Reads):
                 # finds it, and it is reported as the row's duplicate_external_id error.
         raise AssertionError("unreachable")
 
-    async def release_request(self, job: BulkRequest, worker: str) -> None:
-        await self.write(partial(operations.release_request, job=job, worker=worker))
-
-    async def finish_request(
-        self,
-        job: BulkRequest,
-        worker: str,
-        status: Status,
-        *,
-        error_message: str | None = None,
-        error_details: JSON | None = None,
-        keep_upload: bool = True,
-    ) -> BulkRequest:
-        work = partial(
-            operations.finish_request,
-            job=job,
-            worker=worker,
-            status=status,
-            error_message=error_message,
-            error_details=error_details,
-            keep_upload=keep_upload,
-        )
-        return await self.write(work)
-
-    async def record_parse_progress(
-        self, job: BulkRequest, worker: str, chunk: EncodedChunk, total_items: int
-    ) -> BulkRequest:
-        work = partial(
-            operations.record_parse_progress,
-            job=job,
-            worker=worker,
-            chunk=chunk,
-            total_items=total_items,
-        )
-        return await self.write(work)
-
-    async def finish_parsing(
-        self,
-        job: BulkRequest,
-        worker: str,
-        *,
-        total_items: int,
-        data_stream_id: int | None,
-        error_details: JSON | None,
-    ) -> BulkRequest:
-        work = partial(
-            operations.finish_parsing,
-            job=job,
-            worker=worker,
-            total_items=total_items,
-            data_stream_id=data_stream_id,
-            error_details=error_details,
-        )
-        return await self.write(work)
-
-    async def discard_staged_rows(self, request_id: int) -> None:
-        await self.write(lambda tx: tx.delete_chunks(request_id))
-
-    async def requeue_orphans(self, live_workers: Iterable[str], reason: str) -> list[int]:
-        """This process's dead workers' claims, and any claim whose heartbeat is older
-        than the heartbeat timeout: no process assumes the claims it finds are its own."""
-        live = list(live_workers)
-        stale_before = to_rfc3339(utc_now() - timedelta(seconds=self.heartbeat_timeout))
-        work = partial(
-            operations.requeue_orphans, live_workers=live, reason=reason, stale_before=stale_before
-        )
-        return await self.write(work)
+    def stale_claims_before(self) -> str:
+        """No process assumes the claims it finds are its own: another's claim is an
+        orphan once its heartbeat is older than the heartbeat timeout."""
+        return to_rfc3339(utc_now() - timedelta(seconds=self.heartbeat_timeout))
 
     # --- uploads: chunks in the database (uploads.py) ---------------------------------
 
@@ -491,17 +358,6 @@ class PostgresStorage(Reads):
         never completed, once older than any upload still being received."""
         not_before = to_rfc3339(utc_now() - timedelta(seconds=POSTGRES_ABANDONED_UPLOAD_SECONDS))
         return len(await self.rows("delete_unreferenced_uploads", not_before=not_before))
-
-    # --- sweeps ----------------------------------------------------------------------
-
-    async def delete_expired_idempotency_keys(self) -> int:
-        return await self.write(lambda tx: tx.delete_expired_idempotency_keys())
-
-    async def prune_outbox(self) -> int:
-        return await self.write(lambda tx: tx.delete_old_outbox_events())
-
-    async def purge_hidden_records(self) -> int | None:
-        return await self.write(partial(operations.purge_hidden_records, limit=ATOMIC_PURGE_BATCH))
 
     # --- reads that raise StorageUnavailable ------------------------------------------
 

@@ -1,6 +1,7 @@
-"""Named statements inside one open PostgreSQL transaction (the asyncpg twin of SQLite's WriteTx).
+"""Named statements inside one open PostgreSQL transaction (asyncpg; SQLite's is WriteTx).
 
-operations.py decides *what* each port operation does; this class knows *how* in SQL, one
+server/db/transactions.py decides *what* each port operation does, once for both
+adapters; this class knows *how* in SQL and implements its `Tx` (server/db/tx_port.py), one
 method per named statement of queries.sql, bound by name (queries.bind). A PgTx lives
 only inside the `async with` of `PostgresStorage.write`; nothing outside
 server/db/postgres/ sees one.
@@ -336,6 +337,14 @@ class PgTx:
         )
         return {(r["data_stream_id"], r["external_id"]) for r in rows}
 
+    async def find_reserved_external_ids_again(
+        self, request_id: int, pairs: Sequence[tuple[int, str]]
+    ) -> set[tuple[int, str]]:
+        """The same look after an insert skipped rows: another process's atomic batch,
+        uncommitted at the first look, may have committed since (READ COMMITTED: this
+        statement sees that commit)."""
+        return await self.find_reserved_external_ids(request_id, pairs)
+
     async def fail_atomic_request(self, request_id: int, error_message: str) -> BulkRequest | None:
         return await self.request("fail_atomic_request", id=request_id, error_message=error_message)
 
@@ -476,11 +485,35 @@ class PgTx:
         )
         return [int(r["id"]) for r in rows]
 
+    async def requeue_orphaned_claims(
+        self, live_workers: Sequence[str], reason: str, stale_before: str | None
+    ) -> list[int]:
+        """This process's claims held by workers no longer alive (judged per boot id of
+        the live workers), and any process's claim whose heartbeat is older than
+        `stale_before`."""
+        live = list(live_workers)
+        ids: list[int] = []
+        for prefix in sorted({worker_process_prefix(worker) for worker in live}):
+            ids += await self.requeue_orphans(live, prefix, reason)
+        if stale_before is not None:
+            ids += await self.rescue_stale_requests(stale_before, reason)
+        return ids
+
     async def rescue_stale_requests(self, stale_before: str, reason: str) -> list[int]:
         rows = await self.all(
             "rescue_stale_requests", stale_before=stale_before, reason=reason, now=now_rfc3339()
         )
         return [int(r["id"]) for r in rows]
+
+
+def worker_process_prefix(worker: str) -> str:
+    """The LIKE pattern of the claims of `worker`'s process.
+
+    Worker ids are "<process boot id>:<n>:<generation>" (server/jobs/worker.py): the
+    live workers of this process name its boot id, and only its own claims are its to
+    judge by liveness; other processes' are rescued by heartbeat age.
+    """
+    return worker.split(":", 1)[0] + ":%"  # boot ids are hex: nothing to escape
 
 
 def _without_nul(row: Sequence[Any]) -> tuple[Any, ...]:

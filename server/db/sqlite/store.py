@@ -1,7 +1,8 @@
 """The SQLite adapter of the storage port (server/db/port.py): `Store` implements `Storage`.
 
-The statements live in `queries.sql`; the write operations' transaction bodies in
-operations.py.
+The statements live in `queries.sql`. The port's write operations are server/db/writes.py's
+and their transaction bodies server/db/transactions.py's, shared with PostgreSQL: they run
+here through `transaction`.
 
 Writes go through a single writer connection on its own thread (server/db/sqlite/writer.py),
 each transaction a plain function run there in one hop as `BEGIN IMMEDIATE` (a deferred
@@ -20,7 +21,7 @@ import fcntl
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +32,8 @@ import orjson
 
 from server.clock import now_rfc3339, parse_rfc3339
 from server.constants import CHECKPOINT_INTERVAL_SECONDS, READER_CONNECTIONS
+from server.db.drive import run_to_completion
+from server.db.listing import records_query
 from server.db.port import (
     AfterCommitHook,
     HeartbeatSummary,
@@ -39,15 +42,17 @@ from server.db.port import (
     UploadSink,
     UploadSource,
 )
+from server.db.sqlite.async_tx import AsyncWriteTx
 from server.db.sqlite.connection import open_connection, open_writer_connection, prepare_database
-from server.db.sqlite.queries import Q
+from server.db.sqlite.queries import Q, load_queries
 from server.db.sqlite.rows import bulk_request_from_row, chain_member_from_row
 from server.db.sqlite.tx import WriteTx, row_dict
 from server.db.sqlite.uploads import FileUploadSink, remove, remove_files_except
 from server.db.sqlite.webhooks import WebhookStore
 from server.db.sqlite.writer import Writer
-from server.db.sqlite.writes import Writes
+from server.db.tx_port import Tx
 from server.db.webhook_port import WebhookStorage
+from server.db.writes import Writes
 from server.ingest.validation import StreamRef
 from server.models import (
     ActiveApiKey,
@@ -199,6 +204,19 @@ class Store(Writes):
 
         return await self._writer.transaction(work, urgent=urgent, committed=committed)
 
+    async def transaction(
+        self, body: Callable[[Tx], Coroutine[Any, Any, T]], *, urgent: bool = False
+    ) -> T:
+        """Run a shared transaction body (server/db/transactions.py) as one `write`: on the
+        writer thread through AsyncWriteTx, whose methods never suspend, so the body runs
+        to completion there without a loop (server/db/drive.py)."""
+        return await self.write(lambda tx: run_to_completion(body(AsyncWriteTx(tx))), urgent=urgent)
+
+    def stale_claims_before(self) -> None:
+        """This process holds the database's flock: every claim not held by one of its
+        live workers is an orphan, however recent its heartbeat."""
+        return None
+
     @asynccontextmanager
     async def reader(self) -> AsyncIterator[aiosqlite.Connection]:
         conn = await self._readers.get()
@@ -313,20 +331,15 @@ class Store(Writes):
         after_id: int,
         limit: int,
     ) -> list[Record]:
-        params = {
-            "environment_id": environment_id,
-            "data_stream_key": data_stream_key,
-            "bulk_request_id": bulk_request_id,
-            "after_id": after_id,
-            "limit": limit,
-        }
-        if data_stream_key is not None:
-            query = Q.list_records_by_stream
-        elif bulk_request_id is not None:
-            query = Q.list_records_by_request
-        else:
-            query = Q.list_records
-        return [Record(**row) for row in await self.read_all(query, params)]
+        query = records_query(
+            environment_id,
+            data_stream_key=data_stream_key,
+            bulk_request_id=bulk_request_id,
+            after_id=after_id,
+            limit=limit,
+        )
+        rows = await self.read_all(load_queries()[query.name], query.params)
+        return [Record(**row) for row in rows]
 
     # --- bulk requests: reads ----------------------------------------------------------
 

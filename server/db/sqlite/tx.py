@@ -1,8 +1,9 @@
 """Named write operations inside one open `BEGIN IMMEDIATE` transaction.
 
-The adapter's operations (operations.py) decide *what* to do; this class knows *how* in
-SQL. A transaction is a plain function of a WriteTx that `Store.write()` runs on the
-writer thread (writer.py), so these methods are synchronous; never keep a WriteTx past
+The port's operations (server/db/transactions.py, shared with PostgreSQL) decide *what*
+to do; this class knows *how* in SQL. A transaction is a plain function of a WriteTx that
+`Store.write()` runs on the writer thread (writer.py), so these methods are synchronous;
+the shared bodies see them as a `Tx` through async_tx.py. Never keep a WriteTx past
 the function it was given to. Nothing outside server/db/sqlite/ sees a WriteTx.
 
 A transaction that changes a bulk request's state calls `emit`: the event is written to

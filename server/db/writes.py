@@ -1,13 +1,20 @@
-"""The port's bulk-request write operations on SQLite: each one transaction on the writer.
+"""The port's write operations, once for both adapters: each one transaction body.
 
-A mixin of `Store` (store.py), which provides `write`: the transaction bodies are in
-operations.py. `urgent` is as it always was: the operations a client waits on (create,
-cancel, retry) go before worker and sweeper transactions (server/db/sqlite/writer.py).
+A mixin of both adapters (`Store`, `PostgresStorage`): an operation picks its body in
+server/db/transactions.py and hands it to the adapter's `transaction`, which runs it as
+one transaction of its own kind (SQLite: on the writer thread, in one `BEGIN IMMEDIATE`
+hop; PostgreSQL: on one pooled connection). What differs per adapter stays there:
+PostgreSQL's `commit_batch` runs again after an external_id another process committed
+meanwhile, and only PostgreSQL rescues claims by heartbeat age (`stale_claims_before`).
+
+`urgent`: the operations a client waits on (create, cancel, retry) go before worker and
+sweeper transactions on SQLite's one writer (server/db/sqlite/writer.py); PostgreSQL's
+pool has no queue to jump.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -15,9 +22,9 @@ from typing import Any, TypeVar
 from server.batches import Batch
 from server.clock import now_rfc3339
 from server.constants import ATOMIC_PURGE_BATCH
+from server.db import transactions
 from server.db.port import CancelOutcome, IdempotencyClaim, NewUpload
-from server.db.sqlite import operations
-from server.db.sqlite.tx import WriteTx
+from server.db.tx_port import Tx
 from server.models import BulkRequest
 from server.staging import EncodedChunk
 from server.types import JSON, Mode, Status
@@ -26,11 +33,20 @@ T = TypeVar("T")
 
 
 class Writes:
-    async def write(self, work: Callable[[WriteTx], T], *, urgent: bool = False) -> T:
-        raise NotImplementedError  # Store's
+    async def transaction(
+        self, body: Callable[[Tx], Coroutine[Any, Any, T]], *, urgent: bool = False
+    ) -> T:
+        """Run a transaction body of transactions.py as one transaction; commit when it
+        returns, roll back when it raises; its events go to after-commit once committed."""
+        raise NotImplementedError  # the adapter's
+
+    def stale_claims_before(self) -> str | None:
+        """The heartbeat time before which any process's claim is an orphan, or None
+        when a claim is judged by its worker's liveness alone."""
+        raise NotImplementedError  # the adapter's
 
     async def ensure_environment(self, name: str) -> int:
-        return await self.write(lambda tx: tx.ensure_environment(name))
+        return await self.transaction(lambda tx: tx.ensure_environment(name))
 
     # --- what clients ask for: urgent, the client waits for this commit -----------------
 
@@ -47,7 +63,7 @@ class Writes:
         run_at: datetime | None = None,
     ) -> tuple[BulkRequest, bool]:
         work = partial(
-            operations.create_records_request,
+            transactions.create_records_request,
             environment_id=environment_id,
             on_conflict=on_conflict,
             mode=mode,
@@ -58,63 +74,68 @@ class Writes:
             run_at=run_at,
         )
         # urgent: the client waits for this commit, a worker's next batch can wait 1 ms more.
-        return await self.write(work, urgent=True)
+        return await self.transaction(work, urgent=True)
 
     async def create_upload_request(
         self, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
     ) -> tuple[BulkRequest, bool]:
         work = partial(
-            operations.create_upload_request,
+            transactions.create_upload_request,
             environment_id=environment_id,
             upload=upload,
             claim=claim,
         )
-        return await self.write(work, urgent=True)
+        return await self.transaction(work, urgent=True)
 
     async def cancel_request(
         self, environment_id: int, request_id: int
     ) -> tuple[BulkRequest, CancelOutcome] | None:
         work = partial(
-            operations.cancel_request, environment_id=environment_id, request_id=request_id
+            transactions.cancel_request, environment_id=environment_id, request_id=request_id
         )
-        return await self.write(work, urgent=True)
+        return await self.transaction(work, urgent=True)
 
     async def create_retry(
         self, environment_id: int, request_id: int, claim: IdempotencyClaim | None
     ) -> tuple[BulkRequest, bool] | None:
         work = partial(
-            operations.create_retry,
+            transactions.create_retry,
             environment_id=environment_id,
             request_id=request_id,
             claim=claim,
         )
-        return await self.write(work, urgent=True)
+        return await self.transaction(work, urgent=True)
 
     # --- the worker side ------------------------------------------------------------------
 
     async def claim_next_request(
         self, worker: str, *, sliced: frozenset[int] = frozenset()
     ) -> BulkRequest | None:
-        return await self.write(
-            partial(operations.claim_next_request, worker=worker, sliced=sliced)
+        return await self.transaction(
+            partial(transactions.claim_next_request, worker=worker, sliced=sliced)
         )
 
     async def commit_batch(self, job: BulkRequest, worker: str, batch: Batch) -> BulkRequest:
         request_id = job.id
         start = batch.start_row
         now = now_rfc3339()
-        # Rows are shaped here, on the loop, so the writer thread holds the lock only for SQL.
+        # Rows are shaped here, before the transaction: SQLite's writer thread then holds
+        # the lock only for SQL.
         candidates: list[tuple[Any, ...]] = [
             (*rec, request_id, start + offset, now) for offset, rec in batch.candidates
         ]
-        return await self.write(
+        return await self.transaction(
             partial(
-                operations.commit_batch, job=job, worker=worker, batch=batch, candidates=candidates
+                transactions.commit_batch,
+                job=job,
+                worker=worker,
+                batch=batch,
+                candidates=candidates,
             )
         )
 
     async def release_request(self, job: BulkRequest, worker: str) -> None:
-        await self.write(partial(operations.release_request, job=job, worker=worker))
+        await self.transaction(partial(transactions.release_request, job=job, worker=worker))
 
     async def finish_request(
         self,
@@ -127,7 +148,7 @@ class Writes:
         keep_upload: bool = True,
     ) -> BulkRequest:
         work = partial(
-            operations.finish_request,
+            transactions.finish_request,
             job=job,
             worker=worker,
             status=status,
@@ -135,19 +156,19 @@ class Writes:
             error_details=error_details,
             keep_upload=keep_upload,
         )
-        return await self.write(work)
+        return await self.transaction(work)
 
     async def record_parse_progress(
         self, job: BulkRequest, worker: str, chunk: EncodedChunk, total_items: int
     ) -> BulkRequest:
         work = partial(
-            operations.record_parse_progress,
+            transactions.record_parse_progress,
             job=job,
             worker=worker,
             chunk=chunk,
             total_items=total_items,
         )
-        return await self.write(work)
+        return await self.transaction(work)
 
     async def finish_parsing(
         self,
@@ -159,31 +180,38 @@ class Writes:
         error_details: JSON | None,
     ) -> BulkRequest:
         work = partial(
-            operations.finish_parsing,
+            transactions.finish_parsing,
             job=job,
             worker=worker,
             total_items=total_items,
             data_stream_id=data_stream_id,
             error_details=error_details,
         )
-        return await self.write(work)
+        return await self.transaction(work)
 
     async def discard_staged_rows(self, request_id: int) -> None:
-        await self.write(lambda tx: tx.delete_chunks(request_id))
+        await self.transaction(lambda tx: tx.delete_chunks(request_id))
 
     async def requeue_orphans(self, live_workers: Iterable[str], reason: str) -> list[int]:
         live = list(live_workers)
-        return await self.write(
-            partial(operations.requeue_orphans, live_workers=live, reason=reason)
+        return await self.transaction(
+            partial(
+                transactions.requeue_orphans,
+                live_workers=live,
+                reason=reason,
+                stale_before=self.stale_claims_before(),
+            )
         )
 
     # --- sweeps -----------------------------------------------------------------------------
 
     async def delete_expired_idempotency_keys(self) -> int:
-        return await self.write(lambda tx: tx.delete_expired_idempotency_keys())
+        return await self.transaction(lambda tx: tx.delete_expired_idempotency_keys())
 
     async def prune_outbox(self) -> int:
-        return await self.write(lambda tx: tx.delete_old_outbox_events())
+        return await self.transaction(lambda tx: tx.delete_old_outbox_events())
 
     async def purge_hidden_records(self) -> int | None:
-        return await self.write(partial(operations.purge_hidden_records, limit=ATOMIC_PURGE_BATCH))
+        return await self.transaction(
+            partial(transactions.purge_hidden_records, limit=ATOMIC_PURGE_BATCH)
+        )

@@ -1,11 +1,18 @@
-"""The port's write operations as PostgreSQL transactions: async functions of a `PgTx`.
+"""Every write operation of the storage port, once: `async def` functions of a `Tx`.
 
-The same transaction bodies as the SQLite adapter's (server/db/sqlite/operations.py),
-written against asyncpg: `PostgresStorage.write` (storage.py) runs each in one
-transaction. What they decide comes from the domain's pure functions (server/rules.py,
-server/chains.py, server/batches.py), so both adapters make the same decisions. Where
-several processes change what one SQLite writer serialized, a lock says so: an advisory
-lock per Idempotency-Key, a row lock on a chain's origin for retries.
+Each is one transaction body; server/db/writes.py picks it for a port operation and
+the adapter's `transaction` runs it: SQLite's `Store` on its writer thread in one
+`BEGIN IMMEDIATE` hop, through the never-suspending `AsyncWriteTx` and
+server/db/drive.py's `run_to_completion` (server/db/sqlite/store.py), PostgreSQL's
+`PostgresStorage` awaiting it on a pooled connection (server/db/postgres/storage.py).
+A change to what an operation does lands here, for both.
+
+What they decide comes from the domain's pure functions (server/rules.py,
+server/chains.py, server/batches.py). Where several PostgreSQL processes change what one
+SQLite writer serialized, a step says so (a lock per Idempotency-Key, a row lock on a
+chain's origin, a second look for reserved external_ids): `Tx` (server/db/tx_port.py)
+has them on both, doing nothing on SQLite. A body never awaits anything but its `tx`:
+on SQLite it must not suspend.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from server.db.port import (
     IdempotencyMismatch,
     NewUpload,
 )
-from server.db.postgres.tx import PgTx
+from server.db.tx_port import Tx
 from server.models import BulkRequest, ChainMember, DataStream
 from server.outcomes import Transition, terminal_transition
 from server.rules import cancel_refusal, retry_refusal
@@ -56,7 +63,7 @@ from server.types import JSON, Mode, RowProblem, Source, Status
 
 
 async def _replay(
-    tx: PgTx, environment_id: int, claim: IdempotencyClaim | None
+    tx: Tx, environment_id: int, claim: IdempotencyClaim | None
 ) -> BulkRequest | None:
     if claim is None:
         return None
@@ -74,14 +81,14 @@ async def _replay(
 
 
 async def _save_claim(
-    tx: PgTx, environment_id: int, claim: IdempotencyClaim | None, request_id: int
+    tx: Tx, environment_id: int, claim: IdempotencyClaim | None, request_id: int
 ) -> None:
     if claim is not None:
         await tx.save_idempotency_key(environment_id, claim.key, claim.fingerprint, request_id)
 
 
 async def create_records_request(
-    tx: PgTx,
+    tx: Tx,
     environment_id: int,
     on_conflict: str,
     mode: Mode,
@@ -117,7 +124,7 @@ async def create_records_request(
 
 
 async def create_upload_request(
-    tx: PgTx, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
+    tx: Tx, environment_id: int, upload: NewUpload, claim: IdempotencyClaim | None
 ) -> tuple[BulkRequest, bool]:
     replayed = await _replay(tx, environment_id, claim)
     if replayed is not None:
@@ -146,7 +153,7 @@ async def create_upload_request(
 
 
 async def cancel_request(
-    tx: PgTx, environment_id: int, request_id: int
+    tx: Tx, environment_id: int, request_id: int
 ) -> tuple[BulkRequest, CancelOutcome] | None:
     row = await tx.get_bulk_request(environment_id, request_id)
     if row is None:
@@ -175,7 +182,7 @@ async def cancel_request(
 
 
 async def create_retry(
-    tx: PgTx, environment_id: int, request_id: int, claim: IdempotencyClaim | None
+    tx: Tx, environment_id: int, request_id: int, claim: IdempotencyClaim | None
 ) -> tuple[BulkRequest, bool] | None:
     """Decided and created in one write transaction, so concurrent retries (of any
     members) and cancels are serialized: no chain ever gets two live children."""
@@ -219,7 +226,7 @@ async def create_retry(
 
 
 async def _retry_unparsed_upload(
-    tx: PgTx, latest: BulkRequest, common: dict[str, Any]
+    tx: Tx, latest: BulkRequest, common: dict[str, Any]
 ) -> BulkRequest:
     # The chain stopped before its file was parsed (so it stored nothing): the child
     # parses the same file (retry_refusal checked that the file is still there).
@@ -234,9 +241,7 @@ async def _retry_unparsed_upload(
     return row
 
 
-async def _retry_rows(
-    tx: PgTx, chain: Sequence[BulkRequest], common: dict[str, Any]
-) -> BulkRequest:
+async def _retry_rows(tx: Tx, chain: Sequence[BulkRequest], common: dict[str, Any]) -> BulkRequest:
     # Members still parsing their file when they ended staged no rows; the first member
     # that staged rows is the origin, the later ones are retries of its rows.
     staged = [ChainMember.of(member) for member in chain if not member.parsing]
@@ -310,7 +315,7 @@ def _row_count(rows: list[StagedItem] | ValidatedRows) -> int:
 # --- the worker side ------------------------------------------------------------------------
 
 
-async def claim_next_request(tx: PgTx, worker: str, sliced: frozenset[int]) -> BulkRequest | None:
+async def claim_next_request(tx: Tx, worker: str, sliced: frozenset[int]) -> BulkRequest | None:
     job = await tx.claim_next_request(worker)
     if job is not None:
         await tx.emit(
@@ -324,7 +329,7 @@ async def claim_next_request(tx: PgTx, worker: str, sliced: frozenset[int]) -> B
 
 
 async def commit_batch(
-    tx: PgTx,
+    tx: Tx,
     job: BulkRequest,
     worker: str,
     batch: Batch,
@@ -347,11 +352,10 @@ async def commit_batch(
         inserted = await tx.insert_records_skipping_duplicates(candidates) if candidates else 0
         skipped = len(candidates) - inserted
         if others_hidden and skipped:
-            # Unlike SQLite's one writer, another process's atomic batch may have held an
-            # external_id uncommitted when we looked: ON CONFLICT waited for its commit
-            # and skipped the row. Looked up again (READ COMMITTED: this statement sees
-            # that commit), such a row is external_id_reserved, not a skip.
-            late = await tx.find_reserved_external_ids(request_id, candidate_pairs(batch))
+            # On PostgreSQL another process's atomic batch may have held an external_id
+            # uncommitted when we looked: ON CONFLICT waited for its commit and skipped
+            # the row. Looked up again, such a row is external_id_reserved, not a skip.
+            late = await tx.find_reserved_external_ids_again(request_id, candidate_pairs(batch))
             if late:
                 held = len(batch.candidates)
                 withhold_reserved(batch, candidates, late, problems)
@@ -422,14 +426,14 @@ def _keeping_stream_key(updated: BulkRequest, job: BulkRequest) -> BulkRequest:
     )
 
 
-async def release_request(tx: PgTx, job: BulkRequest, worker: str) -> None:
+async def release_request(tx: Tx, job: BulkRequest, worker: str) -> None:
     released = await tx.release_request(job, worker)
     if released is not None:
         await tx.emit(_keeping_stream_key(released, job), Transition.RELEASED)
 
 
 async def finish_request(
-    tx: PgTx,
+    tx: Tx,
     job: BulkRequest,
     worker: str,
     status: Status,
@@ -452,7 +456,7 @@ async def finish_request(
     return row
 
 
-async def purge_hidden_records(tx: PgTx, limit: int) -> int | None:
+async def purge_hidden_records(tx: Tx, limit: int) -> int | None:
     """Delete up to `limit` hidden records of one failed or cancelled atomic request;
     its id, or None when none has any left. Once a pass deletes fewer than `limit`, its
     last record is gone: it is marked purged, with an event (a retry of it may run now)."""
@@ -467,7 +471,7 @@ async def purge_hidden_records(tx: PgTx, limit: int) -> int | None:
 
 
 async def record_parse_progress(
-    tx: PgTx, job: BulkRequest, worker: str, chunk: EncodedChunk, total_items: int
+    tx: Tx, job: BulkRequest, worker: str, chunk: EncodedChunk, total_items: int
 ) -> BulkRequest:
     first_row, row_count, body = chunk
     await tx.insert_chunk(job.id, first_row, row_count, body)
@@ -481,7 +485,7 @@ async def record_parse_progress(
 
 
 async def finish_parsing(
-    tx: PgTx,
+    tx: Tx,
     job: BulkRequest,
     worker: str,
     total_items: int,
@@ -502,28 +506,14 @@ async def finish_parsing(
 
 
 async def requeue_orphans(
-    tx: PgTx, live_workers: Iterable[str], reason: str, stale_before: str
+    tx: Tx, live_workers: Iterable[str], reason: str, stale_before: str | None
 ) -> list[int]:
-    """This process's claims held by workers no longer alive, and any process's claim
-    whose heartbeat is older than `stale_before` (its process died or hangs)."""
-    live = sorted(set(live_workers))
-    ids: list[int] = []
-    for prefix in sorted({worker_process_prefix(worker) for worker in live}):
-        ids += await tx.requeue_orphans(live, prefix, reason)
-    ids += await tx.rescue_stale_requests(stale_before, reason)
+    """Claims held by workers no longer alive, and (`stale_before`: PostgreSQL) any
+    process's claim whose heartbeat is older (its process died or hangs)."""
+    ids = await tx.requeue_orphaned_claims(sorted(set(live_workers)), reason, stale_before)
     for request_id in ids:
         # Rare (a dead process or task): one read each for the event's row.
         row = await tx.get_bulk_request_any_environment(request_id)
         if row is not None:
             await tx.emit(row, Transition.REQUEUED, log_level=logging.WARNING, reason=reason)
     return ids
-
-
-def worker_process_prefix(worker: str) -> str:
-    """The LIKE pattern of the claims of `worker`'s process.
-
-    Worker ids are "<process boot id>:<n>:<generation>" (server/jobs/worker.py): the
-    live workers of this process name its boot id, and only its own claims are its to
-    judge by liveness; other processes' are rescued by heartbeat age.
-    """
-    return worker.split(":", 1)[0] + ":%"  # boot ids are hex: nothing to escape
