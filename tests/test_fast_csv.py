@@ -39,6 +39,7 @@ _text = st.text(st.sampled_from("0123456789-.+e ,\"'٣x\x00"), max_size=8)
 _value = st.one_of(
     _text,
     st.sampled_from(["12.50", "-0", "007", "1.234", "9007199254740991", "99999999999999999"]),
+    st.sampled_from(["9999999999999999.99", "90071992547409.91", "-90071992547409.92", "1.2.3"]),
     st.sampled_from(["2024-02-29", "2023-02-29", "2024-1-05", "20240105", "２０２４-01-05"]),
     st.sampled_from(["USD", "JPY", "BHD", "usd", "XXX", ""]),
     st.sampled_from(["bank", "yen", "dinar", "nope"]),
@@ -49,7 +50,7 @@ _value = st.one_of(
 _ordinary = st.fixed_dictionaries(
     {
         "date": st.sampled_from(["2024-02-29", "2024-12-31", "1999-01-01"]),
-        "amount": st.sampled_from(["12.50", "-0", "007", "1.2", "-3.000", "5", "0.125"]),
+        "amount": st.sampled_from(["12.50", "-0", "007", "1.2", "-3.000", "5", "0.125", "-0.00", "0001.00"]),
         "data_stream_key": st.sampled_from(["bank", "yen", "dinar"]),
     },
     optional={

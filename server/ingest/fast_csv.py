@@ -16,9 +16,10 @@ Pure code, no I/O, nothing of HTTP.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
-from server.constants import MAX_DESCRIPTION_CHARS, MAX_EXTERNAL_ID_CHARS
+from server.constants import MAX_ABS_MINOR_UNITS, MAX_DESCRIPTION_CHARS, MAX_EXTERNAL_ID_CHARS
 from server.ingest.fast_records import is_calendar_date, plain_minor_units
 from server.ingest.validation import StreamRef, ValidRecord
 from server.money import currency_exponent
@@ -28,6 +29,13 @@ from server.money import currency_exponent
 _PLAIN_FIELDS = frozenset(
     {"data_stream_key", "date", "amount", "currency", "description", "external_id"}
 )
+# An amount with exactly its currency's decimals ("-1234.56" in USD), as nearly every
+# export writes it: its minor units are its digits (int() of them, never a float). A
+# regex and one int() cost ~0.4 µs where plain_minor_units, which decides the rest, ~1.
+_EXACT_AMOUNT = {
+    exponent: re.compile(rf"-?[0-9]{{1,16}}\.[0-9]{{{exponent}}}" if exponent else "-?[0-9]{1,16}")
+    for exponent in range(5)
+}
 # A ValidRecord from its fields without _make's Python frame (this runs once per row).
 _new_record = tuple.__new__
 
@@ -52,7 +60,12 @@ def csv_record(fields: dict[str, object], streams: Mapping[str, StreamRef]) -> V
     # A leading quote: plain_minor_units reads JSON string text, which a cell is not.
     if exponent is None or not isinstance(amount, str) or amount[:1] == '"':
         return None
-    amount_minor = plain_minor_units(amount.encode(), exponent)
+    exact = _EXACT_AMOUNT.get(exponent)
+    if exact is not None and exact.fullmatch(amount):
+        minor = int(amount.replace(".", ""))
+        amount_minor = minor if -MAX_ABS_MINOR_UNITS <= minor <= MAX_ABS_MINOR_UNITS else None
+    else:
+        amount_minor = plain_minor_units(amount.encode(), exponent)
     if amount_minor is None:
         return None
     description = fields.get("description")
