@@ -1,9 +1,11 @@
 """Staged rows: their encoding, and where they are cut into chunks (one rule for uploads,
 POSTs and retries). Every storage adapter stores these bodies as they are.
 
-Two encodings: rows as they arrived (JSON, validated by the worker), and rows the
-accept already proved valid (msgpack ValidRecords, marked by a leading VALIDATED_V1
-byte, which neither older form can start with), which the worker only decodes and binds.
+Three encodings: rows as they arrived (JSON, validated by the worker); rows the accept
+already proved valid (msgpack ValidRecords, marked by a leading VALIDATED_V1 byte, which
+neither older form can start with), which the worker only decodes and binds; and a
+parsed file's rows (CHECKED_V1), each the record the parse proved or, for a row it could
+not prove, the staged item the worker validates as ever.
 
 A chunk is held whole in memory while it is staged and again when a worker decodes it,
 so every path that stages rows closes a chunk at PARSE_CHUNK_ROWS rows or once its rows

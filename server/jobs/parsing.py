@@ -5,6 +5,10 @@ Rows are staged in chunks, each chunk one transaction that also writes the heart
 crash: a resumed parse re-reads the file but stages only rows it had not staged yet.
 Nothing reaches the records table until the whole file has parsed; a file rejected as
 a whole (bad structure, undecodable) leaves no rows behind.
+
+A CSV row is validated once, here: the rows of a CSV file (on_conflict=skip) that
+server/ingest/fast_csv.py proves ordinary are staged as their records (CHECKED_V1
+chunks, server/staging.py), which the worker binds without validating them again.
 """
 
 from __future__ import annotations
