@@ -50,7 +50,9 @@ _value = st.one_of(
 _ordinary = st.fixed_dictionaries(
     {
         "date": st.sampled_from(["2024-02-29", "2024-12-31", "1999-01-01"]),
-        "amount": st.sampled_from(["12.50", "-0", "007", "1.2", "-3.000", "5", "0.125", "-0.00", "0001.00"]),
+        "amount": st.sampled_from(
+            ["12.50", "-0", "007", "1.2", "-3.000", "5", "0.125", "-0.00", "0001.00"]
+        ),
         "data_stream_key": st.sampled_from(["bank", "yen", "dinar"]),
     },
     optional={
