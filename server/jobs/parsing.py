@@ -103,13 +103,15 @@ def _staged(row: SourceRow) -> StagedItem:
     ]
 
 
-def stream_keys_in(block: list[SourceRow]) -> set[str]:
+def _take_chunk_and_keys(rows: Iterator[SourceRow]) -> tuple[list[SourceRow], set[str]]:
+    """The next chunk and the stream keys its rows name (one hop off the event loop)."""
+    block = take_chunk(rows)
     keys: set[str] = set()
     for row in block:
         key = row.fields.get("data_stream_key")
         if isinstance(key, str):
             keys.add(key)
-    return keys
+    return block, keys
 
 
 def stage_block(rows: list[SourceRow], streams: dict[str, StreamRef] | None) -> bytes:
@@ -165,10 +167,9 @@ async def parse_upload(pool: ParseHost, job: BulkRequest, worker: str) -> BulkRe
     try:
         while True:
             # Parsing is CPU work: run it off the event loop so the API stays responsive.
-            block = await asyncio.to_thread(take_chunk, rows)
+            block, block_keys = await asyncio.to_thread(_take_chunk_and_keys, rows)
             if not block:
                 break
-            block_keys = await asyncio.to_thread(stream_keys_in, block)
             keys |= block_keys
             fresh = block[max(0, already_staged - position) :]
             position += len(block)
