@@ -15,9 +15,8 @@ from typing import Any, TypeVar
 
 from server.ingest.validation import StreamRef, ValidRecord, validate_row
 from server.models import BulkRequest
-from server.money import currency_exponent, format_major_units
-from server.staging import StagedItem
-from server.types import JSON, RowProblem
+from server.staging import StagedItem, record_source
+from server.types import RowProblem
 
 T = TypeVar("T")
 
@@ -25,28 +24,38 @@ T = TypeVar("T")
 @dataclass(slots=True)
 class Batch:
     start_row: int
-    # The staged rows (a validated batch: its records, which make a row error only when
-    # another atomic request holds their external_id: see `source_item`).
-    items: Sequence[StagedItem] | Sequence[ValidRecord]
+    # The staged rows (a validated or checked batch: records among them, which make a
+    # row error only when another atomic request holds their external_id: see
+    # `source_item`).
+    items: Sequence[StagedItem | ValidRecord]
     candidates: list[tuple[int, ValidRecord]] = field(default_factory=list)
     problems: list[tuple[int, RowProblem]] = field(default_factory=list)
-    # A validated batch: its streams' keys by id, to rebuild a row's fields.
+    # A batch holding records: their streams' keys by id, to rebuild a row's fields.
     stream_keys: dict[int, str] = field(default_factory=dict)
+    # A checked batch (a parsed file's): each row's line, for a record's row error.
+    lines: Sequence[int | None] = ()
+
+
+def _validate_item(
+    batch: Batch, offset: int, item: StagedItem, streams: dict[str, StreamRef]
+) -> None:
+    _line, fields, problem = item
+    if problem is not None:
+        batch.problems.append((offset, RowProblem(*problem)))
+        return
+    result = validate_row(fields, streams)
+    if isinstance(result, RowProblem):
+        batch.problems.append((offset, result))
+    else:
+        batch.candidates.append((offset, result))
 
 
 def validate_batch(
     start_row: int, items: Sequence[StagedItem], streams: dict[str, StreamRef]
 ) -> Batch:
     batch = Batch(start_row, items)
-    for offset, (_line, fields, problem) in enumerate(items):
-        if problem is not None:
-            batch.problems.append((offset, RowProblem(*problem)))
-            continue
-        result = validate_row(fields, streams)
-        if isinstance(result, RowProblem):
-            batch.problems.append((offset, result))
-        else:
-            batch.candidates.append((offset, result))
+    for offset, item in enumerate(items):
+        _validate_item(batch, offset, item, streams)
     return batch
 
 
@@ -60,29 +69,39 @@ def validated_batch(
     return Batch(start_row, records, candidates=list(enumerate(records)), stream_keys=keys)
 
 
+def checked_batch(
+    start_row: int,
+    rows: Sequence[ValidRecord | StagedItem],
+    lines: Sequence[int | None],
+    proved: Mapping[str, StreamRef],
+    streams: dict[str, StreamRef],
+) -> Batch:
+    """A batch of a parsed file's rows (server/staging.py CheckedRows): a record the
+    parse proved (against `proved`) is a candidate as it is, any other row is validated
+    against `streams` as in validate_batch."""
+    keys = {ref.id: key for key, ref in proved.items()}
+    batch = Batch(start_row, rows, stream_keys=keys, lines=lines)
+    candidates = batch.candidates
+    for offset, row in enumerate(rows):
+        if isinstance(row, ValidRecord):  # a tuple; a staged item is a list
+            candidates.append((offset, row))
+        else:
+            _validate_item(batch, offset, row, streams)
+    return batch
+
+
 def source_item(batch: Batch, offset: int) -> StagedItem:
     """The staged row a row error keeps as its `source` (line, fields, problem).
 
-    A validated row kept no text: the accept proved it ordinary (no metadata, plain
-    amounts, every value stored as sent), so the fields it was sent with are rebuilt
-    from its record, with the amount in the currency's decimals and the currency named.
+    A record kept no text: the accept (or the parse) proved it ordinary (no metadata,
+    plain amounts, every value stored as sent), so the fields it was sent with are
+    rebuilt from it (server/staging.py record_source), with its line when it has one.
     """
     item = batch.items[offset]
     if not isinstance(item, ValidRecord):
         return item
-    exponent = currency_exponent(item.currency)
-    assert exponent is not None  # a validated record's currency is a known one
-    fields: JSON = {
-        "data_stream_key": batch.stream_keys[item.data_stream_id],
-        "date": item.date,
-        "amount": format_major_units(item.amount_minor, exponent),
-        "currency": item.currency,
-    }
-    if item.description is not None:
-        fields["description"] = item.description
-    if item.external_id is not None:
-        fields["external_id"] = item.external_id
-    return [None, fields, None]
+    line = batch.lines[offset] if batch.lines else None
+    return record_source(item, batch.stream_keys[item.data_stream_id], line)
 
 
 def stream_keys_of(items: Sequence[StagedItem]) -> set[str]:

@@ -1,9 +1,11 @@
 """Staged rows: their encoding, and where they are cut into chunks (one rule for uploads,
 POSTs and retries). Every storage adapter stores these bodies as they are.
 
-Two encodings: rows as they arrived (JSON, validated by the worker), and rows the
-accept already proved valid (msgpack ValidRecords, marked by a leading VALIDATED_V1
-byte, which neither older form can start with), which the worker only decodes and binds.
+Three encodings: rows as they arrived (JSON, validated by the worker); rows the accept
+already proved valid (msgpack ValidRecords, marked by a leading VALIDATED_V1 byte, which
+neither older form can start with), which the worker only decodes and binds; and a
+parsed file's rows (CHECKED_V1), each the record the parse proved or, for a row it could
+not prove, the staged item the worker validates as ever.
 
 A chunk is held whole in memory while it is staged and again when a worker decodes it,
 so every path that stages rows closes a chunk at PARSE_CHUNK_ROWS rows or once its rows
@@ -24,6 +26,7 @@ import orjson
 from server.constants import PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
 from server.ingest.json_checks import fits_storage
 from server.ingest.validation import StreamRef, ValidRecord
+from server.money import currency_exponent, format_major_units
 
 # A staged input row: [line, fields, problem] where problem is [code, message, pointer].
 StagedItem = list[Any]
@@ -93,12 +96,103 @@ def encode_validated(rows: ValidatedRows) -> bytes:
     return VALIDATED_V1 + zlib.compress(packed, 1)
 
 
+# The first byte of a parsed file's chunk whose rows the parse checked (CheckedRows).
+CHECKED_V1 = b"\x02"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedRows:
+    """A parsed file's rows, each either a ValidRecord the parse proved (the worker only
+    binds it) or a staged item the parse could not prove (the worker validates it as
+    ever); `lines` has each row's line, for the row error a proved row may still get."""
+
+    streams: dict[str, StreamRef]
+    rows: list[ValidRecord | StagedItem]
+    lines: list[int | None]
+
+
+# (streams, the proved records, their lines, (offset, staged item) of the other rows).
+_CheckedBody = tuple[
+    dict[str, StreamRef], list[ValidRecord], list[int | None], list[tuple[int, StagedItem]]
+]
+_CHECKED_DECODER = msgspec.msgpack.Decoder(_CheckedBody)
+
+
+def encode_checked(
+    streams: dict[str, StreamRef],
+    records: list[ValidRecord],
+    lines: list[int | None],
+    others: list[tuple[int, StagedItem]],
+) -> bytes:
+    """A parsed chunk: the proved rows' records and lines, and (offset in the chunk,
+    staged item) of each other row. CHECKED_V1, then msgpack, zlib level 1 like the
+    other encodings."""
+    packed = _VALIDATED_ENCODER.encode((streams, records, lines, others))
+    return CHECKED_V1 + zlib.compress(packed, 1)
+
+
+def _decode_checked(body: bytes) -> CheckedRows:
+    streams, records, record_lines, others = _CHECKED_DECODER.decode(zlib.decompress(body[1:]))
+    if not others:
+        return CheckedRows(streams, list(records), list(record_lines))
+    rows: list[ValidRecord | StagedItem] = []
+    lines: list[int | None] = []
+    taken = 0  # records placed so far
+    for offset, item in others:
+        upto = taken + offset - len(rows)
+        rows += records[taken:upto]
+        lines += record_lines[taken:upto]
+        taken = upto
+        rows.append(item)
+        lines.append(item[0])
+    rows += records[taken:]
+    lines += record_lines[taken:]
+    return CheckedRows(streams, rows, lines)
+
+
+def record_source(record: ValidRecord, stream_key: str, line: int | None) -> StagedItem:
+    """The staged row a proved record stands for, rebuilt from it (it kept no text):
+    the fields it was sent with, the amount in the currency's decimals and the currency
+    named. A row error keeps it as its `source`; validating it gives the record back."""
+    exponent = currency_exponent(record.currency)
+    assert exponent is not None  # a proved record's currency is a known one
+    fields: dict[str, Any] = {
+        "data_stream_key": stream_key,
+        "date": record.date,
+        "amount": format_major_units(record.amount_minor, exponent),
+        "currency": record.currency,
+    }
+    if record.description is not None:
+        fields["description"] = record.description
+    if record.external_id is not None:
+        fields["external_id"] = record.external_id
+    return [line, fields, None]
+
+
 def decode_chunk(body: bytes) -> list[StagedItem] | ValidatedRows:
-    """A stored chunk's rows, in whichever encoding it was staged."""
+    """A stored chunk's rows, in whichever encoding it was staged, for copying them (a
+    retry): a checked chunk's rows come back as staged items (a proved one rebuilt by
+    record_source), which the worker validates again to the same records."""
     if body[:1] == VALIDATED_V1:
         streams, records = _VALIDATED_DECODER.decode(zlib.decompress(body[1:]))
         return ValidatedRows(streams, records)
+    if body[:1] == CHECKED_V1:
+        checked = _decode_checked(body)
+        keys = {ref.id: key for key, ref in checked.streams.items()}
+        return [
+            record_source(row, keys[row.data_stream_id], line)
+            if isinstance(row, ValidRecord)
+            else row
+            for row, line in zip(checked.rows, checked.lines, strict=True)
+        ]
     return decode_items(body)
+
+
+def decode_rows(body: bytes) -> list[StagedItem] | ValidatedRows | CheckedRows:
+    """A stored chunk's rows as the worker processes them."""
+    if body[:1] == CHECKED_V1:
+        return _decode_checked(body)
+    return decode_chunk(body)
 
 
 # A chunk as it is inserted: (first row, row count, encoded body).
@@ -113,8 +207,8 @@ class StagedChunk:
     row_count: int
     body: bytes
 
-    def rows(self) -> list[StagedItem] | ValidatedRows:
-        return decode_chunk(self.body)
+    def rows(self) -> list[StagedItem] | ValidatedRows | CheckedRows:
+        return decode_rows(self.body)
 
     def items(self) -> list[StagedItem]:
         """The rows of a chunk staged as they arrived (JSON); not of a validated one."""

@@ -61,12 +61,19 @@ def test_bench_smoke_prints_every_number_and_cleans_up(
     )
     assert result["cancel"]["latency"]["n"] == 2
     _numbers(result["cancel"]["latency"], "p50_ms", "p99_ms", "max_ms")
-    _numbers(result["upload"], "upload_mb_per_s", "rows_per_s", "seconds", "bytes")
+    _numbers(
+        result["upload"],
+        "upload_mb_per_s",
+        "rows_per_s",
+        "seconds",
+        "bytes",
+        "server_cpu_us_per_row",
+    )
     assert result["upload"]["rows"] == 30000
     assert result["fairness"]["latency"]["n"] >= 1  # 10-row probes ran during the upload
     for name in ("ingest", "cancel", "upload"):
         server = result["servers"][name]
-        _numbers(server, "vm_hwm_mb", "vm_rss_sampled_max_mb")
+        _numbers(server, "vm_hwm_mb", "vm_rss_sampled_max_mb", "cpu_seconds")
         assert server["exit_code"] == 0  # a graceful SIGTERM shutdown
     names = {t["name"] for t in result["targets"]}
     assert names == {

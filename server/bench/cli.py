@@ -275,6 +275,12 @@ async def _run(settings: JSON, work: Path, quiet: bool) -> JSON:
         )
         csv_path.unlink()
         result["upload"] = {**measured["upload"], "csv_generation_seconds": round(generated, 3)}
+        # Server CPU per row barely moves when other programs share the machine (wall
+        # time does), so it tells whether a change made the CSV path do less work.
+        cpu = result["servers"]["upload"]["cpu_seconds"]
+        result["upload"]["server_cpu_us_per_row"] = (
+            round(cpu / csv_rows * 1e6, 2) if cpu is not None else None
+        )
         result["fairness"] = measured["fairness"]
 
     result["targets"] = evaluate_targets(result)
@@ -419,6 +425,8 @@ def render_table(result: JSON) -> str:
             f"{u['upload_seconds']:.2f} s)",
         )
         parse = f"parse {u['parse_seconds']:.1f} s" if u["parse_seconds"] is not None else ""
+        if u["server_cpu_us_per_row"] is not None:
+            parse += f"; server CPU {u['server_cpu_us_per_row']:.1f} µs/row"
         row(
             "CSV upload to completion",
             f"{u['rows_per_s']:,.0f} rows/s ({u['rows']:,} rows, {u['seconds']:.1f} s; {parse})",

@@ -158,6 +158,7 @@ class ServerProcess:
         self.rss_max_kb = 0
         self.hwm_kb: int | None = None
         self.exit_code: int | None = None
+        self.cpu_seconds: float | None = None  # user + system, read just before stopping
         self._proc: asyncio.subprocess.Process | None = None
         self._sampler: asyncio.Task[None] | None = None
 
@@ -246,8 +247,9 @@ class ServerProcess:
         if proc is None:
             return
         if proc.returncode is None:
-            # The high-water mark is only readable while the process lives.
+            # The high-water mark and CPU time are only readable while the process lives.
             self.hwm_kb = _status_kb(proc.pid, "VmHWM")
+            self.cpu_seconds = process_cpu_seconds(proc.pid)
             proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), SERVER_STOP_SECONDS)
@@ -269,6 +271,7 @@ class ServerProcess:
             "vm_hwm_mb": round(self.hwm_kb / 1024, 1) if self.hwm_kb is not None else None,
             "vm_rss_sampled_max_mb": round(self.rss_max_kb / 1024, 1),
             "exit_code": self.exit_code,
+            "cpu_seconds": round(self.cpu_seconds, 2) if self.cpu_seconds is not None else None,
         }
 
 

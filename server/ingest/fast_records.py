@@ -67,7 +67,7 @@ _REQUIRED_MEMBERS = 3
 
 
 @lru_cache(maxsize=8192)
-def _is_calendar_date(text: str) -> bool:
+def is_calendar_date(text: str) -> bool:
     if not _ISO_DATE.fullmatch(text):
         return False
     try:
@@ -87,7 +87,7 @@ def _members(row: FastRow) -> int:
     )
 
 
-def _minor_units(raw: bytes, exponent: int) -> int | None:
+def plain_minor_units(raw: bytes, exponent: int) -> int | None:
     """Minor units of an amount spelled as plain decimal digits — a JSON number, or a
     string without escapes: '-' sign only, no exponent, at most 16 whole digits, no more
     decimals than the currency has beyond trailing zeros — else None. For these the
@@ -121,7 +121,7 @@ def _record(row: FastRow, streams: Mapping[str, StreamRef]) -> ValidRecord | Non
     if row.metadata is not UNSET:
         return None
     stream = streams.get(row.data_stream_key)
-    if stream is None or not _is_calendar_date(row.date):
+    if stream is None or not is_calendar_date(row.date):
         return None
     currency = row.currency
     if currency is None or currency is UNSET:
@@ -130,7 +130,7 @@ def _record(row: FastRow, streams: Mapping[str, StreamRef]) -> ValidRecord | Non
     exponent = currency_exponent(currency)
     if exponent is None:
         return None
-    amount_minor = _minor_units(bytes(row.amount), exponent)
+    amount_minor = plain_minor_units(bytes(row.amount), exponent)
     if amount_minor is None:
         return None
     description = row.description

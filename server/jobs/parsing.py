@@ -5,6 +5,10 @@ Rows are staged in chunks, each chunk one transaction that also writes the heart
 crash: a resumed parse re-reads the file but stages only rows it had not staged yet.
 Nothing reaches the records table until the whole file has parsed; a file rejected as
 a whole (bad structure, undecodable) leaves no rows behind.
+
+A CSV row is validated once, here: the rows of a CSV file (on_conflict=skip) that
+server/ingest/fast_csv.py proves ordinary are staged as their records (CHECKED_V1
+chunks, server/staging.py), which the worker binds without validating them again.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from server.constants import FILE_READ_BYTES
 from server.db.port import Storage, UploadSource
 from server.ingest.csv_options import CsvOptions
 from server.ingest.csv_reader import iter_csv_rows
+from server.ingest.fast_csv import csv_record
 from server.ingest.nacha import iter_nacha_rows
 from server.ingest.nacha_codes import NachaOption
+from server.ingest.validation import StreamRef, ValidRecord
 from server.models import BulkRequest
-from server.staging import ChunkFill, StagedItem, encode_items
+from server.staging import ChunkFill, StagedItem, encode_checked, encode_items
 from server.types import JSON, FileRejected, ParseReport, SourceRow, Status
 
 
@@ -97,6 +103,43 @@ def _staged(row: SourceRow) -> StagedItem:
     ]
 
 
+def _take_chunk_and_keys(rows: Iterator[SourceRow]) -> tuple[list[SourceRow], set[str]]:
+    """The next chunk and the stream keys its rows name (one hop off the event loop)."""
+    block = take_chunk(rows)
+    keys: set[str] = set()
+    for row in block:
+        key = row.fields.get("data_stream_key")
+        if isinstance(key, str):
+            keys.add(key)
+    return block, keys
+
+
+def stage_block(rows: list[SourceRow], streams: dict[str, StreamRef] | None) -> bytes:
+    """The chunk of `rows`: with `streams` (a CSV file, on_conflict=skip) each row the
+    parse can prove ordinary is staged as its record (server/ingest/fast_csv.py), so
+    the worker only binds it; otherwise, and when it proves none, JSON as ever."""
+    if streams:
+        records: list[ValidRecord] = []
+        lines: list[int | None] = []
+        others: list[tuple[int, StagedItem]] = []
+        for offset, row in enumerate(rows):
+            record = None if row.problem else csv_record(row.fields, streams)
+            if record is None:
+                others.append((offset, _staged(row)))
+            else:
+                records.append(record)
+                lines.append(row.line)
+        if records:
+            return encode_checked(streams, records, lines, others)
+    return encode_items([_staged(r) for r in rows])
+
+
+def _provable(job: BulkRequest) -> bool:
+    """Whether the parse stages proved records: CSV files, on_conflict=skip (a proved
+    row keeps no text for a duplicate_external_id row's source, as in the accept)."""
+    return job.upload_format != "nacha" and job.on_conflict == "skip"
+
+
 async def parse_upload(pool: ParseHost, job: BulkRequest, worker: str) -> BulkRequest | None:
     """Stage every row of the job's file; the updated job, or None when it ended here."""
     store = pool.store
@@ -117,22 +160,28 @@ async def parse_upload(pool: ParseHost, job: BulkRequest, worker: str) -> BulkRe
         return None
     rows = _file_rows(job, source, report)
     keys: set[str] = set()
+    # The environment's streams the rows name, looked up as new keys appear (None: rows
+    # are staged as JSON, validated by the worker).
+    streams: dict[str, StreamRef] | None = {} if _provable(job) else None
     position = 0
     try:
         while True:
             # Parsing is CPU work: run it off the event loop so the API stays responsive.
-            block = await asyncio.to_thread(take_chunk, rows)
+            block, block_keys = await asyncio.to_thread(_take_chunk_and_keys, rows)
             if not block:
                 break
-            for row in block:
-                key = row.fields.get("data_stream_key")
-                if isinstance(key, str):
-                    keys.add(key)
+            keys |= block_keys
             fresh = block[max(0, already_staged - position) :]
             position += len(block)
             if not fresh:
                 continue
-            body = await asyncio.to_thread(encode_items, [_staged(r) for r in fresh])
+            if streams is not None and not block_keys <= streams.keys():
+                # Streams never change or disappear: a found one holds for the whole file,
+                # and an unknown key is asked again (the worker decides its rows).
+                streams.update(
+                    await store.find_data_streams(job.environment_id, block_keys - streams.keys())
+                )
+            body = await asyncio.to_thread(stage_block, fresh, streams)
             first = position - len(fresh)
             job = await store.record_parse_progress(
                 job, worker, (first, len(fresh), body), position

@@ -18,7 +18,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 
-from server.batches import stream_keys_of, validate_batch, validated_batch
+from server.batches import checked_batch, stream_keys_of, validate_batch, validated_batch
 from server.clock import utc_now
 from server.config import Settings
 from server.constants import (
@@ -34,14 +34,19 @@ from server.db.port import FencedOut, Storage
 from server.ingest.validation import StreamRef
 from server.jobs.parsing import parse_upload, remove_unreferenced_uploads
 from server.models import BulkRequest
-from server.staging import StagedItem, ValidatedRows
+from server.staging import CheckedRows, StagedItem, ValidatedRows
 from server.types import JSON, Status
 
 log = logging.getLogger("server.worker")
 
 
-def _row_count(rows: list[StagedItem] | ValidatedRows) -> int:
-    return len(rows) if isinstance(rows, list) else len(rows.records)
+ChunkRows = list[StagedItem] | ValidatedRows | CheckedRows
+
+
+def _row_count(rows: ChunkRows) -> int:
+    if isinstance(rows, list):
+        return len(rows)
+    return len(rows.records) if isinstance(rows, ValidatedRows) else len(rows.rows)
 
 
 class WorkerPool:
@@ -222,7 +227,7 @@ class WorkerPool:
                 return
             job = parsed
         streams: dict[str, StreamRef] = {}
-        chunk: tuple[int, list[StagedItem] | ValidatedRows] | None = None
+        chunk: tuple[int, ChunkRows] | None = None
         while job.status == "processing":
             if self.should_cancel(job):
                 await self.finish(job, worker, Status.CANCELLED)
@@ -243,10 +248,23 @@ class WorkerPool:
                 items = rows[start - first_row : end - first_row]
                 await self._resolve_streams(job.environment_id, items, streams)
                 batch = validate_batch(start, items, streams)
-            else:
-                await self._check_streams(job, rows, streams)
+            elif isinstance(rows, ValidatedRows):
+                await self._check_streams(job, rows.streams, streams)
                 batch = validated_batch(
                     start, rows.records[start - first_row : end - first_row], rows.streams
+                )
+            else:
+                await self._check_streams(job, rows.streams, streams)
+                part = rows.rows[start - first_row : end - first_row]
+                await self._resolve_streams(
+                    job.environment_id, [row for row in part if isinstance(row, list)], streams
+                )
+                batch = checked_batch(
+                    start,
+                    part,
+                    rows.lines[start - first_row : end - first_row],
+                    rows.streams,
+                    streams,
                 )
             job = await self.store.commit_batch(job, worker, batch)
             if self.settings.batch_pause and job.status == "processing":
@@ -266,16 +284,14 @@ class WorkerPool:
     def should_cancel(self, job: BulkRequest) -> bool:
         return job.id in self._cancel_requested or job.cancellation_requested_at is not None
 
-    async def _load_chunk(
-        self, request_id: int, row: int
-    ) -> tuple[int, list[StagedItem] | ValidatedRows]:
+    async def _load_chunk(self, request_id: int, row: int) -> tuple[int, ChunkRows]:
         found = await self.store.get_chunk_at(request_id, row)
         if found is None or row >= found.first_row + found.row_count:
             raise RuntimeError(f"staged rows of bulk request {request_id} are missing at row {row}")
         return found.first_row, found.rows()
 
     async def _check_streams(
-        self, job: BulkRequest, rows: ValidatedRows, streams: dict[str, StreamRef]
+        self, job: BulkRequest, proved: dict[str, StreamRef], streams: dict[str, StreamRef]
     ) -> None:
         """Before a batch of rows the accept validated (decoded and bound, not validated
         again): the streams they were proved against must be this environment's as they
@@ -285,11 +301,11 @@ class WorkerPool:
             # Validated rows are staged for on_conflict=skip only (they keep no source
             # for a duplicate_external_id row error), and retries keep on_conflict.
             raise RuntimeError(f"bulk request {job.id} has validated rows but on_conflict=error")
-        missing = rows.streams.keys() - streams.keys()
+        missing = proved.keys() - streams.keys()
         if missing:
             streams.update(await self.store.find_data_streams(job.environment_id, missing))
-        for key, proved in rows.streams.items():
-            if streams.get(key) != proved:
+        for key, ref in proved.items():
+            if streams.get(key) != ref:
                 raise RuntimeError(
                     f"bulk request {job.id}: data stream {key!r} is not what its rows were "
                     "validated against"
