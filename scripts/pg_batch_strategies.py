@@ -2,9 +2,9 @@
 
 Times, per 500-row batch in its own transaction on one connection, on the server's own
 migrated schema (its unique indexes and foreign keys) and the bench's rows:
-- staged: what the adapter did before (COPY into the temp table, INSERT … SELECT … ON CONFLICT DO
+- staged: what the adapter does (COPY into the temp table, INSERT … SELECT … ON CONFLICT DO
   NOTHING, DELETE the temp rows): 3 statements, 4 round trips;
-- unnest: what it does now, one
+- unnest: one
   `INSERT … SELECT FROM unnest($1::bigint[], …) ON CONFLICT DO NOTHING`;
 - copy: plain COPY into records (what on_conflict=error does after its duplicate lookup),
   the reference.
@@ -36,33 +36,43 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from server.bench.pg_cluster import ThrowawayCluster
 from server.bench.postgres import _copy_setup, create_database, drop_database
 from server.bench.support import process_cpu_seconds
-from server.db.postgres.tx import _INSERT_SKIPPING_DUPLICATES, RECORD_COLUMNS
-
-# The adapter's on_conflict=skip path before the unnest insert replaced it.
-STAGED_RECORDS_TABLE = "staged_records"
-CREATE_STAGED_RECORDS = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {STAGED_RECORDS_TABLE} ON COMMIT DELETE ROWS AS"
-    f" SELECT {', '.join(RECORD_COLUMNS)} FROM records WITH NO DATA"
+from server.db.postgres.tx import (
+    _INSERT_STAGED_SKIPPING_DUPLICATES,
+    CREATE_STAGED_RECORDS,
+    RECORD_COLUMNS,
+    STAGED_RECORDS_TABLE,
 )
-INSERT_STAGED = (
+
+BATCH_ROWS = 500
+RECORD_TYPES = (
+    "bigint",
+    "text",
+    "bigint",
+    "text",
+    "text",
+    "text",
+    "text",
+    "bigint",
+    "bigint",
+    "text",
+)
+UNNEST = (
     f"INSERT INTO records ({', '.join(RECORD_COLUMNS)})"
-    f" SELECT {', '.join(RECORD_COLUMNS)} FROM {STAGED_RECORDS_TABLE} ORDER BY row_index"
+    f" SELECT * FROM unnest({', '.join(f'${n}::{t}[]' for n, t in enumerate(RECORD_TYPES, 1))})"
+    f" AS batch ({', '.join(RECORD_COLUMNS)}) ORDER BY row_index"
     " ON CONFLICT (data_stream_id, external_id) WHERE external_id IS NOT NULL DO NOTHING"
 )
-BATCH_ROWS = 500
 Strategy = Callable[[asyncpg.Connection, list[Any]], Awaitable[None]]
 
 
 async def staged(conn: asyncpg.Connection, rows: list[Any]) -> None:
     await conn.copy_records_to_table(STAGED_RECORDS_TABLE, records=rows, columns=RECORD_COLUMNS)
-    await conn.execute(INSERT_STAGED)
+    await conn.execute(_INSERT_STAGED_SKIPPING_DUPLICATES)
     await conn.execute(f"DELETE FROM {STAGED_RECORDS_TABLE}")
 
 
 async def unnest(conn: asyncpg.Connection, rows: list[Any]) -> None:
-    await conn.execute(
-        _INSERT_SKIPPING_DUPLICATES, *[list(column) for column in zip(*rows, strict=True)]
-    )
+    await conn.execute(UNNEST, *[list(column) for column in zip(*rows, strict=True)])
 
 
 async def copy(conn: asyncpg.Connection, rows: list[Any]) -> None:

@@ -52,7 +52,7 @@ from server.db.postgres import operations, uploads
 from server.db.postgres.migrations import migrate
 from server.db.postgres.queries import bind
 from server.db.postgres.reads import Reads
-from server.db.postgres.tx import PgTx
+from server.db.postgres.tx import CREATE_STAGED_RECORDS, PgTx
 from server.db.postgres.uploads import PgUploadSink
 from server.db.postgres.webhooks import UnsupportedWebhooks
 from server.db.webhook_port import WebhookStorage
@@ -82,6 +82,7 @@ async def _prepare_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec(
         "jsonb", schema="pg_catalog", encoder=str, decoder=_canonical_json, format="text"
     )
+    await conn.execute(CREATE_STAGED_RECORDS)
 
 
 def _set_on_close(closed: asyncio.Event, _conn: object) -> None:
