@@ -143,9 +143,9 @@ async def test_on_conflict_skip_counts_duplicates_as_skipped_without_errors(stor
 async def test_on_conflict_skip_keeps_the_first_of_a_batchs_duplicates_and_nothing_else(
     store: Store,
 ) -> None:
-    # PostgreSQL inserts a skip batch as one INSERT … SELECT FROM unnest(column arrays)
-    # … ON CONFLICT DO NOTHING: the row order (row_index) decides which duplicate stays,
-    # as SQLite's one-by-one inserts do, and every column reaches the row it belongs to.
+    # PostgreSQL inserts a skip batch in one INSERT … SELECT … ON CONFLICT DO NOTHING (from
+    # the COPY'd temp table): the row order (row_index) decides which duplicate stays, as
+    # SQLite's one-by-one inserts do, and every column reaches the row it belongs to.
     env = await make_environment(store)
     await make_stream(store, env)
     records = [

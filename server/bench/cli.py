@@ -6,8 +6,11 @@ Phases, each on a fresh database so one cannot slow the next:
 4. cancel: requests cancelled mid-processing, on a server with a small batch size;
 5–6. a large CSV upload, with 10-row requests probing fairness while it runs.
 The numbers go out as a table (targets marked ✓/✗) or, with --json, one JSON object.
-Helpers live in `bench_support.py` (server process, client, data) and
-`bench_scenarios.py` (the measurements).
+With --database-url or --postgres-throwaway it measures ingest on PostgreSQL instead
+(server/bench/postgres.py): SQLite's single-process ingest, PostgreSQL's COPY ceiling,
+then ingest with each --processes count on one database.
+Helpers live in `support.py` (server process, client, data) and
+`scenarios.py` (the measurements).
 """
 
 from __future__ import annotations
