@@ -140,6 +140,40 @@ async def test_on_conflict_skip_counts_duplicates_as_skipped_without_errors(stor
     assert await error_rows(store, job.id) == [(4, "invalid_amount", "/records/4/amount")]
 
 
+async def test_on_conflict_skip_keeps_the_first_of_a_batchs_duplicates_and_nothing_else(
+    store: Store,
+) -> None:
+    # PostgreSQL inserts a skip batch in one INSERT … SELECT … ON CONFLICT DO NOTHING (from
+    # the COPY'd temp table): the row order (row_index) decides which duplicate stays, as
+    # SQLite's one-by-one inserts do, and every column reaches the row it belongs to.
+    env = await make_environment(store)
+    await make_stream(store, env)
+    records = [
+        rec(1, "x", description="first x"),
+        rec(2, "x", description="second x"),
+        rec(3, "y", metadata={"n": 3}),
+        rec(4, "x"),
+        rec(5, description=None),
+    ]
+    job, items = await staged_request(store, env, records, on_conflict="skip")
+    done = await store.commit_batch(
+        job, WORKER, validate_batch(0, items, await streams_of(store, env, items))
+    )
+
+    assert (done.successful_items, done.failed_items, done.skipped_items) == (3, 0, 2)
+    stored = await store.list_records(
+        env, data_stream_key=None, bulk_request_id=job.id, after_id=0, limit=1000
+    )
+    assert [(r.external_id, r.amount_minor, r.description, r.metadata) for r in stored] == [
+        ("x", 125, "first x", None),
+        ("y", 325, None, '{"n":3}'),
+        (None, 525, None, None),
+    ]
+    assert {(r.date, r.currency, r.data_stream_key, r.bulk_request_id) for r in stored} == {
+        ("2024-01-31", "USD", "bank", job.id)
+    }
+
+
 async def test_counters_and_checkpoint_advance_exactly_per_batch(store: Store) -> None:
     env = await make_environment(store)
     await make_stream(store, env)

@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 
 from run import main
+from tests.pg_cluster import run_in_thread
 
 
 def _numbers(part: Any, *keys: str) -> None:
@@ -106,4 +108,96 @@ def test_bench_without_huey_says_how_to_install_it_and_runs_the_rest(
     assert 'huey is not installed: pip install -e ".[bench]"' in peer_line
     assert "end-to-end ingest" in out
     assert "ceiling, one unique index" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def _postgres_bench(tmp_path: Path, capsys: pytest.CaptureFixture[str], *target: str) -> Any:
+    code = main(
+        [
+            "bench", *target, "--rows", "2000", "--processes", "1,2",
+            "--workdir", str(tmp_path), "--json",
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    result = orjson.loads(out)
+    assert result["settings"]["processes"] == [1, 2]
+    # The SQLite single-process figure of the same run, beside PostgreSQL's.
+    _numbers(result["ingest"], "rows_per_s", "seconds", "server_cpu_us_per_row")
+    assert result["ingest"]["requests"] == 2
+    copies = result["postgres_copy"]
+    assert [c["clients"] for c in copies] == [1, 2]
+    for copy in copies:
+        assert copy["rows"] == 2000
+        _numbers(copy, "rows_per_s", "seconds")
+    assert [p["processes"] for p in result["postgres"]] == [1, 2]
+    for measured in result["postgres"]:
+        assert measured["rows"] == 2000
+        assert measured["requests"] == 2
+        # Counted with SELECT count(*) in the phase's database, not read off the API.
+        assert measured["records_in_database"] == 2000
+        _numbers(
+            measured, "rows_per_s", "ratio_to_sqlite", "ratio_to_copy", "client_cpu_us_per_row"
+        )
+    one, two = result["postgres"]
+    assert two["ratio_to_one_process"] == pytest.approx(
+        two["rows_per_s"] / one["rows_per_s"], rel=1e-2
+    )
+    for name in ("ingest", "postgres-1p", "postgres-2p"):
+        assert result["servers"][name]["exit_code"] == 0  # a graceful SIGTERM shutdown
+    assert {t["name"]: t["limit"] for t in result["targets"]} == {
+        "postgres_1p_ratio_to_sqlite": 0.6,
+        "postgres_2p_ratio_to_1p": 1.3,
+    }
+    assert list(tmp_path.iterdir()) == []
+    return result
+
+
+def test_postgres_bench_on_a_throwaway_cluster_stores_every_row_and_leaves_nothing_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = _postgres_bench(tmp_path, capsys, "--postgres-throwaway")
+    _numbers(result["postgres"][0], "database_cpu_us_per_row")  # the postmaster is known
+    cluster = result["settings"]["throwaway_cluster"]
+    pid = cluster["postmaster_pid"]
+    assert isinstance(pid, int)
+    assert not Path(cluster["directory"]).exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_postgres_bench_on_a_given_server_drops_the_databases_it_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], pg_database: str
+) -> None:
+    async def databases() -> set[str]:
+        conn = await asyncpg.connect(pg_database)
+        try:
+            return {r["datname"] for r in await conn.fetch("SELECT datname FROM pg_database")}
+        finally:
+            await conn.close()
+
+    before = run_in_thread(databases)
+    result = _postgres_bench(tmp_path, capsys, "--database-url", pg_database)
+    # The bench's CPU reading of the database needs its postmaster: unknown here.
+    assert result["postgres"][0]["database_cpu_us_per_row"] is None
+    assert run_in_thread(databases) == before
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--processes", "1,2"], "--processes needs --database-url or --postgres-throwaway"),
+        (
+            ["--postgres-throwaway", "--database-url", "postgresql://x@127.0.0.1/x"],
+            "give --database-url or --postgres-throwaway, not both",
+        ),
+        (["--postgres-throwaway", "--rows", "0"], "--rows must be more than 0"),
+    ],
+)
+def test_postgres_bench_refuses_contradictory_flags_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], arguments: list[str], message: str
+) -> None:
+    code = main(["bench", *arguments, "--workdir", str(tmp_path)])
+    assert code == 2
+    assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

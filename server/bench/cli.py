@@ -6,8 +6,11 @@ Phases, each on a fresh database so one cannot slow the next:
 4. cancel: requests cancelled mid-processing, on a server with a small batch size;
 5–6. a large CSV upload, with 10-row requests probing fairness while it runs.
 The numbers go out as a table (targets marked ✓/✗) or, with --json, one JSON object.
-Helpers live in `bench_support.py` (server process, client, data) and
-`bench_scenarios.py` (the measurements).
+With --database-url or --postgres-throwaway it measures ingest on PostgreSQL instead
+(server/bench/postgres.py): SQLite's single-process ingest, PostgreSQL's COPY ceiling,
+then ingest with each --processes count on one database.
+Helpers live in `support.py` (server process, client, data) and
+`scenarios.py` (the measurements).
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ from typing import Any
 import orjson
 
 from server.bench.peer import INSTALL_HINT, huey_installed, measure_one_index_ceiling, measure_peer
+from server.bench.pg_cluster import ThrowawayCluster
+from server.bench.postgres import (
+    DEFAULT_PROCESSES,
+    postgres_targets,
+    postgres_version,
+    render_postgres_table,
+    run_postgres_phases,
+)
 from server.bench.scenarios import measure_cancel, measure_ceiling, measure_ingest, measure_upload
 from server.bench.support import Api, BenchError, ServerProcess, write_csv
 from server.config import positive_float, positive_int
@@ -44,6 +55,13 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def _process_counts(text: str) -> tuple[int, ...]:
+    counts = tuple(positive_int(part) for part in text.split(","))
+    if len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError(f"each process count once, got {text}")
+    return counts
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,6 +161,30 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="skip the huey peer (aiohttp + SqliteHuey consumer) measured beside ingest",
     )
+    add(
+        "--database-url",
+        metavar="URL",
+        dest="bench_database_url",
+        default=None,
+        help="PostgreSQL server to measure ingest on (postgresql://…; its role needs "
+        "CREATEDB: each phase runs on a fresh database, dropped afterwards); runs the ingest "
+        "scenario only, beside SQLite's figure and PostgreSQL's COPY ceiling",
+    )
+    add(
+        "--postgres-throwaway",
+        dest="bench_postgres_throwaway",
+        action="store_true",
+        help="as --database-url, on a cluster of its own (initdb + pg_ctl in a temp dir, "
+        "removed afterwards; needs Debian's postgresql)",
+    )
+    add(
+        "--processes",
+        metavar="N[,N…]",
+        dest="bench_processes",
+        type=_process_counts,
+        default=None,
+        help="server processes sharing the PostgreSQL database, one run each (default 1,2,4)",
+    )
     add("--json", action="store_true", help="print one JSON object instead of the table")
 
 
@@ -150,7 +192,17 @@ def _settings(args: argparse.Namespace) -> JSON:
     request_rows = args.bench_request_rows
     if request_rows > 1000:
         raise BenchError("--request-rows must be at most 1000 (the API's limit per POST)")
+    postgres = args.bench_database_url is not None or args.bench_postgres_throwaway
+    if args.bench_database_url is not None and args.bench_postgres_throwaway:
+        raise BenchError("give --database-url or --postgres-throwaway, not both")
+    if args.bench_processes is not None and not postgres:
+        raise BenchError("--processes needs --database-url or --postgres-throwaway")
+    if postgres and not args.bench_rows:
+        raise BenchError("the PostgreSQL bench measures ingest: --rows must be more than 0")
+    processes = args.bench_processes or DEFAULT_PROCESSES
     return {
+        "postgres": postgres,
+        "processes": list(processes) if postgres else None,
         "rows": args.bench_rows,
         "request_rows": request_rows,
         "concurrency": args.bench_concurrency,
@@ -202,6 +254,32 @@ async def _with_server(
     return result, server.memory()
 
 
+async def _run_postgres(
+    settings: JSON, work: Path, quiet: bool, admin_url: str, postmaster_pid: int | None
+) -> JSON:
+    """SQLite's single-process ingest, then PostgreSQL's COPY and N-process ingests."""
+    api_key = "bk_bench_" + secrets.token_urlsafe(24)
+    machine = {**_machine(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+    result: JSON = {"machine": machine, "settings": settings, "servers": {}}
+    result["postgres_version"] = await postgres_version(admin_url)
+    rows, request_rows = settings["rows"], settings["request_rows"]
+    _progress(quiet, f"SQLite ingest: {rows} rows in {request_rows}-row POSTs")
+    result["ingest"], result["servers"]["ingest"] = await _with_server(
+        work,
+        "ingest",
+        api_key,
+        workers=settings["workers"],
+        batch_size=settings["batch_size"],
+        connections=settings["concurrency"] + 4,
+        body=lambda api: measure_ingest([api], rows, request_rows, settings["concurrency"]),
+    )
+    await run_postgres_phases(
+        result, settings, work, api_key, admin_url, postmaster_pid, lambda m: _progress(quiet, m)
+    )
+    result["targets"] = postgres_targets(result)
+    return result
+
+
 async def _run(settings: JSON, work: Path, quiet: bool) -> JSON:
     api_key = "bk_bench_" + secrets.token_urlsafe(24)
     result: JSON = {"machine": _machine(), "settings": settings, "servers": {}}
@@ -220,7 +298,7 @@ async def _run(settings: JSON, work: Path, quiet: bool) -> JSON:
             "ingest",
             api_key,
             connections=settings["concurrency"] + 4,
-            body=lambda api: measure_ingest(api, rows, request_rows, settings["concurrency"]),
+            body=lambda api: measure_ingest([api], rows, request_rows, settings["concurrency"]),
             **common,
         )
         result["ingest"]["ratio_to_ceiling"] = round(
@@ -463,7 +541,21 @@ def run_bench(args: argparse.Namespace) -> int:
         base.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bulk-bench-", dir=base))
     try:
-        result = asyncio.run(_run(settings, work, quiet=False))
+        with contextlib.ExitStack() as stack:
+            if args.bench_postgres_throwaway:
+                _progress(False, "starting a throwaway PostgreSQL cluster")
+                cluster = stack.enter_context(ThrowawayCluster())
+                run = _run_postgres(settings, work, False, cluster.url, cluster.postmaster_pid)
+                # Where it ran, so a caller can check nothing of it is left afterwards.
+                settings["throwaway_cluster"] = {
+                    "directory": str(cluster.directory),
+                    "postmaster_pid": cluster.postmaster_pid,
+                }
+            elif settings["postgres"]:
+                run = _run_postgres(settings, work, False, args.bench_database_url, None)
+            else:
+                run = _run(settings, work, quiet=False)
+            result = asyncio.run(run)
     except (BenchError, ExceptionGroup) as exc:
         error = _bench_error(exc)
         if error is None:
@@ -478,6 +570,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 shutil.rmtree(work)
     if args.json:
         print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    elif settings["postgres"]:
+        print(render_postgres_table(result))
     else:
         print(render_table(result))
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
@@ -139,8 +140,16 @@ async def _all_requests(api: Api) -> list[JSON]:
         cursor = f"&cursor={page['next_cursor']}"
 
 
-async def measure_ingest(api: Api, rows: int, request_rows: int, concurrency: int) -> JSON:
-    """N bulk POSTs from `concurrency` clients; rows/s from first POST to last completion."""
+async def measure_ingest(
+    apis: Sequence[Api], rows: int, request_rows: int, concurrency: int
+) -> JSON:
+    """N bulk POSTs from `concurrency` clients; rows/s from first POST to last completion.
+
+    With several server processes on one database (PostgreSQL), client i posts to
+    process i mod len(apis): the spreading a load balancer in front of them would do.
+    Any process may then claim any request; completion is read from the shared database.
+    """
+    api = apis[0]
     # Bodies are encoded before the clock starts: the client's own JSON work must not
     # be counted as server latency.
     bodies = [
@@ -152,20 +161,24 @@ async def measure_ingest(api: Api, rows: int, request_rows: int, concurrency: in
     ids: list[int] = []
     first_post_wall: list[float] = []
 
-    async def client() -> None:
+    async def client(target: Api) -> None:
         for body in pending:  # one shared iterator: each body is sent exactly once
             if not first_post_wall:
                 first_post_wall.append(time.time())
             started = time.perf_counter()
-            summary = await api.post_json("/v1/records/bulk", body)
+            summary = await target.post_json("/v1/records/bulk", body)
             accept.append(time.perf_counter() - started)
             ids.append(summary["id"])
 
-    cpu_before = process_cpu_seconds(api.server.pid) or 0.0
+    def servers_cpu() -> float:
+        return sum(process_cpu_seconds(a.server.pid) or 0.0 for a in apis)
+
+    cpu_before = servers_cpu()
+    client_cpu_before = time.process_time()
     started = time.perf_counter()
     async with asyncio.TaskGroup() as group:
-        for _ in range(concurrency):
-            group.create_task(client())
+        for n in range(concurrency):
+            group.create_task(client(apis[n % len(apis)]))
     posting_seconds = time.perf_counter() - started
     # All accepted: now the queue only shrinks, so "no runnable request" means done.
     deadline = time.monotonic() + 120 + rows / 500
@@ -182,7 +195,8 @@ async def measure_ingest(api: Api, rows: int, request_rows: int, concurrency: in
             f"ingest: {len(requests)}/{len(wanted)} requests found, not completed: "
             f"{not_done[:10]}, {stored}/{rows} rows stored"
         )
-    cpu_seconds = (process_cpu_seconds(api.server.pid) or 0.0) - cpu_before
+    cpu_seconds = servers_cpu() - cpu_before
+    client_cpu_seconds = time.process_time() - client_cpu_before
     last_completion = max(wall_seconds(r["completed_at"]) for r in requests)
     seconds = last_completion - first_post_wall[0]
     return {
@@ -195,6 +209,8 @@ async def measure_ingest(api: Api, rows: int, request_rows: int, concurrency: in
         "rows_per_s": _rate(rows, seconds),
         # Server CPU (all threads) per row: the work done, whatever else the machine runs.
         "server_cpu_us_per_row": round(cpu_seconds / rows * 1e6, 2),
+        # The benchmark's own process (the clients), on the same cores as the servers.
+        "client_cpu_us_per_row": round(client_cpu_seconds / rows * 1e6, 2),
         "accept": latency_summary(accept),
     }
 

@@ -144,12 +144,23 @@ def process_cpu_seconds(pid: int) -> float | None:
 
 
 class ServerProcess:
-    """`python run.py serve` on a fresh database in its own directory, on a free port."""
+    """`python run.py serve` on a fresh database in its own directory, on a free port.
+
+    With `database_url` the database is that PostgreSQL database (several processes may
+    share it); the directory then only holds the server's output."""
 
     def __init__(
-        self, name: str, directory: Path, api_key: str, *, workers: int, batch_size: int
+        self,
+        name: str,
+        directory: Path,
+        api_key: str,
+        *,
+        workers: int,
+        batch_size: int,
+        database_url: str | None = None,
     ) -> None:
         self.name = name
+        self.database_url = database_url
         self.directory = directory
         self.api_key = api_key
         self.workers = workers
@@ -176,11 +187,14 @@ class ServerProcess:
         return self.directory / "server.err"
 
     def command(self) -> list[str]:
+        if self.database_url is not None:
+            database = ["--database-url", self.database_url]
+        else:
+            database = ["--db", str(self.directory / "bench.db")]
         return [
             sys.executable,
             str(ROOT / "run.py"),
-            "--db",
-            str(self.directory / "bench.db"),
+            *database,
             "--host",
             "127.0.0.1",
             "--port",
