@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from server.api.common import STORE
+from server.clock import now_rfc3339
 from server.config import Settings
 from server.constants import (
     WEBHOOK_CIRCUIT_FAILURES,
@@ -33,7 +34,7 @@ from server.db.sqlite.store import Store
 from server.db.sqlite.tx import WriteTx
 from server.db.webhook_port import NewDelivery
 from server.http.auth import generate_api_key
-from server.models import BulkRequest
+from server.models import AttemptOutcome, BulkRequest
 from server.outcomes import Transition
 from server.types import JSON, Source
 from server.webhooks.dispatcher import WebhookDispatcher
@@ -697,3 +698,67 @@ async def test_events_of_environments_without_endpoints_are_not_rendered_but_not
         endpoint.id, status=None, before_id=2**62, limit=10
     )
     assert delivery.bulk_request_id == late.id
+
+
+async def test_a_leased_delivery_is_sent_by_no_one_else_until_its_lease_runs_out(
+    store: Storage, tmp_path: Any
+) -> None:
+    env = await make_environment(store)
+    webhooks = store.webhooks
+    endpoint = await webhooks.create_endpoint(
+        env, url="http://127.0.0.1:9/hook", events=ALL_TYPES, description=None, secret="whsec_x"
+    )
+    dispatcher = WebhookDispatcher(webhooks, Settings(db_path=tmp_path / "unused.db"), _just_the_id)
+    await finished_request(store, env)
+    await dispatcher.dispatch_once()
+    (due,) = await webhooks.due_deliveries([], 10)
+    assert await webhooks.lease_deliveries([due.id]) == {due.id}
+    # Another dispatcher (another process on PostgreSQL) neither sees it due nor leases it.
+    assert await webhooks.due_deliveries([], 10) == []
+    assert await webhooks.lease_deliveries([due.id]) == set()
+    assert await webhooks.next_due_at([]) is not None  # when the lease runs out
+    # Its sender died: once the lease has run out, it is due again for anyone.
+    await stored_execute(
+        store, "UPDATE webhook_deliveries SET leased_until = '2000-01-01T00:00:00Z'"
+    )
+    assert [d.id for d in await webhooks.due_deliveries([], 10)] == [due.id]
+    assert await webhooks.lease_deliveries([due.id]) == {due.id}
+    # Its outcome ends the lease.
+    await webhooks.record_attempt(
+        AttemptOutcome(due.id, now_rfc3339(), 500, "HTTP 500", 3),
+        retry_base=0.0,
+        circuit_cooldown=60,
+    )
+    (delivery,) = await webhooks.list_deliveries(
+        endpoint.id, status=None, before_id=2**62, limit=10
+    )
+    assert delivery.leased_until is None
+    assert delivery.attempt_count == 1
+    assert [d.id for d in await webhooks.due_deliveries([], 10)] == [due.id]
+
+
+@pytest.mark.sqlite_only("one process owns a SQLite file: its leases are released at open")
+async def test_a_sqlite_store_opened_again_releases_a_dead_processs_leases(
+    tmp_path: Any,
+) -> None:
+    path = tmp_path / "bulk.db"
+    store = Store(path, exclusive=True)
+    await store.open()
+    try:
+        env = await make_environment(store)
+        await store.webhooks.create_endpoint(
+            env, url="http://127.0.0.1:9/hook", events=ALL_TYPES, description=None, secret="w"
+        )
+        dispatcher = WebhookDispatcher(store.webhooks, Settings(db_path=path), _just_the_id)
+        await finished_request(store, env)
+        await dispatcher.dispatch_once()
+        (due,) = await store.webhooks.due_deliveries([], 10)
+        assert await store.webhooks.lease_deliveries([due.id]) == {due.id}
+    finally:
+        await store.close()  # as a kill leaves it: the lease is still in the file
+    again = Store(path, exclusive=True)
+    await again.open()
+    try:
+        assert [d.id for d in await again.webhooks.due_deliveries([], 10)] == [due.id]
+    finally:
+        await again.close()
