@@ -105,12 +105,3 @@ class WebhookStorage(Protocol):
     ) -> list[WebhookDelivery]: ...
     async def get_delivery(self, endpoint_id: int, delivery_id: int) -> WebhookDelivery | None: ...
     async def attempts_of(self, delivery_ids: Iterable[int]) -> dict[int, list[WebhookAttempt]]: ...
-
-
-class WebhooksUnsupported(Exception):
-    """The storage has no webhook tables yet (PostgreSQL: README "Running on PostgreSQL").
-
-    Raised by every endpoint and delivery operation, never silently answered: the API
-    turns it into a 501 problem. The dispatcher's reads find nothing to dispatch (no
-    endpoint can exist), so it idles instead of failing every round.
-    """
