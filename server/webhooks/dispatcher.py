@@ -148,6 +148,10 @@ class WebhookDispatcher:
         wanted = await self.webhooks.environments_with_endpoints()
         new = [await self._new_delivery(e, e.environment_id in wanted) for e in events]
         if not await self.webhooks.add_deliveries(cursor, new, advance_to):
+            if await self.webhooks.cursor() != cursor:
+                # Another dispatcher (another process on PostgreSQL) dispatched these
+                # first: look again from where it left the cursor.
+                return True
             new = [await self._new_delivery(event, True) for event in events]
             await self.webhooks.add_deliveries(cursor, new, advance_to)
         return full
