@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -28,9 +29,11 @@ from server.outcomes import Transition
 from server.types import JSON, Source
 from server.webhooks.dispatcher import WebhookDispatcher
 from tests.conftest import Api, make_environment, record, wait_until
-from tests.webhook_receiver import Receiver
+from tests.server_process import ServerProcess, poll
+from tests.webhook_receiver import Receiver, ThreadedReceiver
 
 ApiFactory = Callable[[Settings], Awaitable[Api]]
+API_KEY = "bk_webhook_processes_test_key_0123456789"
 ALL_TYPES = ["bulk_request.completed", "bulk_request.failed", "bulk_request.cancelled"]
 
 
@@ -149,3 +152,42 @@ async def test_an_event_committed_after_a_newer_one_is_still_delivered(
     finally:
         await raw.close()
         await storage.close()
+
+
+@pytest.mark.slow
+def test_three_run_py_processes_on_one_database_deliver_each_event_once(
+    pg_database: str, tmp_path: Path
+) -> None:
+    threaded = ThreadedReceiver()
+    receiver = threaded.receiver
+    servers = [
+        ServerProcess(
+            tmp_path / f"unused-{n}.db",
+            api_key=API_KEY,
+            args=["--database-url", pg_database, "--workers", "1", "--log-level", "WARNING"],
+            log_dir=tmp_path,
+        )
+        for n in range(3)
+    ]
+    try:
+        for server in servers:
+            server.start()
+        servers[0].post("/v1/data_streams", {"key": "bank", "currency": "USD"}, expect=201)
+        endpoint = servers[1].post("/v1/webhook_endpoints", {"url": receiver.url}, expect=201)
+        receiver.secret = endpoint["secret"]
+        ids = [
+            servers[n % 3].post("/v1/records/bulk", {"records": [record(n)]}, expect=202)["id"]
+            for n in range(15)
+        ]
+        poll(lambda: len(receiver.received), lambda n: n >= len(ids), 30, "every delivery")
+        time.sleep(1.0)  # a second send of anything would have arrived by now
+        assert receiver.unverified == []
+        assert receiver.duplicates() == []
+        assert receiver.hits == len(ids)
+        assert sorted(r.body["data"]["id"] for r in receiver.received) == sorted(ids)
+        listed = servers[2].get(f"/v1/webhook_endpoints/{endpoint['id']}/deliveries?limit=100")
+        assert all(len(d["attempts"]) == 1 for d in listed["data"])
+    finally:
+        for server in servers:
+            server.close()
+        threaded.close()
