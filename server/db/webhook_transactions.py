@@ -1,12 +1,14 @@
-"""The webhook operations (server/db/webhook_port.py), written once for both adapters.
+"""The webhook operations' transaction bodies (server/db/webhook_port.py), written once
+for both adapters.
 
 Each write is an `async def` transaction body over `WebhookTx`, a transaction that runs
 named statements (the twin queries.sql files give each name its dialect). PostgreSQL
 awaits a body inside one asyncpg transaction; SQLite runs it on its writer thread through
 server/db/drive.py's `run_to_completion`, over a transaction whose coroutines never
-suspend. `Webhooks` implements the port over an adapter's `WebhookBackend`: how it runs a
-transaction and a read, and how it finds the newest outbox id that is safe to dispatch
-up to (the one thing the backends do differently: see their `newest_outbox_id`).
+suspend. `Webhooks` (server/db/webhook_operations.py) implements the port with these
+over an adapter's `WebhookBackend`: how it runs a transaction and a read, and how it
+finds the newest outbox id that is safe to dispatch up to (the one thing the backends do
+differently: see their `newest_outbox_id`).
 
 The decisions inside (the backoff, the circuit) are pure functions, `retry_delay` and
 `attempt_decision`, that the bodies call.
@@ -35,16 +37,8 @@ from server.constants import (
     WEBHOOK_RETRY_JITTER,
     WEBHOOK_SEND_LEASE_SECONDS,
 )
-from server.db.payload import bulk_request_from_stored
-from server.db.webhook_port import NewDelivery, OutboxEvent
-from server.models import (
-    AttemptOutcome,
-    DeliveryStatus,
-    DueDelivery,
-    WebhookAttempt,
-    WebhookDelivery,
-    WebhookEndpoint,
-)
+from server.db.webhook_port import NewDelivery
+from server.models import AttemptOutcome, DeliveryStatus
 from server.types import JSON
 
 T = TypeVar("T")
@@ -121,11 +115,11 @@ def attempt_decision(
     return AttemptDecision(status, next_attempt_at, failures, circuit_open_until)
 
 
-def _ids_json(ids: Iterable[int]) -> str:
+def ids_json(ids: Iterable[int]) -> str:
     return orjson.dumps(sorted(ids)).decode()
 
 
-class _RenderAll(Exception):
+class RenderAll(Exception):
     """An unrendered event needs a body after all: undo the dispatch transaction."""
 
 
@@ -147,7 +141,7 @@ async def add_deliveries(
 ) -> bool:
     """A delivery per matching endpoint for each new event, and the cursor moved from
     `cursor` to `advance_to`; False (nothing written) if the cursor is no longer `cursor`
-    (another round or process dispatched these). Raises _RenderAll (rolling back) if an
+    (another round or process dispatched these). Raises RenderAll (rolling back) if an
     event left unrendered has a matching endpoint now."""
     if await tx.one("get_webhook_cursor") != {"outbox_id": cursor}:
         return False
@@ -166,7 +160,7 @@ async def add_deliveries(
         if event.body is not None:
             await tx.run("insert_webhook_deliveries_for_event", **params)
         elif await tx.one("event_has_webhook_endpoint", **params) != {"found": 0}:
-            raise _RenderAll
+            raise RenderAll
     await tx.run("set_webhook_cursor", outbox_id=advance_to)
     return True
 
@@ -177,7 +171,7 @@ async def lease_deliveries(tx: WebhookTx, ids: Sequence[int]) -> set[int]:
     lease_until = to_rfc3339(now + timedelta(seconds=WEBHOOK_SEND_LEASE_SECONDS))
     rows = await tx.all(
         "lease_webhook_deliveries",
-        ids=_ids_json(ids),
+        ids=ids_json(ids),
         now=to_rfc3339(now),
         lease_until=lease_until,
     )
@@ -234,198 +228,3 @@ async def redeliver(tx: WebhookTx, endpoint_id: int, delivery_id: int) -> JSON |
     if row is not None:
         await tx.run("close_webhook_circuit", id=endpoint_id)
     return row
-
-
-# --- the port over an adapter -----------------------------------------------------------------
-
-
-class Webhooks:
-    """server/db/webhook_port.py's WebhookStorage on either adapter's WebhookBackend."""
-
-    def __init__(self, backend: WebhookBackend) -> None:
-        self.backend = backend
-
-    # --- endpoints ----------------------------------------------------------------------
-
-    async def create_endpoint(
-        self,
-        environment_id: int,
-        *,
-        url: str,
-        events: Sequence[str],
-        description: str | None,
-        secret: str,
-    ) -> WebhookEndpoint:
-        async def body(tx: WebhookTx) -> JSON | None:
-            return await tx.one(
-                "insert_webhook_endpoint",
-                environment_id=environment_id,
-                url=url,
-                events=orjson.dumps(list(events)).decode(),
-                description=description,
-                secret=secret,
-                now=now_rfc3339(),
-            )
-
-        row = await self.backend.transaction(body)
-        assert row is not None  # INSERT … RETURNING
-        return WebhookEndpoint(**row)
-
-    async def get_endpoint(self, environment_id: int, endpoint_id: int) -> WebhookEndpoint | None:
-        row = await self.backend.read_one(
-            "get_webhook_endpoint", id=endpoint_id, environment_id=environment_id
-        )
-        return WebhookEndpoint(**row) if row is not None else None
-
-    async def list_endpoints(
-        self, environment_id: int, after_id: int, limit: int
-    ) -> list[WebhookEndpoint]:
-        rows = await self.backend.read_all(
-            "list_webhook_endpoints", environment_id=environment_id, after_id=after_id, limit=limit
-        )
-        return [WebhookEndpoint(**row) for row in rows]
-
-    async def update_endpoint(
-        self,
-        environment_id: int,
-        endpoint_id: int,
-        *,
-        url: str | None,
-        events: Sequence[str] | None,
-        enabled: bool | None,
-        description: tuple[str | None] | None,
-    ) -> WebhookEndpoint | None:
-        """Change the given fields (None: unchanged; `description` is a 1-tuple so that
-        it can be cleared)."""
-
-        async def body(tx: WebhookTx) -> JSON | None:
-            return await tx.one(
-                "update_webhook_endpoint",
-                id=endpoint_id,
-                environment_id=environment_id,
-                url=url,
-                events=orjson.dumps(list(events)).decode() if events is not None else None,
-                enabled=None if enabled is None else int(enabled),
-                set_description=description is not None,
-                description=description[0] if description is not None else None,
-            )
-
-        row = await self.backend.transaction(body)
-        return WebhookEndpoint(**row) if row is not None else None
-
-    async def delete_endpoint(self, environment_id: int, endpoint_id: int) -> bool:
-        return await self.backend.transaction(
-            lambda tx: delete_endpoint(tx, environment_id, endpoint_id)
-        )
-
-    # --- the dispatcher: outbox → deliveries --------------------------------------------
-
-    async def cursor(self) -> int:
-        row = await self.backend.read_one("get_webhook_cursor")
-        assert row is not None  # the migration inserts the one row
-        return int(row["outbox_id"])
-
-    async def newest_outbox_id(self) -> int:
-        return await self.backend.newest_outbox_id()
-
-    async def terminal_events(self, after_id: int, up_to: int, limit: int) -> list[OutboxEvent]:
-        rows = await self.backend.read_all(
-            "list_terminal_outbox_events", after_id=after_id, up_to=up_to, limit=limit
-        )
-        return [
-            OutboxEvent(
-                id=int(row["id"]),
-                environment_id=int(row["environment_id"]),
-                bulk_request_id=int(row["bulk_request_id"]),
-                event_type=row["event_type"],
-                request=bulk_request_from_stored(orjson.loads(row["payload"])),
-                created_at=row["created_at"],
-            )
-            for row in rows
-        ]
-
-    async def environments_with_endpoints(self) -> set[int]:
-        rows = await self.backend.read_all("list_environments_with_webhooks")
-        return {int(row["environment_id"]) for row in rows}
-
-    async def add_deliveries(
-        self, cursor: int, new: Sequence[NewDelivery], advance_to: int
-    ) -> bool:
-        """In ONE transaction: a delivery per matching endpoint for each new event, and the
-        cursor moved from `cursor` to `advance_to`. False (nothing written) if the cursor
-        is no longer `cursor`, so no event can become deliveries twice; False too if an
-        event left unrendered has a matching endpoint now (one was enabled meanwhile):
-        the caller renders every event and tries again."""
-        try:
-            return await self.backend.transaction(
-                lambda tx: add_deliveries(tx, cursor, new, advance_to)
-            )
-        except _RenderAll:
-            return False
-
-    # --- sending ------------------------------------------------------------------------
-
-    async def due_deliveries(self, in_flight: Iterable[int], limit: int) -> list[DueDelivery]:
-        rows = await self.backend.read_all(
-            "list_due_webhook_deliveries",
-            now=now_rfc3339(),
-            in_flight=_ids_json(in_flight),
-            limit=limit,
-        )
-        return [DueDelivery(**row) for row in rows]
-
-    async def lease_deliveries(self, ids: Sequence[int]) -> set[int]:
-        if not ids:
-            return set()
-        return await self.backend.transaction(lambda tx: lease_deliveries(tx, ids))
-
-    async def next_due_at(self, in_flight: Iterable[int]) -> str | None:
-        row = await self.backend.read_one("next_webhook_due_at", in_flight=_ids_json(in_flight))
-        assert row is not None  # an aggregate always returns one row
-        value: str | None = next(iter(row.values()))
-        return value
-
-    async def record_attempt(
-        self, outcome: AttemptOutcome, *, retry_base: float, circuit_cooldown: float
-    ) -> None:
-        await self.backend.transaction(
-            lambda tx: record_attempt(
-                tx, outcome, retry_base=retry_base, circuit_cooldown=circuit_cooldown
-            )
-        )
-
-    async def redeliver(self, endpoint_id: int, delivery_id: int) -> WebhookDelivery | None:
-        row = await self.backend.transaction(
-            lambda tx: redeliver(tx, endpoint_id, delivery_id), urgent=True
-        )
-        return WebhookDelivery(**row) if row is not None else None
-
-    # --- the delivery log ---------------------------------------------------------------
-
-    async def list_deliveries(
-        self, endpoint_id: int, *, status: DeliveryStatus | None, before_id: int, limit: int
-    ) -> list[WebhookDelivery]:
-        rows = await self.backend.read_all(
-            "list_webhook_deliveries",
-            endpoint_id=endpoint_id,
-            status=status,
-            before_id=before_id,
-            limit=limit,
-        )
-        return [WebhookDelivery(**row) for row in rows]
-
-    async def get_delivery(self, endpoint_id: int, delivery_id: int) -> WebhookDelivery | None:
-        row = await self.backend.read_one(
-            "get_webhook_delivery", id=delivery_id, endpoint_id=endpoint_id
-        )
-        return WebhookDelivery(**row) if row is not None else None
-
-    async def attempts_of(self, delivery_ids: Iterable[int]) -> dict[int, list[WebhookAttempt]]:
-        rows = await self.backend.read_all(
-            "list_webhook_attempts", delivery_ids=_ids_json(delivery_ids)
-        )
-        found: dict[int, list[WebhookAttempt]] = {}
-        for row in rows:
-            attempt = WebhookAttempt(**row)
-            found.setdefault(attempt.delivery_id, []).append(attempt)
-        return found

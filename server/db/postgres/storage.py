@@ -55,8 +55,8 @@ from server.db.postgres.reads import Reads
 from server.db.postgres.tx import CREATE_STAGED_RECORDS, PgTx
 from server.db.postgres.uploads import PgUploadSink
 from server.db.postgres.webhooks import PgWebhooks
+from server.db.webhook_operations import Webhooks
 from server.db.webhook_port import WebhookStorage
-from server.db.webhook_transactions import Webhooks
 from server.models import BulkRequest, DataStream
 from server.outcomes import RequestChanged, Transition
 from server.staging import EncodedChunk

@@ -47,8 +47,8 @@ from server.db.sqlite.uploads import FileUploadSink, remove, remove_files_except
 from server.db.sqlite.webhooks import SqliteWebhooks
 from server.db.sqlite.writer import Writer
 from server.db.sqlite.writes import Writes
+from server.db.webhook_operations import Webhooks
 from server.db.webhook_port import WebhookStorage
-from server.db.webhook_transactions import Webhooks
 from server.ingest.validation import StreamRef
 from server.models import (
     ActiveApiKey,
