@@ -284,6 +284,11 @@ POSTGRES_ABANDONED_UPLOAD_SECONDS = 24 * 3600
 # --- Webhooks (SPEC §13, README "Webhooks") ------------------------------------------
 # A receiver has this long to answer (SPEC §13: a 2xx within 10 s is success).
 WEBHOOK_TIMEOUT_SECONDS = 10.0
+# A dispatcher leases a delivery for this long before sending it: no other round or
+# process picks it meanwhile. Well past a send (the timeout) and its recording, so a
+# live sender always records before its lease ends; a dead one's (PostgreSQL, another
+# process) is sent again by another dispatcher once it has run out.
+WEBHOOK_SEND_LEASE_SECONDS = 60.0
 # Attempts per delivery before it is `failed` (SPEC §13); a manual retry adds one.
 WEBHOOK_MAX_ATTEMPTS = 8
 # First retry after --webhook-retry-base seconds, doubling after each failure.

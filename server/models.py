@@ -234,6 +234,7 @@ class WebhookDelivery:
     next_attempt_at: str | None
     attempt_count: int
     created_at: str
+    leased_until: str | None  # while a dispatcher is sending it (README "Webhooks")
 
 
 @dataclass(frozen=True, slots=True)

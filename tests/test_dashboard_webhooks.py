@@ -8,9 +8,7 @@ Playwright API and the receiver cannot share one.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,27 +19,9 @@ from playwright.sync_api import Page, expect
 from tests.server_process import ServerProcess
 from tests.test_dashboard import API_KEY, UNLABELLED_CONTROLS, _enter_key
 from tests.test_dashboard import page as page  # the fixture, re-exported
-from tests.webhook_receiver import Receiver
+from tests.webhook_receiver import Receiver, ThreadedReceiver
 
 pytestmark = pytest.mark.browser
-
-
-class ThreadedReceiver:
-    """The receiver on an event loop of its own thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.receiver: Receiver = asyncio.run_coroutine_threadsafe(
-            Receiver().start(), self.loop
-        ).result(10)
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.receiver.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture

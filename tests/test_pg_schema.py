@@ -35,6 +35,9 @@ POSTGRES_ONLY = {
     "list_upload_chunks",
     "delete_unreferenced_uploads",
     "delete_upload",
+    # Outbox ids are not in commit order with several writers: the dispatcher waits for
+    # the open outbox writers before reading the newest id (README "Webhooks").
+    "lock_outbox_until_committed",
 }
 # Parameters only PostgreSQL takes, and why.
 POSTGRES_ONLY_PARAMS = {
@@ -46,47 +49,12 @@ POSTGRES_ONLY_PARAMS = {
 POSTGRES_ONLY_TABLES = {"uploads", "upload_chunks", VERSION_TABLE}
 POSTGRES_ONLY_INDEXES = {"bulk_requests_heartbeat"}  # rescue_stale_requests' scan
 
-# Not on PostgreSQL yet, and why: webhooks (SPEC §13) were built on SQLite while the
-# PostgreSQL adapter was being written; on PostgreSQL every webhook route answers 501
-# (server/db/postgres/webhooks.py, tests/test_webhooks_unsupported.py) until these come.
-# Listed here so that anything else missing on one side still fails.
-SQLITE_ONLY_TABLES = {
-    "webhook_endpoints",
-    "webhook_deliveries",
-    "webhook_attempts",
-    "webhook_cursor",
-}
-SQLITE_ONLY_INDEXES = {
-    "webhook_endpoints_environment",
-    "webhook_deliveries_due",
-    "webhook_deliveries_endpoint",
-}
+# Statements only SQLite has, and why.
 SQLITE_ONLY = {
-    "insert_webhook_endpoint",
-    "get_webhook_endpoint",
-    "list_webhook_endpoints",
-    "update_webhook_endpoint",
-    "delete_webhook_attempts_of_endpoint",
-    "delete_webhook_deliveries_of_endpoint",
-    "delete_webhook_endpoint",
-    "get_webhook_cursor",
-    "set_webhook_cursor",
-    "newest_outbox_id",
-    "list_terminal_outbox_events",
-    "insert_webhook_deliveries_for_event",
-    "list_environments_with_webhooks",
-    "event_has_webhook_endpoint",
-    "list_due_webhook_deliveries",
-    "next_webhook_due_at",
-    "get_webhook_delivery_state",
-    "insert_webhook_attempt",
-    "finish_webhook_attempt",
-    "set_webhook_circuit",
-    "list_webhook_deliveries",
-    "list_webhook_attempts",
-    "get_webhook_delivery",
-    "redeliver_webhook",
-    "close_webhook_circuit",
+    # One process owns a SQLite file (the flock): at open, every webhook send lease left
+    # is a dead process's. On PostgreSQL a lease runs out instead (another process may
+    # hold it).
+    "release_webhook_leases",
 }
 
 NOW = "2026-12-02T00:00:00.000000Z"
@@ -116,14 +84,13 @@ def sqlite_schema() -> tuple[dict[str, list[str]], set[str]]:
     columns = {
         table: sorted(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
         for table in tables
-        if table not in SQLITE_ONLY_TABLES
     }
     indexes = {
         name
         for (name,) in conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
         )
-    } - SQLITE_ONLY_INDEXES
+    }
     conn.close()
     return columns, indexes
 

@@ -1,8 +1,9 @@
 """Signed webhooks (SPEC §13, README "Webhooks") against a real local receiver.
 
-The app is the real one on a real SQLite file; the receiver is a real aiohttp server on
-a free port that checks every request with the Standard Webhooks published verifier
-(tests/webhook_receiver.py). Retry bases are tiny so that backoff runs in test time.
+The app is the real one on either backend (a SQLite file, a PostgreSQL database); the
+receiver is a real aiohttp server on a free port that checks every request with the
+Standard Webhooks published verifier (tests/webhook_receiver.py). Retry bases are tiny so
+that backoff runs in test time.
 """
 
 from __future__ import annotations
@@ -19,25 +20,62 @@ import orjson
 import pytest
 
 from server.api.common import STORE
+from server.clock import now_rfc3339
 from server.config import Settings
-from server.constants import WEBHOOK_CIRCUIT_FAILURES, WEBHOOK_MAX_ATTEMPTS
+from server.constants import (
+    WEBHOOK_CIRCUIT_FAILURES,
+    WEBHOOK_MAX_ATTEMPTS,
+    WEBHOOK_MAX_SENDS_PER_ENDPOINT,
+)
+from server.db.port import Storage
+from server.db.postgres.storage import PostgresStorage
+from server.db.postgres.tx import PgTx
 from server.db.sqlite.store import Store
 from server.db.sqlite.tx import WriteTx
 from server.db.webhook_port import NewDelivery
 from server.http.auth import generate_api_key
-from server.models import BulkRequest
+from server.models import AttemptOutcome, BulkRequest
 from server.outcomes import Transition
 from server.types import JSON, Source
 from server.webhooks.dispatcher import WebhookDispatcher
 from tests.conftest import Api, make_environment, make_stream, record, wait_until
+from tests.db_access import stored_execute, stored_rows, stored_value
 from tests.webhook_receiver import Receiver
 
 ApiFactory = Callable[[Settings], Awaitable[Api]]
 ALL_TYPES = ["bulk_request.completed", "bulk_request.failed", "bulk_request.cancelled"]
 
 
-# PostgresStorage.webhooks refuses (tests/test_webhooks_unsupported.py checks how).
-pytestmark = pytest.mark.sqlite_only("webhooks on PostgreSQL: not yet")
+async def finished_request(
+    store: Storage, environment_id: int, *transitions: Transition
+) -> BulkRequest:
+    """A completed request whose transaction emitted `transitions` (default: completed),
+    written as either adapter's own transaction."""
+    emitted = transitions or (Transition.COMPLETED,)
+    fields: dict[str, Any] = {
+        "environment_id": environment_id,
+        "status": "completed",
+        "source": Source.BULK_API,
+        "on_conflict": "skip",
+    }
+    if isinstance(store, PostgresStorage):
+
+        async def pg_work(tx: PgTx) -> BulkRequest:
+            row = await tx.insert_bulk_request(**fields)
+            for transition in emitted:
+                await tx.emit(row, transition)
+            return row
+
+        return await store.write(pg_work)
+    assert isinstance(store, Store)
+
+    def work(tx: WriteTx) -> BulkRequest:
+        row = tx.insert_bulk_request(**fields)
+        for transition in emitted:
+            tx.emit(row, transition)
+        return row
+
+    return await store.write(work)
 
 
 @pytest.fixture
@@ -189,8 +227,8 @@ async def test_endpoints_get_only_their_events_and_disabled_ones_nothing(
 async def dispatched_everything(api: Api) -> bool:
     """The dispatcher's cursor has passed every outbox event committed so far."""
     store = api.app[STORE]
-    newest = await store.read_value("SELECT MAX(id) FROM outbox")
-    return bool(await store.read_value("SELECT outbox_id FROM webhook_cursor") >= newest)
+    newest = await stored_value(store, "SELECT MAX(id) FROM outbox")
+    return bool(await stored_value(store, "SELECT outbox_id FROM webhook_cursor") >= newest)
 
 
 async def test_failed_attempts_are_retried_with_doubling_backoff(
@@ -287,12 +325,20 @@ async def test_the_circuit_stops_attempts_to_a_dead_endpoint_and_spares_the_othe
         await settled(api, alive["id"], count=3)
         assert sorted(r.body["data"]["id"] for r in healthy.received) == ids
         await wait_until(lambda: _hits(receiver), lambda n: n >= WEBHOOK_CIRCUIT_FAILURES)
-        shown = await api.get(f"/v1/webhook_endpoints/{dead['id']}")
-        assert shown["circuit_open_until"] is not None
-        # With a 0.05 s retry base every delivery would be due again many times over by
-        # now; the open circuit (60 s) lets none of them through.
+        # The receiver has answered the last attempt; its outcome is recorded just after.
+        await wait_until(
+            lambda: api.get(f"/v1/webhook_endpoints/{dead['id']}"),
+            lambda shown: shown["circuit_open_until"] is not None,
+        )
+        # A send already in flight when the circuit opened still lands (sends to one
+        # endpoint overlap, up to WEBHOOK_MAX_SENDS_PER_ENDPOINT), then none: with a 0.05 s
+        # retry base every delivery would be due again many times over in 1.5 s, and the
+        # open circuit (60 s) lets none of them through.
+        await asyncio.sleep(0.3)
+        opened_at = receiver.hits
+        assert opened_at <= WEBHOOK_CIRCUIT_FAILURES + WEBHOOK_MAX_SENDS_PER_ENDPOINT - 1
         await asyncio.sleep(1.5)
-        assert receiver.hits == WEBHOOK_CIRCUIT_FAILURES
+        assert receiver.hits == opened_at
         pending = await deliveries(api, dead["id"])
         assert len(pending) == 3
         assert all(d["status"] == "pending" for d in pending)
@@ -307,39 +353,37 @@ async def _hits(receiver: Receiver) -> int:
 # --- durability: the outbox cursor ------------------------------------------------------
 
 
-async def _old_terminal_events(store: Store, request_id: int, count: int) -> None:
-    def work(tx: WriteTx) -> None:
-        for _ in range(count):
-            tx.run(
-                "INSERT INTO outbox (bulk_request_id, environment_id, event_type, payload,"
-                " created_at) VALUES (?, 1, 'completed', '{}', '2000-01-01T00:00:00Z')",
-                (request_id,),
-            )
-
-    await store.write(work)
-
-
-async def _outbox_ids(store: Store) -> list[int]:
-    return [r["id"] for r in await store.read_all("SELECT id FROM outbox ORDER BY id")]
+async def _old_terminal_events(store: Storage, request: BulkRequest, count: int) -> None:
+    for _ in range(count):
+        await stored_execute(
+            store,
+            "INSERT INTO outbox (bulk_request_id, environment_id, event_type, payload,"
+            " created_at) VALUES (?, ?, 'completed', '{}', '2000-01-01T00:00:00Z')",
+            request.id,
+            request.environment_id,
+        )
 
 
-async def test_pruning_never_deletes_an_event_the_dispatcher_has_not_passed(store: Store) -> None:
+async def _outbox_ids(store: Storage) -> list[int]:
+    return [r["id"] for r in await stored_rows(store, "SELECT id FROM outbox ORDER BY id")]
+
+
+async def test_pruning_never_deletes_an_event_the_dispatcher_has_not_passed(
+    store: Storage,
+) -> None:
     env = await make_environment(store)
     await make_stream(store, env)
-    request = await store.write(
-        lambda tx: tx.insert_bulk_request(
-            environment_id=env, status="pending", source=Source.BULK_API, on_conflict="skip"
-        )
-    )
-    await _old_terminal_events(store, request.id, 3)
-    ids = await _outbox_ids(store)
+    request = await finished_request(store, env, Transition.CREATED)
+    await stored_execute(store, "UPDATE webhook_cursor SET outbox_id = ?", 0)
+    await _old_terminal_events(store, request, 3)
+    ids = (await _outbox_ids(store))[1:]
     # The cursor is still before them (a dispatcher that has not run since, or was
     # killed): past their retention, but not passed, so they stay.
-    assert await store.write(lambda tx: tx.delete_old_outbox_events()) == 0
-    assert await _outbox_ids(store) == ids
-    await store.write(lambda tx: tx.run("UPDATE webhook_cursor SET outbox_id = ?", (ids[1],)))
-    assert await store.write(lambda tx: tx.delete_old_outbox_events()) == 2
-    assert await _outbox_ids(store) == ids[2:]
+    assert await store.prune_outbox() == 0
+    assert (await _outbox_ids(store))[1:] == ids
+    await stored_execute(store, "UPDATE webhook_cursor SET outbox_id = ?", ids[1])
+    assert await store.prune_outbox() == 2
+    assert (await _outbox_ids(store))[1:] == ids[2:]
 
 
 async def _just_the_id(request: BulkRequest) -> JSON:
@@ -347,7 +391,7 @@ async def _just_the_id(request: BulkRequest) -> JSON:
 
 
 async def test_events_become_deliveries_once_with_the_cursor_in_one_transaction(
-    store: Store, tmp_path: Any
+    store: Storage, tmp_path: Any
 ) -> None:
     env = await make_environment(store)
     webhooks = store.webhooks
@@ -358,15 +402,7 @@ async def test_events_become_deliveries_once_with_the_cursor_in_one_transaction(
         store.webhooks, Settings(db_path=tmp_path / "unused.db"), _just_the_id
     )
 
-    def finish(tx: WriteTx) -> Any:
-        row = tx.insert_bulk_request(
-            environment_id=env, status="completed", source=Source.BULK_API, on_conflict="skip"
-        )
-        tx.emit(row, Transition.CREATED)
-        tx.emit(row, Transition.COMPLETED)
-        return row
-
-    request = await store.write(finish)
+    request = await finished_request(store, env, Transition.CREATED, Transition.COMPLETED)
     before = await webhooks.cursor()
     assert await dispatcher.dispatch_once() is False
     assert await webhooks.cursor() > before
@@ -383,7 +419,7 @@ async def test_events_become_deliveries_once_with_the_cursor_in_one_transaction(
 
     # A dispatch that read an older cursor (which only a second dispatcher could cause)
     # writes nothing, so no event can become a delivery twice.
-    late = await store.write(finish)
+    late = await finished_request(store, env, Transition.CREATED, Transition.COMPLETED)
     stale = NewDelivery(
         outbox_id=2**40,
         environment_id=env,
@@ -617,7 +653,7 @@ async def test_lists_page_with_a_cursor(api: Api, receiver: Receiver) -> None:
 
 
 async def test_events_of_environments_without_endpoints_are_not_rendered_but_not_missed(
-    store: Store, tmp_path: Any
+    store: Storage, tmp_path: Any
 ) -> None:
     env = await make_environment(store)
     webhooks = store.webhooks
@@ -629,30 +665,21 @@ async def test_events_of_environments_without_endpoints_are_not_rendered_but_not
 
     dispatcher = WebhookDispatcher(webhooks, Settings(db_path=tmp_path / "unused.db"), render)
 
-    def finish(tx: WriteTx) -> Any:
-        row = tx.insert_bulk_request(
-            environment_id=env, status="completed", source=Source.BULK_API, on_conflict="skip"
-        )
-        tx.emit(row, Transition.COMPLETED)
-        return row
-
-    await store.write(finish)
+    await finished_request(store, env)
     await dispatcher.dispatch_once()
     assert rendered == []  # no endpoint anywhere: nothing to render
     assert await webhooks.cursor() == await webhooks.newest_outbox_id()
 
     # An endpoint enabled between the round's look and its transaction: the unrendered
     # event would be missed, so the transaction refuses and writes nothing.
-    late = await store.write(finish)
+    late = await finished_request(store, env)
     cursor = await webhooks.cursor()
     (event,) = await webhooks.terminal_events(cursor, 2**62, 10)
     endpoint = await webhooks.create_endpoint(
         env, url="http://127.0.0.1:9/hook", events=ALL_TYPES, description=None, secret="whsec_x"
     )
     # (created before the event, as an endpoint enabled again would be)
-    await store.write(
-        lambda tx: tx.run("UPDATE webhook_endpoints SET created_at = '2000-01-01T00:00:00Z'")
-    )
+    await stored_execute(store, "UPDATE webhook_endpoints SET created_at = '2000-01-01T00:00:00Z'")
     unrendered = NewDelivery(
         outbox_id=event.id,
         environment_id=env,
@@ -671,3 +698,67 @@ async def test_events_of_environments_without_endpoints_are_not_rendered_but_not
         endpoint.id, status=None, before_id=2**62, limit=10
     )
     assert delivery.bulk_request_id == late.id
+
+
+async def test_a_leased_delivery_is_sent_by_no_one_else_until_its_lease_runs_out(
+    store: Storage, tmp_path: Any
+) -> None:
+    env = await make_environment(store)
+    webhooks = store.webhooks
+    endpoint = await webhooks.create_endpoint(
+        env, url="http://127.0.0.1:9/hook", events=ALL_TYPES, description=None, secret="whsec_x"
+    )
+    dispatcher = WebhookDispatcher(webhooks, Settings(db_path=tmp_path / "unused.db"), _just_the_id)
+    await finished_request(store, env)
+    await dispatcher.dispatch_once()
+    (due,) = await webhooks.due_deliveries([], 10)
+    assert await webhooks.lease_deliveries([due.id]) == {due.id}
+    # Another dispatcher (another process on PostgreSQL) neither sees it due nor leases it.
+    assert await webhooks.due_deliveries([], 10) == []
+    assert await webhooks.lease_deliveries([due.id]) == set()
+    assert await webhooks.next_due_at([]) is not None  # when the lease runs out
+    # Its sender died: once the lease has run out, it is due again for anyone.
+    await stored_execute(
+        store, "UPDATE webhook_deliveries SET leased_until = '2000-01-01T00:00:00Z'"
+    )
+    assert [d.id for d in await webhooks.due_deliveries([], 10)] == [due.id]
+    assert await webhooks.lease_deliveries([due.id]) == {due.id}
+    # Its outcome ends the lease.
+    await webhooks.record_attempt(
+        AttemptOutcome(due.id, now_rfc3339(), 500, "HTTP 500", 3),
+        retry_base=0.0,
+        circuit_cooldown=60,
+    )
+    (delivery,) = await webhooks.list_deliveries(
+        endpoint.id, status=None, before_id=2**62, limit=10
+    )
+    assert delivery.leased_until is None
+    assert delivery.attempt_count == 1
+    assert [d.id for d in await webhooks.due_deliveries([], 10)] == [due.id]
+
+
+@pytest.mark.sqlite_only("one process owns a SQLite file: its leases are released at open")
+async def test_a_sqlite_store_opened_again_releases_a_dead_processs_leases(
+    tmp_path: Any,
+) -> None:
+    path = tmp_path / "bulk.db"
+    store = Store(path, exclusive=True)
+    await store.open()
+    try:
+        env = await make_environment(store)
+        await store.webhooks.create_endpoint(
+            env, url="http://127.0.0.1:9/hook", events=ALL_TYPES, description=None, secret="w"
+        )
+        dispatcher = WebhookDispatcher(store.webhooks, Settings(db_path=path), _just_the_id)
+        await finished_request(store, env)
+        await dispatcher.dispatch_once()
+        (due,) = await store.webhooks.due_deliveries([], 10)
+        assert await store.webhooks.lease_deliveries([due.id]) == {due.id}
+    finally:
+        await store.close()  # as a kill leaves it: the lease is still in the file
+    again = Store(path, exclusive=True)
+    await again.open()
+    try:
+        assert [d.id for d in await again.webhooks.due_deliveries([], 10)] == [due.id]
+    finally:
+        await again.close()

@@ -9,6 +9,7 @@ repeated `webhook-id`s, so a test can tell at-least-once from exactly-once.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -83,3 +84,22 @@ class Receiver:
 
     def types(self) -> list[str]:
         return [r.body["type"] for r in self.received]
+
+
+class ThreadedReceiver:
+    """The receiver on an event loop of its own thread, for synchronous tests (the sync
+    Playwright API, real `run.py` processes driven with blocking calls)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.receiver: Receiver = asyncio.run_coroutine_threadsafe(
+            Receiver().start(), self.loop
+        ).result(10)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.receiver.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import functools
 import secrets
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -32,7 +30,6 @@ from server.constants import (
     WEBHOOK_SECRET_BYTES,
 )
 from server.db.port import Storage
-from server.db.webhook_port import WebhooksUnsupported
 from server.http.auth import caller_of
 from server.http.errors import Problem, field_error, not_found
 from server.ids import parse_stored_int
@@ -202,26 +199,9 @@ async def _load_endpoint(request: web.Request) -> WebhookEndpoint:
     return endpoint
 
 
-WebhookHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _supported(handler: WebhookHandler) -> WebhookHandler:
-    """A storage without webhooks (PostgreSQL, not yet) refuses with a 501 problem."""
-
-    @functools.wraps(handler)
-    async def refusing(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except WebhooksUnsupported as exc:
-            raise Problem(501, "not-implemented", str(exc)) from None
-
-    return refusing
-
-
 # --- handlers ----------------------------------------------------------------------------
 
 
-@_supported
 async def create_endpoint(request: web.Request) -> web.StreamResponse:
     caller = caller_of(request)
     body = require_object(await read_json_body(request), CREATE_FIELDS)
@@ -251,7 +231,6 @@ async def create_endpoint(request: web.Request) -> web.StreamResponse:
     )
 
 
-@_supported
 async def list_endpoints(request: web.Request) -> web.StreamResponse:
     caller = caller_of(request)
     limit = page_limit(request)
@@ -261,12 +240,10 @@ async def list_endpoints(request: web.Request) -> web.StreamResponse:
     return json_response(page([render_endpoint(r) for r in rows], limit, "webhook_endpoints", last))
 
 
-@_supported
 async def get_endpoint(request: web.Request) -> web.StreamResponse:
     return json_response(render_endpoint(await _load_endpoint(request)))
 
 
-@_supported
 async def update_endpoint(request: web.Request) -> web.StreamResponse:
     caller = caller_of(request)
     endpoint_id = path_id(request, "webhook endpoint")
@@ -294,7 +271,6 @@ async def update_endpoint(request: web.Request) -> web.StreamResponse:
     return json_response(render_endpoint(endpoint))
 
 
-@_supported
 async def delete_endpoint(request: web.Request) -> web.StreamResponse:
     caller = caller_of(request)
     endpoint_id = path_id(request, "webhook endpoint")
@@ -303,7 +279,6 @@ async def delete_endpoint(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
-@_supported
 async def list_deliveries(request: web.Request) -> web.StreamResponse:
     endpoint = await _load_endpoint(request)
     limit = page_limit(request)
@@ -321,7 +296,6 @@ async def list_deliveries(request: web.Request) -> web.StreamResponse:
     return json_response(page(data, limit, "webhook_deliveries", last))
 
 
-@_supported
 async def retry_delivery(request: web.Request) -> web.StreamResponse:
     endpoint = await _load_endpoint(request)
     text = request.match_info["delivery_id"]

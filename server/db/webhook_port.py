@@ -88,6 +88,11 @@ class WebhookStorage(Protocol):
         self, cursor: int, new: Sequence[NewDelivery], advance_to: int
     ) -> bool: ...
     async def due_deliveries(self, in_flight: Iterable[int], limit: int) -> list[DueDelivery]: ...
+    async def lease_deliveries(self, ids: Sequence[int]) -> set[int]:
+        """Of the due deliveries `ids`, the ones this caller may send now (leased to it:
+        no other dispatcher, of this process or another, sends them meanwhile)."""
+        ...
+
     async def next_due_at(self, in_flight: Iterable[int]) -> str | None: ...
     async def record_attempt(
         self, outcome: AttemptOutcome, *, retry_base: float, circuit_cooldown: float
@@ -100,12 +105,3 @@ class WebhookStorage(Protocol):
     ) -> list[WebhookDelivery]: ...
     async def get_delivery(self, endpoint_id: int, delivery_id: int) -> WebhookDelivery | None: ...
     async def attempts_of(self, delivery_ids: Iterable[int]) -> dict[int, list[WebhookAttempt]]: ...
-
-
-class WebhooksUnsupported(Exception):
-    """The storage has no webhook tables yet (PostgreSQL: README "Running on PostgreSQL").
-
-    Raised by every endpoint and delivery operation, never silently answered: the API
-    turns it into a 501 problem. The dispatcher's reads find nothing to dispatch (no
-    endpoint can exist), so it idles instead of failing every round.
-    """

@@ -43,7 +43,6 @@ _TITLES: dict[str, str] = {
     "request-head-too-large": "Request header fields too large",
     "malformed-request": "Malformed HTTP request",
     "service-unavailable": "Service unavailable",
-    "not-implemented": "Not implemented on this storage",
     "internal-error": "Internal server error",
     "http-error": "HTTP error",
 }

@@ -2,13 +2,15 @@
 
 One task per server process. Each round it
 1. turns the terminal outbox events past its cursor into deliveries (one per matching
-   enabled endpoint) and moves the cursor, in ONE write transaction (WebhookStore.
-   add_deliveries): a kill -9 before that commit leaves the events past the cursor, to
-   be dispatched after the restart; after it, the deliveries are durable. Either way
-   nothing is lost and nothing becomes a delivery twice;
+   enabled endpoint) and moves the cursor, in ONE write transaction (add_deliveries,
+   server/db/webhook_transactions.py): a kill -9 before that commit leaves the events
+   past the cursor, to be dispatched after the restart; after it, the deliveries are
+   durable. Either way nothing is lost and nothing becomes a delivery twice;
 2. starts sending the deliveries that are due, at most WEBHOOK_MAX_CONCURRENT_SENDS at
    once and WEBHOOK_MAX_SENDS_PER_ENDPOINT per endpoint, skipping endpoints whose
-   circuit is open; each attempt's outcome is one transaction (log, next state, circuit);
+   circuit is open, each leased first (no other dispatcher, of this process or another
+   one on the same PostgreSQL database, sends it meanwhile); each attempt's outcome is
+   one transaction (log, next state, circuit, the lease's end);
 3. sleeps until the next delivery is due, or until `nudge()`: server/outcomes.py's
    AfterCommit calls it after a commit with a terminal transition, and a send finishing
    or a manual retry does too.
@@ -132,8 +134,9 @@ class WebhookDispatcher:
         """Turn the next batch of terminal outbox events into deliveries; True if the
         batch was full (call again)."""
         cursor = await self.webhooks.cursor()
-        # Every id up to the newest one read now is committed (one writer, ids in commit
-        # order), so the events in (cursor, newest] are all there to read.
+        # Every id up to the newest one is committed (the storage makes sure: on PostgreSQL
+        # ids are not taken in commit order), so the events in (cursor, newest] are all
+        # there to read.
         newest = await self.webhooks.newest_outbox_id()
         if newest <= cursor:
             return False
@@ -145,6 +148,10 @@ class WebhookDispatcher:
         wanted = await self.webhooks.environments_with_endpoints()
         new = [await self._new_delivery(e, e.environment_id in wanted) for e in events]
         if not await self.webhooks.add_deliveries(cursor, new, advance_to):
+            if await self.webhooks.cursor() != cursor:
+                # Another dispatcher (another process on PostgreSQL) dispatched these
+                # first: look again from where it left the cursor.
+                return True
             new = [await self._new_delivery(event, True) for event in events]
             await self.webhooks.add_deliveries(cursor, new, advance_to)
         return full
@@ -181,12 +188,21 @@ class WebhookDispatcher:
             # Enough candidates to fill the free slots even if some endpoints are at
             # their own limit.
             due = await self.webhooks.due_deliveries(self._sending, free * 4)
+            chosen: list[DueDelivery] = []
+            per_endpoint = self._per_endpoint.copy()
             for delivery in due:
-                if len(self._sending) >= WEBHOOK_MAX_CONCURRENT_SENDS:
+                if len(chosen) >= free:
                     break
-                if self._per_endpoint[delivery.endpoint_id] >= WEBHOOK_MAX_SENDS_PER_ENDPOINT:
+                if per_endpoint[delivery.endpoint_id] >= WEBHOOK_MAX_SENDS_PER_ENDPOINT:
                     continue
-                self._start_send(delivery)
+                per_endpoint[delivery.endpoint_id] += 1
+                chosen.append(delivery)
+            # Leased first: another process's dispatcher may have chosen some of the same
+            # ones; only the leased ones are this one's to send.
+            leased = await self.webhooks.lease_deliveries([d.id for d in chosen])
+            for delivery in chosen:
+                if delivery.id in leased:
+                    self._start_send(delivery)
         next_due = await self.webhooks.next_due_at(self._sending)
         if next_due is None:
             return WEBHOOK_IDLE_POLL_SECONDS

@@ -459,9 +459,12 @@ WHERE id = ANY($1::bigint[]) ORDER BY array_position($1::bigint[], id);
 
 -- name: delete_old_outbox_events
 -- At most `limit` rows per transaction, so pruning a backlog never holds locks long.
+-- Never an event the webhook dispatcher has not passed yet, however old (README "Webhooks").
 -- params: not_before, limit
 DELETE FROM outbox WHERE id IN (
-    SELECT id FROM outbox WHERE created_at < $1 ORDER BY created_at LIMIT $2
+    SELECT id FROM outbox
+    WHERE created_at < $1 AND id <= (SELECT outbox_id FROM webhook_cursor)
+    ORDER BY created_at LIMIT $2
 );
 
 -- name: list_upload_paths
@@ -569,3 +572,198 @@ DELETE FROM records WHERE id IN (
 -- name: mark_purged
 -- params: id
 UPDATE bulk_requests SET unpublished = 0 WHERE id = $1 AND unpublished = 1;
+
+-- --- webhooks (server/db/webhook_transactions.py) ---------------------------------------
+-- `events` is jsonb (the queries look into it) and is given and returned as JSON text;
+-- `in_flight`, `ids` and `delivery_ids` are JSON arrays of ids, as on SQLite.
+
+-- name: insert_webhook_endpoint
+-- params: environment_id, url, events, description, secret, now
+INSERT INTO webhook_endpoints (environment_id, url, events, description, enabled, secret,
+                               created_at)
+VALUES ($1, $2, $3::jsonb, $4, 1, $5, $6)
+RETURNING *;
+
+-- name: get_webhook_endpoint
+-- params: id, environment_id
+SELECT * FROM webhook_endpoints WHERE id = $1 AND environment_id = $2;
+
+-- name: list_webhook_endpoints
+-- params: environment_id, after_id, limit
+SELECT * FROM webhook_endpoints
+WHERE environment_id = $1 AND id > $2
+ORDER BY id LIMIT $3;
+
+-- name: update_webhook_endpoint
+-- NULL keeps a field; enabling again closes the circuit (the operator says it is back).
+-- params: id, environment_id, url, events, set_description, description, enabled
+UPDATE webhook_endpoints SET
+    url = COALESCE($3::text, url),
+    events = COALESCE($4::jsonb, events),
+    description = CASE WHEN $5::boolean THEN $6::text ELSE description END,
+    enabled = COALESCE($7::integer, enabled),
+    consecutive_failures = CASE WHEN $7::integer = 1 THEN 0 ELSE consecutive_failures END,
+    circuit_open_until = CASE WHEN $7::integer = 1 THEN NULL ELSE circuit_open_until END
+WHERE id = $1 AND environment_id = $2
+RETURNING *;
+
+-- name: delete_webhook_attempts_of_endpoint
+-- params: endpoint_id
+DELETE FROM webhook_attempts WHERE delivery_id IN (
+    SELECT id FROM webhook_deliveries WHERE endpoint_id = $1
+);
+
+-- name: delete_webhook_deliveries_of_endpoint
+-- params: endpoint_id
+DELETE FROM webhook_deliveries WHERE endpoint_id = $1;
+
+-- name: delete_webhook_endpoint
+-- params: id, environment_id
+DELETE FROM webhook_endpoints WHERE id = $1 AND environment_id = $2;
+
+-- name: get_webhook_cursor
+-- FOR UPDATE: in the dispatch transaction, the lock that makes every other process's
+-- dispatch wait, then find the cursor moved and write nothing (a read alone takes and
+-- drops it at once).
+-- params:
+SELECT outbox_id FROM webhook_cursor WHERE id = 1 FOR UPDATE;
+
+-- name: set_webhook_cursor
+-- params: outbox_id
+UPDATE webhook_cursor SET outbox_id = $1 WHERE id = 1;
+
+-- name: newest_outbox_id
+-- params:
+SELECT COALESCE(MAX(id), 0) FROM outbox;
+
+-- name: lock_outbox_until_committed
+-- Outbox ids are taken at insert, not at commit: a transaction still open may hold an
+-- id below the newest committed one. SHARE waits for every transaction that has
+-- inserted into the outbox to end (and holds new inserts for as long as the read after
+-- it takes), so the newest id read next has no uncommitted id below it.
+-- params:
+LOCK TABLE outbox IN SHARE MODE;
+
+-- name: list_terminal_outbox_events
+-- params: after_id, up_to, limit
+SELECT id, bulk_request_id, environment_id, event_type, payload, created_at FROM outbox
+WHERE id > $1 AND id <= $2
+  AND event_type IN ('completed', 'failed', 'cancelled')
+ORDER BY id LIMIT $3;
+
+-- name: insert_webhook_deliveries_for_event
+-- One per enabled endpoint of the event's environment that subscribes to its type and
+-- existed when it happened.
+-- params: outbox_id, event_id, event_type, bulk_request_id, body, now, environment_id, event_created_at
+INSERT INTO webhook_deliveries (endpoint_id, outbox_id, event_id, event_type,
+                                bulk_request_id, body, status, next_attempt_at, created_at)
+SELECT e.id, $1, $2, $3, $4, $5, 'pending', $6, $6
+FROM webhook_endpoints e
+WHERE e.environment_id = $7 AND e.enabled = 1
+  AND e.created_at <= $8::text
+  AND e.events ? $3::text
+ON CONFLICT (endpoint_id, outbox_id) DO NOTHING;
+
+-- name: list_environments_with_webhooks
+-- params:
+SELECT DISTINCT environment_id FROM webhook_endpoints WHERE enabled = 1;
+
+-- name: event_has_webhook_endpoint
+-- Whether insert_webhook_deliveries_for_event would insert anything (same conditions).
+-- params: environment_id, event_created_at, event_type
+SELECT CASE WHEN EXISTS (
+    SELECT 1 FROM webhook_endpoints e
+    WHERE e.environment_id = $1 AND e.enabled = 1
+      AND e.created_at <= $2::text
+      AND e.events ? $3::text
+) THEN 1 ELSE 0 END AS found;
+
+-- name: list_due_webhook_deliveries
+-- params: now, in_flight, limit
+SELECT d.id, d.endpoint_id, d.event_id, d.body, e.url, e.secret
+FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+WHERE d.status = 'pending' AND d.next_attempt_at <= $1::text AND e.enabled = 1
+  AND (e.circuit_open_until IS NULL OR e.circuit_open_until <= $1::text)
+  AND (d.leased_until IS NULL OR d.leased_until <= $1::text)
+  AND d.id NOT IN (SELECT value::bigint FROM jsonb_array_elements_text($2::jsonb) AS ids(value))
+ORDER BY d.next_attempt_at, d.id LIMIT $3;
+
+-- name: lease_webhook_deliveries
+-- The chosen due deliveries this process is about to send, leased until `lease_until`:
+-- no other process's dispatcher sends one meanwhile. SKIP LOCKED: one another process is
+-- leasing now is left to it; the recheck of the conditions on the locked row is what
+-- makes a lease taken (and committed) a moment earlier win.
+-- params: lease_until, ids, now
+UPDATE webhook_deliveries SET leased_until = $1
+WHERE id IN (
+    SELECT id FROM webhook_deliveries
+    WHERE id IN (SELECT value::bigint FROM jsonb_array_elements_text($2::jsonb) AS ids(value))
+      AND status = 'pending' AND next_attempt_at <= $3::text
+      AND (leased_until IS NULL OR leased_until <= $3::text)
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id;
+
+-- name: next_webhook_due_at
+-- When the next pending delivery may be sent: its own time, its endpoint's circuit, or
+-- the end of another send's lease (GREATEST ignores NULLs).
+-- params: in_flight
+SELECT MIN(GREATEST(d.next_attempt_at, e.circuit_open_until, d.leased_until))
+FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+WHERE d.status = 'pending' AND e.enabled = 1
+  AND d.id NOT IN (SELECT value::bigint FROM jsonb_array_elements_text($1::jsonb) AS ids(value));
+
+-- name: get_webhook_delivery_state
+-- FOR UPDATE OF d: two processes' outcomes for one delivery number their attempts in
+-- turn (a lease that ran out while the first was still recording).
+-- params: id
+SELECT d.id, d.endpoint_id, d.attempt_count, e.consecutive_failures
+FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+WHERE d.id = $1
+FOR UPDATE OF d;
+
+-- name: insert_webhook_attempt
+-- params: delivery_id, number, at, http_status, error, duration_ms
+INSERT INTO webhook_attempts (delivery_id, number, at, http_status, error, duration_ms)
+VALUES ($1, $2, $3, $4, $5, $6);
+
+-- name: finish_webhook_attempt
+-- params: id, status, next_attempt_at, attempt_count
+UPDATE webhook_deliveries
+SET status = $2, next_attempt_at = $3, attempt_count = $4, leased_until = NULL
+WHERE id = $1;
+
+-- name: set_webhook_circuit
+-- params: id, consecutive_failures, circuit_open_until
+UPDATE webhook_endpoints
+SET consecutive_failures = $2, circuit_open_until = $3
+WHERE id = $1;
+
+-- name: list_webhook_deliveries
+-- params: endpoint_id, before_id, status, limit
+SELECT * FROM webhook_deliveries
+WHERE endpoint_id = $1 AND id < $2
+  AND ($3::text IS NULL OR status = $3)
+ORDER BY id DESC LIMIT $4;
+
+-- name: list_webhook_attempts
+-- params: delivery_ids
+SELECT delivery_id, number, at, http_status, error, duration_ms FROM webhook_attempts
+WHERE delivery_id IN (
+    SELECT value::bigint FROM jsonb_array_elements_text($1::jsonb) AS ids(value))
+ORDER BY delivery_id, number;
+
+-- name: get_webhook_delivery
+-- params: id, endpoint_id
+SELECT * FROM webhook_deliveries WHERE id = $1 AND endpoint_id = $2;
+
+-- name: redeliver_webhook
+-- Due now, whatever its status; the attempts so far stay in its log.
+-- params: id, endpoint_id, now
+UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $3
+WHERE id = $1 AND endpoint_id = $2
+RETURNING *;
+
+-- name: close_webhook_circuit
+-- params: id
+UPDATE webhook_endpoints SET circuit_open_until = NULL WHERE id = $1;

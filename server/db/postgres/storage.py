@@ -51,8 +51,9 @@ from server.db.postgres.queries import bind
 from server.db.postgres.reads import Reads
 from server.db.postgres.tx import CREATE_STAGED_RECORDS, PgTx
 from server.db.postgres.uploads import PgUploadSink
-from server.db.postgres.webhooks import UnsupportedWebhooks
+from server.db.postgres.webhooks import PgWebhooks
 from server.db.tx_port import Tx
+from server.db.webhook_operations import Webhooks
 from server.db.webhook_port import WebhookStorage
 from server.db.writes import Writes
 from server.models import BulkRequest, DataStream
@@ -109,8 +110,8 @@ class PostgresStorage(Reads, Writes):
         # The one place that acts on committed events (server/outcomes.py AfterCommit),
         # set by the app. Without one (a bare storage), events are only in the outbox.
         self.after_commit: AfterCommitHook | None = None
-        # Not on PostgreSQL yet: every endpoint operation refuses (postgres/webhooks.py).
-        self.webhooks: WebhookStorage = UnsupportedWebhooks()
+        # The webhook operations (server/db/webhook_transactions.py) on this storage.
+        self.webhooks: WebhookStorage = Webhooks(PgWebhooks(self))
 
     # --- lifecycle -------------------------------------------------------------------
 

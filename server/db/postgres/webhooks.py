@@ -1,110 +1,53 @@
-"""`PostgresStorage.webhooks`: webhooks (SPEC §13) are not on PostgreSQL yet.
+"""The PostgreSQL side of the webhook operations (server/db/webhook_transactions.py).
 
-The webhook tables and statements exist on SQLite only (tests/test_pg_schema.py lists
-them). Every endpoint and delivery operation refuses with WebhooksUnsupported, which the
-API answers as a 501 problem; the dispatcher's own reads answer "nothing to do" (no
-endpoint can be created, so no event has anyone to deliver to), so it idles quietly.
+`PgWebhooks` gives the shared operations this storage's transactions and pooled reads: a
+body is awaited inside one asyncpg transaction (`PostgresStorage.write`: retried on a
+deadlock or serialization conflict), on a PgTx, whose named-statement methods are the
+WebhookTx the bodies need.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from server.db.webhook_port import NewDelivery, OutboxEvent, WebhooksUnsupported
-from server.models import (
-    AttemptOutcome,
-    DeliveryStatus,
-    DueDelivery,
-    WebhookAttempt,
-    WebhookDelivery,
-    WebhookEndpoint,
-)
+from server.db.webhook_transactions import Body
+from server.types import JSON
 
-UNSUPPORTED_MESSAGE = (
-    "webhooks are not available on PostgreSQL yet; run the service on SQLite to use them"
-)
+if TYPE_CHECKING:  # the storage builds this (PostgresStorage.webhooks)
+    from server.db.postgres.storage import PostgresStorage
+    from server.db.postgres.tx import PgTx
+
+T = TypeVar("T")
 
 
-def _refuse() -> NoReturn:
-    raise WebhooksUnsupported(UNSUPPORTED_MESSAGE)
+class PgWebhooks:
+    """The shared webhook operations' WebhookBackend on PostgreSQL."""
 
+    def __init__(self, storage: PostgresStorage) -> None:
+        self.storage = storage
 
-class UnsupportedWebhooks:
-    # --- endpoints and deliveries: refused ------------------------------------------------
-    async def create_endpoint(
-        self,
-        environment_id: int,
-        *,
-        url: str,
-        events: Sequence[str],
-        description: str | None,
-        secret: str,
-    ) -> WebhookEndpoint:
-        _refuse()
+    async def transaction(self, body: Body[T], *, urgent: bool = False) -> T:
+        # `urgent` is the SQLite writer's queue; every transaction here has its connection.
+        return await self.storage.write(body)
 
-    async def get_endpoint(self, environment_id: int, endpoint_id: int) -> WebhookEndpoint | None:
-        _refuse()
+    async def read_one(self, query: str, /, **values: Any) -> JSON | None:
+        return await self.storage.row(query, **values)
 
-    async def list_endpoints(
-        self, environment_id: int, after_id: int, limit: int
-    ) -> list[WebhookEndpoint]:
-        _refuse()
-
-    async def update_endpoint(
-        self,
-        environment_id: int,
-        endpoint_id: int,
-        *,
-        url: str | None,
-        events: Sequence[str] | None,
-        enabled: bool | None,
-        description: tuple[str | None] | None,
-    ) -> WebhookEndpoint | None:
-        _refuse()
-
-    async def delete_endpoint(self, environment_id: int, endpoint_id: int) -> bool:
-        _refuse()
-
-    async def redeliver(self, endpoint_id: int, delivery_id: int) -> WebhookDelivery | None:
-        _refuse()
-
-    async def list_deliveries(
-        self, endpoint_id: int, *, status: DeliveryStatus | None, before_id: int, limit: int
-    ) -> list[WebhookDelivery]:
-        _refuse()
-
-    async def get_delivery(self, endpoint_id: int, delivery_id: int) -> WebhookDelivery | None:
-        _refuse()
-
-    async def attempts_of(self, delivery_ids: Iterable[int]) -> dict[int, list[WebhookAttempt]]:
-        _refuse()
-
-    # --- the dispatcher: nothing to dispatch, as no endpoint can exist --------------------
-    async def cursor(self) -> int:
-        return 0
+    async def read_all(self, query: str, /, **values: Any) -> list[JSON]:
+        return await self.storage.rows(query, **values)
 
     async def newest_outbox_id(self) -> int:
-        return 0
+        """Ids are taken at insert, not commit: an open transaction may hold an id below
+        the newest committed one, and a cursor moved past it would never see its event.
+        So the read waits for the open outbox writers first (`lock_outbox_until_committed`)
+        — only when an endpoint is enabled: with none, no event has anyone to deliver to
+        (an endpoint created later is newer than every event taken before it)."""
 
-    async def terminal_events(self, after_id: int, up_to: int, limit: int) -> list[OutboxEvent]:
-        return []
+        async def body(tx: PgTx) -> int:
+            if await tx.one("list_environments_with_webhooks") is not None:
+                await tx.run("lock_outbox_until_committed")
+            row = await tx.one("newest_outbox_id")
+            assert row is not None  # an aggregate always returns one row
+            return int(next(iter(row.values())))
 
-    async def environments_with_endpoints(self) -> set[int]:
-        return set()
-
-    async def add_deliveries(
-        self, cursor: int, new: Sequence[NewDelivery], advance_to: int
-    ) -> bool:
-        _refuse()  # never called: newest_outbox_id never passes the cursor
-
-    async def due_deliveries(self, in_flight: Iterable[int], limit: int) -> list[DueDelivery]:
-        return []
-
-    async def next_due_at(self, in_flight: Iterable[int]) -> str | None:
-        return None
-
-    async def record_attempt(
-        self, outcome: AttemptOutcome, *, retry_base: float, circuit_cooldown: float
-    ) -> None:
-        _refuse()  # never called: nothing is ever due
+        return await self.storage.write(body)

@@ -254,6 +254,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE bulk_requests ADD COLUMN unpublished INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX bulk_requests_unpublished ON bulk_requests (id) WHERE unpublished = 1;
     """,
+    # 10: the send lease of a webhook delivery (README "Webhooks"): while a dispatcher is
+    # sending it, no other round (PostgreSQL: no other process) picks it. NULL when no
+    # send is in flight; one process owns a SQLite file, so it clears them at open.
+    """
+    ALTER TABLE webhook_deliveries ADD COLUMN leased_until TEXT;
+    """,
 ]
 
 

@@ -534,12 +534,30 @@ SELECT d.id, d.endpoint_id, d.event_id, d.body, e.url, e.secret
 FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
 WHERE d.status = 'pending' AND d.next_attempt_at <= :now AND e.enabled = 1
   AND (e.circuit_open_until IS NULL OR e.circuit_open_until <= :now)
+  AND (d.leased_until IS NULL OR d.leased_until <= :now)
   AND d.id NOT IN (SELECT value FROM json_each(:in_flight))
 ORDER BY d.next_attempt_at, d.id LIMIT :limit;
 
+-- name: lease_webhook_deliveries
+-- The chosen due deliveries this dispatcher is about to send, leased until :lease_until:
+-- no other round picks one meanwhile (a send never runs twice at once). Only those
+-- still due and unleased are taken, so the caller sends exactly the ids returned.
+UPDATE webhook_deliveries SET leased_until = :lease_until
+WHERE id IN (SELECT value FROM json_each(:ids))
+  AND status = 'pending' AND next_attempt_at <= :now
+  AND (leased_until IS NULL OR leased_until <= :now)
+RETURNING id;
+
+-- name: release_webhook_leases
+-- At open: one process owns a SQLite file (the flock), so every lease left is a dead
+-- process's send, unanswered; its delivery is due again at once.
+UPDATE webhook_deliveries SET leased_until = NULL WHERE leased_until IS NOT NULL;
+
 -- name: next_webhook_due_at
--- When the next pending delivery may be sent: its own time or its endpoint's circuit.
-SELECT MIN(MAX(d.next_attempt_at, COALESCE(e.circuit_open_until, '')))
+-- When the next pending delivery may be sent: its own time, its endpoint's circuit, or
+-- the end of another send's lease.
+SELECT MIN(MAX(d.next_attempt_at, COALESCE(e.circuit_open_until, ''),
+               COALESCE(d.leased_until, '')))
 FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
 WHERE d.status = 'pending' AND e.enabled = 1
   AND d.id NOT IN (SELECT value FROM json_each(:in_flight));
@@ -555,7 +573,8 @@ VALUES (:delivery_id, :number, :at, :http_status, :error, :duration_ms);
 
 -- name: finish_webhook_attempt
 UPDATE webhook_deliveries
-SET status = :status, next_attempt_at = :next_attempt_at, attempt_count = :attempt_count
+SET status = :status, next_attempt_at = :next_attempt_at, attempt_count = :attempt_count,
+    leased_until = NULL
 WHERE id = :id;
 
 -- name: set_webhook_circuit

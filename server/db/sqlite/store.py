@@ -48,9 +48,10 @@ from server.db.sqlite.queries import Q, load_queries
 from server.db.sqlite.rows import bulk_request_from_row, chain_member_from_row
 from server.db.sqlite.tx import WriteTx, row_dict
 from server.db.sqlite.uploads import FileUploadSink, remove, remove_files_except
-from server.db.sqlite.webhooks import WebhookStore
+from server.db.sqlite.webhooks import SqliteWebhooks
 from server.db.sqlite.writer import Writer
 from server.db.tx_port import Tx
+from server.db.webhook_operations import Webhooks
 from server.db.webhook_port import WebhookStorage
 from server.db.writes import Writes
 from server.ingest.validation import StreamRef
@@ -118,7 +119,8 @@ class Store(Writes):
         # set by the app. Without one (a bare store), events are only in the outbox.
         self.after_commit: AfterCommitHook | None = None
         # The webhook tables (server/db/webhook_port.py), on this store's writer and readers.
-        self.webhooks: WebhookStorage = WebhookStore(self)
+        self._webhook_backend = SqliteWebhooks(self)
+        self.webhooks: WebhookStorage = Webhooks(self._webhook_backend)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -142,6 +144,8 @@ class Store(Writes):
             self._readers.put_nowait(reader)
         checkpoint_conn = await open_connection(self.path, self.synchronous)
         self._checkpointer = asyncio.create_task(self._checkpoint_loop(checkpoint_conn))
+        if self.exclusive:  # the flock: no other process can be sending
+            await self._webhook_backend.release_leases()
 
     async def _checkpoint_loop(self, conn: aiosqlite.Connection) -> None:
         """Fold the WAL into the database file in the background (see constants).
