@@ -9,11 +9,9 @@ every command runs as the `postgres` user (the directory is handed to it).
 
 Also a pytest plugin (tests/conftest.py loads it): `pg_cluster` is the session's cluster,
 started only when a test asks for it, and stopped (`pg_ctl stop -m immediate`) and removed
-afterwards whatever the tests did; `pg_database` is a migrated database that no other test
-is using, in the state of a fresh copy of the migrated template: a copy (`CREATE DATABASE …
-TEMPLATE`) when none is free, else one an earlier test used and `DatabasePool` emptied back
-to the template's state (see there). Missing binaries FAIL the tests that need them with
-what to run: CI installs them.
+afterwards whatever the tests did; `pg_database` is a fresh migrated database per test,
+copied from a migrated template (`CREATE DATABASE … TEMPLATE`, a file copy, milliseconds).
+Missing binaries FAIL the tests that need them with what to run: CI installs them.
 """
 
 from __future__ import annotations
@@ -274,187 +272,14 @@ class PgCluster:
 
 
 MIGRATED_TEMPLATE = "bulk_migrated_template"
-# A test's other connections (a server it started, a pool it did not close) are ended
-# before its database is emptied; this long for them to be gone, else the database is
-# dropped instead.
-RESET_SECONDS = 10.0
-
-# What a test could change besides rows and sequences, read from the catalogs: relations
-# and their columns, indexes, constraints, triggers (and whether enabled), functions,
-# types, and the database's own settings. Equal to the template's: only rows can differ.
-SCHEMA_FINGERPRINT = """
-SELECT md5(string_agg(item, E'\\n' ORDER BY item)) FROM (
-    SELECT concat_ws(':', 'rel', c.relname, c.relkind, c.relpersistence, a.attname,
-                     format_type(a.atttypid, a.atttypmod), a.attnotnull,
-                     pg_get_expr(d.adbin, d.adrelid), a.attidentity)
-      FROM pg_class c
-      JOIN pg_namespace n ON n.oid = c.relnamespace
-      LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-      LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
-     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-       AND c.relpersistence <> 't'
-    UNION ALL
-    SELECT concat_ws(':', 'index', indexrelid::regclass, pg_get_indexdef(indexrelid))
-      FROM pg_index WHERE indrelid::regclass::text NOT LIKE 'pg_%'
-    UNION ALL
-    SELECT concat_ws(':', 'constraint', conrelid::regclass, conname, pg_get_constraintdef(oid))
-      FROM pg_constraint
-     WHERE connamespace NOT IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
-    UNION ALL
-    SELECT concat_ws(':', 'trigger', tgrelid::regclass, tgname, tgenabled, pg_get_triggerdef(oid))
-      FROM pg_trigger WHERE NOT tgisinternal
-    UNION ALL
-    SELECT concat_ws(':', 'function', p.oid::regprocedure, md5(p.prosrc))
-      FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
-    UNION ALL
-    SELECT concat_ws(':', 'type', t.oid::regtype)
-      FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-    UNION ALL
-    SELECT concat_ws(':', 'setting', s.setrole, array_to_string(s.setconfig, ','))
-      FROM pg_db_role_setting s JOIN pg_database db ON db.oid = s.setdatabase
-     WHERE db.datname = current_database()
-) AS schema(item)
-"""
-
-
-@dataclass(frozen=True)
-class TemplateState:
-    """What a database copied from the migrated template holds besides its schema."""
-
-    fingerprint: str
-    # Tables that hold rows in the template (the migrations' version table): their
-    # content is part of the state, compared, not emptied.
-    seeded: dict[str, str]
-    # The other tables, emptied between tests.
-    emptied: tuple[str, ...]
-    # Each sequence's (last_value, is_called), restored with setval.
-    sequences: dict[str, tuple[int, bool]]
-
-    @staticmethod
-    async def read(conn: asyncpg.Connection) -> TemplateState:
-        tables = [
-            row[0]
-            for row in await conn.fetch(
-                "SELECT format('%I', tablename) FROM pg_tables WHERE schemaname = 'public'"
-                " ORDER BY tablename"
-            )
-        ]
-        seeded: dict[str, str] = {}
-        for table in tables:
-            if await conn.fetchval(f"SELECT EXISTS (SELECT FROM {table})"):
-                seeded[table] = await _content_digest(conn, table)
-        sequences: dict[str, tuple[int, bool]] = {}
-        for (sequence,) in await conn.fetch(
-            "SELECT format('%I', sequencename) FROM pg_sequences WHERE schemaname = 'public'"
-        ):
-            row = await conn.fetchrow(f"SELECT last_value, is_called FROM {sequence}")
-            sequences[sequence] = (row["last_value"], row["is_called"])
-        return TemplateState(
-            fingerprint=await conn.fetchval(SCHEMA_FINGERPRINT),
-            seeded=seeded,
-            emptied=tuple(table for table in tables if table not in seeded),
-            sequences=sequences,
-        )
-
-
-async def _content_digest(conn: asyncpg.Connection, table: str) -> str:
-    digest: str = await conn.fetchval(
-        f"SELECT md5(coalesce(string_agg(t::text, E'\\n' ORDER BY t::text), '')) FROM {table} t"
-    )
-    return digest
-
-
-class DatabasePool:
-    """Migrated databases handed to one test at a time, emptied for the next, not dropped.
-
-    A copy of the template costs a CREATE DATABASE (8 MB written through the WAL: 120 ms
-    on an idle 2-core machine, up to a second under load) and a DROP; emptying a used
-    one costs one transaction of DELETEs (~25 ms). A used database comes back only in
-    the template's exact state: no other connection left (any is terminated, as DROP
-    … WITH (FORCE) would), no prepared transaction, a schema fingerprint equal to the
-    template's (a test that altered a table, a trigger or a setting has its database
-    dropped), the seeded tables' content unchanged, every other table empty, every
-    sequence where the template has it. Anything else, or any error: dropped, and the
-    next test gets a new copy.
-    """
-
-    def __init__(self, cluster: PgCluster, template: str, state: TemplateState) -> None:
-        self.cluster = cluster
-        self.template = template
-        self.state = state
-        self._used: list[str] = []
-
-    async def take(self) -> str:
-        """A used database emptied, else a new copy. Emptied here, not when the test
-        that used it ended: by now every fixture of that test is torn down, so no server
-        it started can still be writing."""
-        while self._used:
-            dsn = self._used.pop()
-            try:
-                clean = await self._empty(dsn)
-            except (asyncpg.PostgresError, OSError):
-                clean = False
-            if clean:
-                return dsn
-            await self.cluster.drop_database(dsn)
-        return await self.cluster.create_database(template=self.template)
-
-    def give_back(self, dsn: str) -> None:
-        self._used.append(dsn)
-
-    async def _empty(self, dsn: str) -> bool:
-        conn = await asyncpg.connect(dsn)
-        try:
-            if not await self._alone(conn):
-                return False
-            if await conn.fetchval(SCHEMA_FINGERPRINT) != self.state.fingerprint:
-                return False
-            for table, digest in self.state.seeded.items():
-                if await _content_digest(conn, table) != digest:
-                    return False
-            async with conn.transaction():
-                # Superuser: no trigger fires (the outbox NOTIFY) and no foreign key is
-                # checked while every table is emptied.
-                await conn.execute("SET LOCAL session_replication_role = replica")
-                for table in self.state.emptied:
-                    await conn.execute(f"DELETE FROM {table}")
-                for sequence, (last_value, is_called) in self.state.sequences.items():
-                    await conn.execute("SELECT setval($1::regclass, $2, $3)",
-                                       sequence, last_value, is_called)  # fmt: skip
-            return True
-        finally:
-            await conn.close()
-
-    @staticmethod
-    async def _alone(conn: asyncpg.Connection) -> bool:
-        """End every other session on this database; False if one outlives RESET_SECONDS
-        or a prepared transaction is left."""
-        others = """SELECT count(*) FROM pg_stat_activity
-                     WHERE datname = current_database() AND pid <> pg_backend_pid()"""
-        await conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        deadline = time.monotonic() + RESET_SECONDS
-        while await conn.fetchval(others):
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.01)
-        prepared = await conn.fetchval(
-            "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"
-        )
-        return prepared == 0
 
 
 @dataclass
 class SessionCluster:
-    """The session's cluster, its migrated template database, and the pool of its copies."""
+    """The session's cluster and its migrated template database."""
 
     cluster: PgCluster
     template: str
-    databases: DatabasePool
 
 
 @pytest.fixture(scope="session")
@@ -466,29 +291,26 @@ def pg_cluster() -> Iterator[SessionCluster]:
     except PostgresBinariesMissing as missing:
         pytest.fail(str(missing), pytrace=False)
 
-    async def build_template(cluster: PgCluster) -> TemplateState:
+    async def build_template(cluster: PgCluster) -> None:
         await cluster.execute(f"CREATE DATABASE {MIGRATED_TEMPLATE}")
         conn = await asyncpg.connect(cluster.dsn(MIGRATED_TEMPLATE))
         try:
             await migrate(conn)
-            return await TemplateState.read(conn)
         finally:
             await conn.close()
 
     with PgCluster(binaries) as cluster:
-        state = run_in_thread(lambda: build_template(cluster))
-        pool = DatabasePool(cluster, MIGRATED_TEMPLATE, state)
-        yield SessionCluster(cluster, MIGRATED_TEMPLATE, pool)
+        run_in_thread(lambda: build_template(cluster))
+        yield SessionCluster(cluster, MIGRATED_TEMPLATE)
 
 
 @pytest.fixture
 def pg_database(pg_cluster: SessionCluster) -> Iterator[str]:
-    """The DSN of a database with every migration applied and nothing else, that no other
-    test uses (a used one emptied back to that state, or a new copy: DatabasePool)."""
-    pool = pg_cluster.databases
-    dsn = run_in_thread(pool.take)
+    """The DSN of a fresh database with every migration applied, dropped after the test."""
+    cluster = pg_cluster.cluster
+    dsn = run_in_thread(lambda: cluster.create_database(template=pg_cluster.template))
     yield dsn
-    pool.give_back(dsn)
+    run_in_thread(lambda: cluster.drop_database(dsn))
 
 
 @pytest.fixture

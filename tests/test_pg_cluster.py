@@ -15,11 +15,9 @@ import pytest
 
 from tests.pg_cluster import (
     INSTALL_HINT,
-    DatabasePool,
     PgCluster,
     PostgresBinariesMissing,
     SessionCluster,
-    TemplateState,
     find_binaries,
     pid_is_alive,
     port_is_free,
@@ -72,87 +70,6 @@ async def test_each_test_gets_its_own_database(pg_cluster: SessionCluster) -> No
     finally:
         await cluster.drop_database(first)
         await cluster.drop_database(second)
-
-
-async def test_a_used_database_is_handed_out_again_in_the_state_of_a_fresh_copy(
-    pg_cluster: SessionCluster,
-) -> None:
-    pool = DatabasePool(pg_cluster.cluster, pg_cluster.template, pg_cluster.databases.state)
-    dsn = await pool.take()
-    try:
-        used = await asyncpg.connect(dsn)
-        await used.execute("INSERT INTO environments (name, created_at) VALUES ('a', 'now')")
-        await used.execute(
-            "INSERT INTO data_streams (environment_id, key, currency, created_at)"
-            " SELECT id, 'bank', 'USD', 'now' FROM environments"
-        )
-        # Left open, as a server the test forgot would leave it.
-        pool.give_back(dsn)
-        again = await pool.take()
-        assert again == dsn  # emptied and reused, not copied anew
-        with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
-            await used.fetchval("SELECT 1")  # the other session was ended
-        conn = await asyncpg.connect(again)
-        try:
-            assert await TemplateState.read(conn) == pool.state
-            assert await conn.fetchval("SELECT count(*) FROM data_streams") == 0
-            first_id = (
-                "INSERT INTO environments (name, created_at) VALUES ('b', 'now') RETURNING id"
-            )
-            assert await conn.fetchval(first_id) == 1  # the identity starts over
-        finally:
-            await conn.close()
-    finally:
-        await pg_cluster.cluster.drop_database(dsn)
-
-
-@pytest.mark.parametrize(
-    "change",
-    [
-        "ALTER TABLE environments ADD COLUMN extra text",
-        "ALTER TABLE outbox DISABLE TRIGGER outbox_notify",
-        "CREATE INDEX extra ON records (amount_minor)",
-        "ALTER TABLE records ALTER COLUMN description SET DEFAULT 'x'",
-        "CREATE FUNCTION extra() RETURNS int LANGUAGE sql AS 'SELECT 1'",
-        "DELETE FROM bulk_schema_migrations",
-        "ALTER DATABASE {database} SET work_mem = '8MB'",
-    ],
-)
-async def test_a_database_changed_beyond_its_rows_is_dropped_not_handed_out(
-    pg_cluster: SessionCluster, change: str
-) -> None:
-    cluster = pg_cluster.cluster
-    pool = DatabasePool(cluster, pg_cluster.template, pg_cluster.databases.state)
-    dsn = await pool.take()
-    fresh = ""
-    try:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(change.format(database=dsn.rsplit("/", 1)[1]))
-        finally:
-            await conn.close()
-        pool.give_back(dsn)
-        fresh = await pool.take()
-        assert fresh != dsn
-        names = await cluster_databases(cluster)
-        assert dsn.rsplit("/", 1)[1] not in names
-        conn = await asyncpg.connect(fresh)
-        try:
-            assert await TemplateState.read(conn) == pool.state
-        finally:
-            await conn.close()
-    finally:
-        for each in (dsn, fresh):
-            if each:
-                await cluster.drop_database(each)
-
-
-async def cluster_databases(cluster: PgCluster) -> set[str]:
-    conn = await asyncpg.connect(cluster.dsn())
-    try:
-        return {row[0] for row in await conn.fetch("SELECT datname FROM pg_database")}
-    finally:
-        await conn.close()
 
 
 def test_a_cluster_stops_and_leaves_nothing_behind() -> None:
