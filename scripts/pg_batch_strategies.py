@@ -33,7 +33,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server.bench.pg_cluster import ThrowawayCluster
+from server.bench.pg_cluster import Cluster, find_binaries
 from server.bench.postgres import _copy_setup, create_database, drop_database
 from server.bench.support import process_cpu_seconds
 from server.db.postgres.tx import (
@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=40, help="batches per strategy and round")
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
-        url = args.database_url or stack.enter_context(ThrowawayCluster()).url
+        url = args.database_url or stack.enter_context(Cluster(find_binaries())).dsn()
         asyncio.run(measure(url, args.rounds, args.batches))
 
 

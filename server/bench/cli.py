@@ -32,7 +32,7 @@ from pathlib import Path
 import orjson
 
 from server.bench.peer import INSTALL_HINT, huey_installed, measure_one_index_ceiling, measure_peer
-from server.bench.pg_cluster import ThrowawayCluster
+from server.bench.pg_cluster import Cluster, find_binaries
 from server.bench.postgres import (
     DEFAULT_PROCESSES,
     postgres_targets,
@@ -390,12 +390,13 @@ def run_bench(args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as stack:
             if args.bench_postgres_throwaway:
                 _progress(False, "starting a throwaway PostgreSQL cluster")
-                cluster = stack.enter_context(ThrowawayCluster())
-                run = _run_postgres(settings, work, False, cluster.url, cluster.postmaster_pid)
+                cluster = stack.enter_context(Cluster(find_binaries()))
+                pid = cluster.postmaster_pid()
+                run = _run_postgres(settings, work, False, cluster.dsn(), pid)
                 # Where it ran, so a caller can check nothing of it is left afterwards.
                 settings["throwaway_cluster"] = {
                     "directory": str(cluster.directory),
-                    "postmaster_pid": cluster.postmaster_pid,
+                    "postmaster_pid": pid,
                 }
             elif settings["postgres"]:
                 run = _run_postgres(settings, work, False, args.bench_database_url, None)
