@@ -15,8 +15,9 @@ import orjson
 
 from server.clock import now_rfc3339, parse_rfc3339
 from server.db.listing import records_query
+from server.db.named_rows import chains_of
 from server.db.postgres.queries import bind
-from server.db.postgres.rows import bulk_request_from_record, chain_member_from_record
+from server.db.postgres.rows import bulk_request_from_record
 from server.ingest.validation import StreamRef
 from server.models import (
     ActiveApiKey,
@@ -154,10 +155,7 @@ class Reads:
         with the columns the retry rule reads (list_chains_of)."""
         ids = orjson.dumps(sorted(set(request_ids))).decode()
         sql, args = bind("list_chains_of", {"ids": ids, "environment_id": environment_id})
-        chains: dict[int, list[ChainMember]] = {}
-        for member in await self.pool.fetch(sql, *args):
-            chains.setdefault(member["chain_root"], []).append(chain_member_from_record(member))
-        return list(chains.values())
+        return chains_of(await self.pool.fetch(sql, *args))
 
     async def list_row_errors(self, request_id: int, after_row: int, limit: int) -> list[RowError]:
         found = await self.rows(

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from server.models import BulkRequest, ChainMember
+from server.models import BulkRequest
 from server.types import Mode, OnConflict, Source, Status, UploadFormat
 
 
@@ -68,20 +68,4 @@ def bulk_request_from_record(record: asyncpg.Record | Mapping[str, Any]) -> Bulk
         unpublished=bool(r["unpublished"]),
         data_stream_key=r["data_stream_key"] if joined else None,
         has_data_stream_key=joined,
-    )
-
-
-def chain_member_from_record(record: asyncpg.Record | Mapping[str, Any]) -> ChainMember:
-    """From list_chains_of, which selects only these columns."""
-    return ChainMember(
-        id=record["id"],
-        status=Status(record["status"]),
-        parsing=bool(record["parsing"]),
-        upload_path=record["upload_path"],
-        error_message=record["error_message"],
-        failed_items=record["failed_items"],
-        next_row=record["next_row"],
-        total_items=record["total_items"],
-        parent_bulk_request_id=record["parent_bulk_request_id"],
-        mode=Mode(record["mode"]),
     )

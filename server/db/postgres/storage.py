@@ -35,6 +35,7 @@ from server.constants import (
     POSTGRES_OUTBOX_CHANNEL,
     POSTGRES_TRANSACTION_ATTEMPTS,
 )
+from server.db.named_rows import status_source_totals
 from server.db.payload import bulk_request_from_stored
 from server.db.port import (
     AfterCommitHook,
@@ -58,7 +59,6 @@ from server.db.webhook_port import WebhookStorage
 from server.db.writes import Writes
 from server.models import BulkRequest, DataStream
 from server.outcomes import RequestChanged, Transition
-from server.types import Source, Status
 
 T = TypeVar("T")
 log = logging.getLogger("server.db")
@@ -368,18 +368,7 @@ class PostgresStorage(Reads, Writes):
 
     async def metrics_bulk_requests(self) -> list[StatusSourceTotals]:
         """Per (status, source): request count and row counters, for /metrics."""
-        rows = await self._available(self.rows("metrics_bulk_requests"))
-        return [
-            StatusSourceTotals(
-                status=Status(r["status"]),
-                source=Source(r["source"]),
-                requests=r["requests"],
-                successful=r["successful"],
-                failed=r["failed"],
-                skipped=r["skipped"],
-            )
-            for r in rows
-        ]
+        return status_source_totals(await self._available(self.rows("metrics_bulk_requests")))
 
     async def metrics_heartbeats(self, stuck_before: str) -> HeartbeatSummary:
         row = await self._available(self.row("metrics_heartbeats", stuck_before=stuck_before))

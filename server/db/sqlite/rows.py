@@ -19,8 +19,7 @@ from server.db.payload import (
     UPLOAD_FORMATS,
     nacha_options_of,
 )
-from server.models import BulkRequest, ChainMember
-from server.types import Status
+from server.models import BulkRequest
 
 # The columns of `bulk_requests` in table order, as `BulkRequest` has them (a query that
 # selects them otherwise is refused at its first read, not silently misread).
@@ -78,20 +77,4 @@ def bulk_request_from_row(row: sqlite3.Row) -> BulkRequest:
         # A column a migration adds comes here, as v[34], in the order of the table.
         v[_TABLE_WIDTH] if joined else None,
         joined,
-    )
-
-
-def chain_member_from_row(row: sqlite3.Row) -> ChainMember:
-    """From list_chains_of, which selects only these columns."""
-    return ChainMember(
-        id=row["id"],
-        status=Status(row["status"]),
-        parsing=bool(row["parsing"]),
-        upload_path=row["upload_path"],
-        error_message=row["error_message"],
-        failed_items=row["failed_items"],
-        next_row=row["next_row"],
-        total_items=row["total_items"],
-        parent_bulk_request_id=row["parent_bulk_request_id"],
-        mode=MODES[row["mode"]],
     )

@@ -34,6 +34,7 @@ from server.clock import now_rfc3339, parse_rfc3339
 from server.constants import CHECKPOINT_INTERVAL_SECONDS, READER_CONNECTIONS
 from server.db.drive import run_to_completion
 from server.db.listing import records_query
+from server.db.named_rows import chains_of, status_source_totals
 from server.db.port import (
     AfterCommitHook,
     HeartbeatSummary,
@@ -45,7 +46,7 @@ from server.db.port import (
 from server.db.sqlite.async_tx import AsyncWriteTx
 from server.db.sqlite.connection import open_connection, open_writer_connection, prepare_database
 from server.db.sqlite.queries import Q, load_queries
-from server.db.sqlite.rows import bulk_request_from_row, chain_member_from_row
+from server.db.sqlite.rows import bulk_request_from_row
 from server.db.sqlite.tx import WriteTx, row_dict
 from server.db.sqlite.uploads import FileUploadSink, remove, remove_files_except
 from server.db.sqlite.webhooks import SqliteWebhooks
@@ -394,10 +395,7 @@ class Store(Writes):
         params = {"ids": ids, "environment_id": environment_id}
         async with self.reader() as conn:
             rows = await conn.execute_fetchall(Q.list_chains_of, params)
-        chains: dict[int, list[ChainMember]] = {}
-        for row in rows:
-            chains.setdefault(row["chain_root"], []).append(chain_member_from_row(row))
-        return list(chains.values())
+        return chains_of(rows)
 
     async def list_row_errors(self, request_id: int, after_row: int, limit: int) -> list[RowError]:
         rows = await self.read_all(
@@ -452,18 +450,7 @@ class Store(Writes):
 
     async def metrics_bulk_requests(self) -> list[StatusSourceTotals]:
         """Per (status, source): request count and row counters, for /metrics."""
-        rows = await _available(self.read_all(Q.metrics_bulk_requests))
-        return [
-            StatusSourceTotals(
-                status=Status(r["status"]),
-                source=Source(r["source"]),
-                requests=r["requests"],
-                successful=r["successful"],
-                failed=r["failed"],
-                skipped=r["skipped"],
-            )
-            for r in rows
-        ]
+        return status_source_totals(await _available(self.read_all(Q.metrics_bulk_requests)))
 
     async def metrics_heartbeats(self, stuck_before: str) -> HeartbeatSummary:
         """Oldest heartbeat of a processing request, and how many are older than given."""
