@@ -92,6 +92,16 @@ async def receiver() -> AsyncIterator[Receiver]:
         await started.close()
 
 
+async def finished_one_row_requests(api: Api, count: int) -> list[int]:
+    """The ids of `count` one-row requests submitted one after another, each waited for."""
+    ids = []
+    for n in range(count):
+        summary = await api.submit([record(n)])
+        await api.wait_terminal(summary["id"])
+        ids.append(summary["id"])
+    return ids
+
+
 async def add_endpoint(api: Api, receiver: Receiver, **fields: Any) -> Any:
     created = await api.post("/v1/webhook_endpoints", {"url": receiver.url, **fields}, expect=201)
     receiver.secret = created["secret"]
@@ -317,11 +327,7 @@ async def test_the_circuit_stops_attempts_to_a_dead_endpoint_and_spares_the_othe
         receiver.always_fail = True
         dead = await add_endpoint(api, receiver)
         alive = await add_endpoint(api, healthy)
-        ids = []
-        for n in range(3):
-            summary = await api.submit([record(n)])
-            await api.wait_terminal(summary["id"])
-            ids.append(summary["id"])
+        ids = await finished_one_row_requests(api, 3)
         await settled(api, alive["id"], count=3)
         assert sorted(r.body["data"]["id"] for r in healthy.received) == ids
         await wait_until(lambda: _hits(receiver), lambda n: n >= WEBHOOK_CIRCUIT_FAILURES)
@@ -637,11 +643,7 @@ async def test_lists_page_with_a_cursor(api: Api, receiver: Receiver) -> None:
     assert [e["id"] for e in await api.all_pages("/v1/webhook_endpoints", limit=2)] == made
     await api.create_stream()
     endpoint = await add_endpoint(api, receiver)
-    ids = []
-    for n in range(3):
-        summary = await api.submit([record(n)])
-        await api.wait_terminal(summary["id"])
-        ids.append(summary["id"])
+    ids = await finished_one_row_requests(api, 3)
     await settled(api, endpoint["id"], count=3)
     listed = await api.all_pages(f"/v1/webhook_endpoints/{endpoint['id']}/deliveries", limit=2)
     assert [d["bulk_request_id"] for d in listed] == ids[::-1]  # newest first
