@@ -12,6 +12,7 @@ command and .ci/run start with it), and a missing browser must fail.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import urllib.error
 import urllib.request
@@ -117,8 +118,11 @@ def base_url(tmp_path: Path) -> Iterator[str]:
         print(f"server log:\n{server.tail()}")
 
 
-@pytest.fixture
-def page(base_url: str) -> Iterator[tuple[Page, list[str]]]:
+@contextlib.contextmanager
+def open_page(base_url: str, **context_options: Any) -> Iterator[tuple[Page, list[str]]]:
+    """A page of Debian's Chromium on `base_url` and the problems it reported (console
+    errors, page errors); none may be left when the test ends. `context_options` go to
+    `browser.new_context` (a time zone, downloads)."""
     assert CHROMIUM.exists(), (
         f"{CHROMIUM} is missing: run `sh scripts/install-test-deps.sh` (Debian's chromium), "
         "as the README's test command and .ci/run do; this test never downloads a browser"
@@ -139,7 +143,7 @@ def page(base_url: str) -> Iterator[tuple[Page, list[str]]]:
         )
         try:
             context = browser.new_context(
-                base_url=base_url, viewport={"width": 1280, "height": 900}, accept_downloads=True
+                base_url=base_url, viewport={"width": 1280, "height": 900}, **context_options
             )
             context.add_init_script(RECORD_CSP_VIOLATIONS)
             pg = context.new_page()
@@ -152,6 +156,12 @@ def page(base_url: str) -> Iterator[tuple[Page, list[str]]]:
         finally:
             browser.close()
     assert problems == [], "\n".join(problems)
+
+
+@pytest.fixture
+def page(base_url: str) -> Iterator[tuple[Page, list[str]]]:
+    with open_page(base_url, accept_downloads=True) as opened:
+        yield opened
 
 
 def _has_event_streams(base_url: str) -> bool:

@@ -15,20 +15,16 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from playwright.sync_api import ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from server.clock import to_rfc3339
 from tests.server_process import ServerProcess
 from tests.test_dashboard import (
     API_KEY,
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    EVENTS_URL,
-    RECORD_CSP_VIOLATIONS,
-    UI_TIMEOUT_MS,
     _enter_key,
     _list_item,
     _request_id,
+    open_page,
 )
 
 BROWSER_ZONE = "America/New_York"
@@ -53,35 +49,8 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def page(server: ServerProcess) -> Iterator[tuple[Page, list[str]]]:
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: run `sh scripts/install-test-deps.sh`"
-    problems: list[str] = []
-
-    def on_console(message: ConsoleMessage) -> None:
-        url = message.location.get("url", "")
-        if message.type == "error" and not ("404" in message.text and EVENTS_URL.search(url)):
-            problems.append(f"console error: {message.text} ({url})")
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            context = browser.new_context(
-                base_url=server.url.rstrip("/"),
-                viewport={"width": 1280, "height": 900},
-                timezone_id=BROWSER_ZONE,
-            )
-            context.add_init_script(RECORD_CSP_VIOLATIONS)
-            pg = context.new_page()
-            pg.set_default_timeout(UI_TIMEOUT_MS)
-            expect.set_options(timeout=UI_TIMEOUT_MS)
-            pg.on("console", on_console)
-            pg.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-            yield pg, problems
-            context.close()
-        finally:
-            browser.close()
-    assert problems == [], "\n".join(problems)
+    with open_page(server.url.rstrip("/"), timezone_id=BROWSER_ZONE) as opened:
+        yield opened
 
 
 def _local(moment: datetime) -> str:
