@@ -40,6 +40,7 @@ from server.bench.support import (
     latency_summary,
     process_cpu_seconds,
     record_fields,
+    timed_executemany,
 )
 from server.types import JSON
 
@@ -104,28 +105,16 @@ def measure_one_index_ceiling(db_path: Path, rows: int, tx_rows: int) -> JSON:
     db_path.parent.mkdir(parents=True, exist_ok=True)
     conn = open_records(db_path)
     try:
-        seconds = 0.0
-        for start in range(0, rows, tx_rows):
-            values = [
-                _row_values(record_fields(n, PEER_PREFIX))
-                for n in range(start, min(start + tx_rows, rows))
-            ]
-            started = time.perf_counter()
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(INSERT_RECORD, values)
-            conn.execute("COMMIT")
-            seconds += time.perf_counter() - started
-        stored = conn.execute("SELECT count(*) FROM records").fetchone()[0]
+        return timed_executemany(
+            conn,
+            INSERT_RECORD,
+            rows,
+            tx_rows,
+            lambda numbers: [_row_values(record_fields(n, PEER_PREFIX)) for n in numbers],
+            "one-index ceiling",
+        )
     finally:
         conn.close()
-    if stored != rows:
-        raise BenchError(f"one-index ceiling: {stored} records stored, expected {rows}")
-    return {
-        "rows": rows,
-        "rows_per_transaction": tx_rows,
-        "seconds": round(seconds, 3),
-        "rows_per_s": round(rows / seconds, 1) if seconds > 0 else 0.0,
-    }
 
 
 # --- the peer's two processes ----------------------------------------------------------------

@@ -36,6 +36,7 @@ from server.bench.support import (
     BenchError,
     ServerProcess,
     process_cpu_seconds,
+    rate,
     record_fields,
 )
 from server.clock import now_rfc3339
@@ -101,10 +102,6 @@ def cluster_cpu_seconds(postmaster_pid: int | None) -> float | None:
         if int(fields[1]) == postmaster_pid:  # field 4, ppid
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
-
-
-def _rate(rows: int, seconds: float) -> float:
-    return round(rows / seconds, 1) if seconds > 0 else 0.0
 
 
 async def postgres_version(url: str) -> str:
@@ -202,7 +199,7 @@ async def measure_copy_ceiling(
         "clients": clients,
         "rows_per_transaction": tx_rows,
         "seconds": round(seconds, 3),
-        "rows_per_s": _rate(rows, seconds),
+        "rows_per_s": rate(rows, seconds),
     }
 
 

@@ -24,7 +24,9 @@ from server.bench.support import (
     bulk_body,
     latency_summary,
     process_cpu_seconds,
+    rate,
     record_fields,
+    timed_executemany,
     wall_seconds,
 )
 from server.clock import now_rfc3339
@@ -37,10 +39,6 @@ POLL_FAST_SECONDS = 0.005  # cancel and probe polling: the latency resolution
 POLL_DONE_SECONDS = 0.02  # ingest completion
 POLL_UPLOAD_SECONDS = 0.05  # upload progress (parse end, completion)
 INGEST_PREFIX = "ingest"
-
-
-def _rate(rows: int, seconds: float) -> float:
-    return round(rows / seconds, 1) if seconds > 0 else 0.0
 
 
 # --- 1. raw ceiling ---------------------------------------------------------------------
@@ -99,31 +97,20 @@ def measure_ceiling(db_path: Path, rows: int, request_rows: int, tx_rows: int) -
         ]
         conn.execute("COMMIT")
         streams = {STREAM_KEY: StreamRef(stream["id"], stream["currency"])}
-        seconds = 0.0
-        for start in range(0, rows, tx_rows):
-            # Rows are made per transaction, off the clock: only SQLite's work is timed,
-            # and memory stays flat however many rows are asked for.
-            values = []
-            for n in range(start, min(start + tx_rows, rows)):
+
+        def values_of(numbers: range) -> list[tuple[object, ...]]:
+            values: list[tuple[object, ...]] = []
+            for n in numbers:
                 record = validate_row(record_fields(n, INGEST_PREFIX), streams)
                 assert isinstance(record, ValidRecord), record
                 values.append((*record, request_ids[n // request_rows], n % request_rows, now))
-            started = time.perf_counter()
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(Q.insert_record_unless_duplicate, values)
-            conn.execute("COMMIT")
-            seconds += time.perf_counter() - started
-        stored = conn.execute("SELECT count(*) FROM records").fetchone()[0]
+            return values
+
+        return timed_executemany(
+            conn, Q.insert_record_unless_duplicate, rows, tx_rows, values_of, "ceiling"
+        )
     finally:
         conn.close()
-    if stored != rows:
-        raise BenchError(f"ceiling: {stored} records stored, expected {rows}")
-    return {
-        "rows": rows,
-        "rows_per_transaction": tx_rows,
-        "seconds": round(seconds, 3),
-        "rows_per_s": _rate(rows, seconds),
-    }
 
 
 # --- 2 + 3. end-to-end ingest and accept latency -------------------------------------------
@@ -206,7 +193,7 @@ async def measure_ingest(
         "concurrency": concurrency,
         "posting_seconds": round(posting_seconds, 3),
         "seconds": round(seconds, 3),
-        "rows_per_s": _rate(rows, seconds),
+        "rows_per_s": rate(rows, seconds),
         # Server CPU (all threads) per row: the work done, whatever else the machine runs.
         "server_cpu_us_per_row": round(cpu_seconds / rows * 1e6, 2),
         # The benchmark's own process (the clients), on the same cores as the servers.
@@ -374,7 +361,7 @@ async def measure_upload(
             "upload_mb_per_s": round(size / 1e6 / upload_seconds, 1),
             "parse_seconds": round(parse_seconds, 3) if parse_seconds is not None else None,
             "seconds": round(total, 3),
-            "rows_per_s": _rate(rows, total),
+            "rows_per_s": rate(rows, total),
         },
         "fairness": {
             "probe_rows": 10,
