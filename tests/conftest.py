@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from server.db.postgres.storage import PostgresStorage
 from server.db.sqlite.store import Store
 from server.models import BulkRequest, DataStream
 from server.types import TERMINAL_STATUSES
+from tests.server_process import ServerProcess
 
 # The throwaway PostgreSQL cluster's fixtures (pg_cluster, pg_database): started only by a
 # test that asks for them.
@@ -159,6 +160,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sqlite_only(reason): the test is about SQLite itself; not run on PostgreSQL"
     )
+
+
+@pytest.fixture
+def servers() -> Iterator[list[ServerProcess]]:
+    """The `run.py` servers a test starts (it appends each), closed after the test
+    whatever happened to it."""
+    started: list[ServerProcess] = []
+    yield started
+    for server in started:
+        server.close()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -8,7 +8,6 @@ request's records are visible only once it has completed, and then all of them.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,6 @@ ROWS = 20_000
 BATCH_SIZE = 50
 SERVER_ARGS = ("--workers", "2", "--batch-size", str(BATCH_SIZE), "--log-level", "WARNING")
 WATCH_SECONDS = 60.0
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
-    yield started
-    for server in started:
-        server.close()
 
 
 def launch(db: Path, log_dir: Path, started: list[ServerProcess]) -> ServerProcess:

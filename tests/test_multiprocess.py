@@ -13,7 +13,6 @@ import re
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +39,6 @@ def query(dsn: str, sql: str, *args: Any) -> list[dict[str, Any]]:
             await conn.close()
 
     return run_in_thread(fetch)
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
-    yield started
-    for server in started:
-        server.close()
 
 
 def start(servers: list[ServerProcess], tmp_path: Path, dsn: str, *args: str) -> ServerProcess:

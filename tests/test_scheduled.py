@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -426,14 +425,6 @@ async def test_store_lists_by_scheduled(store: Store) -> None:
 
 
 # --- durable across kill -9 ------------------------------------------------------------------
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[list[ServerProcess]]:
-    started: list[ServerProcess] = []
-    yield started
-    for server in started:
-        server.close()
 
 
 def test_a_schedule_survives_kill_9_and_runs_once_at_its_time(
