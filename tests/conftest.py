@@ -29,6 +29,7 @@ from server.db.sqlite.store import Store
 from server.models import BulkRequest, DataStream
 from server.types import TERMINAL_STATUSES
 from tests.server_process import ServerProcess
+from tests.webhook_receiver import Receiver
 
 # The throwaway PostgreSQL cluster's fixtures (pg_cluster, pg_database): started only by a
 # test that asks for them.
@@ -160,6 +161,16 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sqlite_only(reason): the test is about SQLite itself; not run on PostgreSQL"
     )
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A local webhook receiver (tests/webhook_receiver.py), closed after the test."""
+    started = await Receiver().start()
+    try:
+        yield started
+    finally:
+        await started.close()
 
 
 @pytest.fixture

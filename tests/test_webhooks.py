@@ -12,7 +12,7 @@ import asyncio
 import base64
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -81,15 +81,6 @@ async def finished_request(
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, webhook_retry_base=0.05)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    started = await Receiver().start()
-    try:
-        yield started
-    finally:
-        await started.close()
 
 
 async def finished_one_row_requests(api: Api, count: int) -> list[int]:

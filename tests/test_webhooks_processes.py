@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -48,15 +48,6 @@ def pg_settings(tmp_path: Path, pg_database: str) -> Settings:
         time_slice=0.25,
         webhook_retry_base=0.05,
     )
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    started = await Receiver().start()
-    try:
-        yield started
-    finally:
-        await started.close()
 
 
 async def test_two_processes_dispatchers_deliver_each_event_once_and_never_send_it_twice(
