@@ -18,7 +18,13 @@ import logging
 import secrets
 from collections.abc import Sequence
 
-from server.batches import checked_batch, stream_keys_of, validate_batch, validated_batch
+from server.batches import (
+    Batch,
+    checked_batch,
+    stream_keys_of,
+    validate_batch,
+    validated_batch,
+)
 from server.clock import utc_now
 from server.config import Settings
 from server.constants import (
@@ -228,6 +234,11 @@ class WorkerPool:
             job = parsed
         streams: dict[str, StreamRef] = {}
         chunk: tuple[int, ChunkRows] | None = None
+        # Pipelined: while the writer commits batch N, the next batch is decoded and
+        # validated here (Python, on the loop; the INSERT runs in C without the GIL).
+        # At most one commit is in flight, so the checks below still come between two
+        # commits; a prepared batch the commit's outcome makes moot is dropped unsent.
+        ahead: Batch | BaseException | None = None
         while job.status == "processing":
             if self.should_cancel(job):
                 await self.finish(job, worker, Status.CANCELLED)
@@ -237,39 +248,59 @@ class WorkerPool:
             ):
                 await self._release(job, worker)
                 return
-            start = job.next_row
-            if chunk is None or not chunk[0] <= start < chunk[0] + _row_count(chunk[1]):
-                chunk = await self._load_chunk(job.id, start)
-            first_row, rows = chunk
-            end = min(
-                start + self.settings.batch_size, first_row + _row_count(rows), job.total_items
-            )
-            if isinstance(rows, list):
-                items = rows[start - first_row : end - first_row]
-                await self._resolve_streams(job.environment_id, items, streams)
-                batch = validate_batch(start, items, streams)
-            elif isinstance(rows, ValidatedRows):
-                await self._check_streams(job, rows.streams, streams)
-                batch = validated_batch(
-                    start, rows.records[start - first_row : end - first_row], rows.streams
-                )
+            if isinstance(ahead, BaseException):
+                raise ahead  # where the batch would have been prepared unpipelined
+            if ahead is not None and ahead.start_row == job.next_row:
+                batch = ahead
             else:
-                await self._check_streams(job, rows.streams, streams)
-                part = rows.rows[start - first_row : end - first_row]
-                await self._resolve_streams(
-                    job.environment_id, [row for row in part if isinstance(row, list)], streams
-                )
-                batch = checked_batch(
-                    start,
-                    part,
-                    rows.lines[start - first_row : end - first_row],
-                    rows.streams,
-                    streams,
-                )
-            job = await self.store.commit_batch(job, worker, batch)
+                chunk, batch = await self._prepare(job, job.next_row, chunk, streams)
+            ahead = None
+            commit = asyncio.ensure_future(self.store.commit_batch(job, worker, batch))
+            following = batch.start_row + len(batch.items)
+            if following < job.total_items:
+                try:
+                    # One turn of the loop first: the commit shapes its rows and hands the
+                    # transaction to the writer, which then works while this prepares.
+                    await asyncio.sleep(0)
+                    chunk, ahead = await self._prepare(job, following, chunk, streams)
+                except Exception as exc:  # raised after the commit, if still relevant
+                    ahead = exc
+                except BaseException:
+                    # Cancelled (a shutdown past its grace): as unpipelined, the commit
+                    # completes or not on its own; nobody waits for its outcome.
+                    commit.cancel()
+                    raise
+            job = await commit
             if self.settings.batch_pause and job.status == "processing":
                 await self._pause_between_batches()
         self._cancel_requested.discard(job.id)
+
+    async def _prepare(
+        self,
+        job: BulkRequest,
+        start: int,
+        chunk: tuple[int, ChunkRows] | None,
+        streams: dict[str, StreamRef],
+    ) -> tuple[tuple[int, ChunkRows], Batch]:
+        """The batch of rows from `start`, validated or bound (and the chunk it is in)."""
+        if chunk is None or not chunk[0] <= start < chunk[0] + _row_count(chunk[1]):
+            chunk = await self._load_chunk(job.id, start)
+        first_row, rows = chunk
+        end = min(start + self.settings.batch_size, first_row + _row_count(rows), job.total_items)
+        if isinstance(rows, list):
+            items = rows[start - first_row : end - first_row]
+            await self._resolve_streams(job.environment_id, items, streams)
+            return chunk, validate_batch(start, items, streams)
+        await self._check_streams(job, rows.streams, streams)
+        if isinstance(rows, ValidatedRows):
+            records = rows.records[start - first_row : end - first_row]
+            return chunk, validated_batch(start, records, rows.streams)
+        part = rows.rows[start - first_row : end - first_row]
+        await self._resolve_streams(
+            job.environment_id, [row for row in part if isinstance(row, list)], streams
+        )
+        lines = rows.lines[start - first_row : end - first_row]
+        return chunk, checked_batch(start, part, lines, rows.streams, streams)
 
     async def _pause_between_batches(self) -> None:
         # Between heartbeats, so a cancel or a shutdown meanwhile is seen right after it;
