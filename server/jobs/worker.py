@@ -239,13 +239,14 @@ class WorkerPool:
         # At most one commit is in flight, so the checks below still come between two
         # commits; a prepared batch the commit's outcome makes moot is dropped unsent.
         ahead: Batch | BaseException | None = None
+        # Whether another request waits once the time slice is over: asked while the
+        # commit before runs (a reader query), so it never holds the writer idle.
+        others_wait = False
         while job.status == "processing":
             if self.should_cancel(job):
                 await self.finish(job, worker, Status.CANCELLED)
                 return
-            if self._stopping or (
-                loop.time() >= slice_ends and await self.store.has_runnable_request()
-            ):
+            if self._stopping or others_wait:
                 await self._release(job, worker)
                 return
             if isinstance(ahead, BaseException):
@@ -263,6 +264,9 @@ class WorkerPool:
                     # transaction to the writer, which then works while this prepares.
                     await asyncio.sleep(0)
                     chunk, ahead = await self._prepare(job, following, chunk, streams)
+                    others_wait = (
+                        loop.time() >= slice_ends and await self.store.has_runnable_request()
+                    )
                 except Exception as exc:  # raised after the commit, if still relevant
                     ahead = exc
                 except BaseException:
