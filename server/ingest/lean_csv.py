@@ -18,10 +18,16 @@ Pure code, no I/O, nothing of HTTP.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
-from server.constants import MAX_ABS_MINOR_UNITS, MAX_DESCRIPTION_CHARS, MAX_EXTERNAL_ID_CHARS
+from server.constants import (
+    MAX_ABS_MINOR_UNITS,
+    MAX_DESCRIPTION_CHARS,
+    MAX_EXTERNAL_ID_CHARS,
+    MAX_REMEMBERED_DATES,
+)
 from server.ingest.csv_mapping import RowConverter
 from server.ingest.fast_csv import EXACT_AMOUNT, new_record
 from server.ingest.fast_records import is_calendar_date
@@ -50,8 +56,10 @@ class LeanLayout:
         "_amount",
         "_convert",
         "_currency",
+        "_days",
         "_default_key",
         "_description",
+        "_exact",
         "_external_id",
         "_key",
         "_names",
@@ -71,6 +79,8 @@ class LeanLayout:
         self._description = at.get("description")
         self._external_id = at.get("external_id")
         self._key = at.get("data_stream_key")
+        self._days: set[str] = set()  # calendar dates seen in this file
+        self._exact: dict[str, re.Pattern[str] | None] = {}  # currency → exact amount form
 
     @staticmethod
     def of(
@@ -87,6 +97,22 @@ class LeanLayout:
         ):
             return None
         return LeanLayout(names, convert, default_key)
+
+    def _calendar_date(self, day: str) -> bool:
+        """is_calendar_date, remembered: a file's rows share few dates."""
+        if not is_calendar_date(day):
+            return False
+        if len(self._days) < MAX_REMEMBERED_DATES:
+            self._days.add(day)
+        return True
+
+    def _exact_amount(self, currency: str) -> re.Pattern[str] | None:
+        """The exact amount form of a currency (None: unknown), remembered per file."""
+        exponent = currency_exponent(currency)
+        exact = EXACT_AMOUNT.get(exponent) if exponent is not None else None
+        if len(self._exact) < MAX_REMEMBERED_DATES:
+            self._exact[currency] = exact
+        return exact
 
     def stream_key(self, values: tuple[str, ...]) -> str | None:
         """The stream key the row names (as the reader's fields would hold it)."""
@@ -120,19 +146,18 @@ class LeanLayout:
             return None
         stream = streams.get(key)
         day = values[self.date]
-        if stream is None or not is_calendar_date(day):
+        if stream is None or (day not in self._days and not self._calendar_date(day)):
             return None
         currency = values[self._currency] if self._currency is not None else ""
         if not currency:
             currency = stream.currency
-        exponent = currency_exponent(currency)
-        if exponent is None:
-            return None
-        amount = values[self._amount]
-        exact = EXACT_AMOUNT.get(exponent)
+        try:
+            exact = self._exact[currency]
+        except KeyError:
+            exact = self._exact_amount(currency)
         # Only the exact spelling (digits, the currency's decimals): it needs no
         # conversion, so the reader would have left it as it is.
-        if exact is None or not exact.fullmatch(amount):
+        if exact is None or not exact.fullmatch(amount := values[self._amount]):
             return None
         minor = int(amount.replace(".", ""))
         if not -MAX_ABS_MINOR_UNITS <= minor <= MAX_ABS_MINOR_UNITS:
