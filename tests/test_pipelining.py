@@ -13,37 +13,55 @@ import pytest
 from server.api.common import STORE
 from server.batches import Batch
 from server.config import Settings
-from server.jobs.worker import WorkerPool
+from server.jobs.batch_source import ClaimBatches
 from server.models import BulkRequest
 from tests.conftest import Api, record
 from tests.db_access import stored_rows
 
 ApiFactory = Callable[[Settings], Awaitable[Api]]
-Prepare = Callable[..., Coroutine[Any, Any, tuple[Any, Batch]]]
+Prepare = Callable[[ClaimBatches, int], Coroutine[Any, Any, Batch]]
 ROWS = 100
 BATCH = 10
 
 
 def _when_preparing_ahead(
-    monkeypatch: pytest.MonkeyPatch, at_row: int, action: Callable[[], Awaitable[None]]
-) -> list[int]:
-    """Run `action` while the worker prepares the batch from `at_row` ahead of the commit
-    before it (that commit is then in flight); the rows it prepared ahead, returned."""
-    original: Prepare = WorkerPool._prepare
-    ahead: list[int] = []
+    monkeypatch: pytest.MonkeyPatch,
+    store: Any,
+    at_row: int,
+    action: Callable[[], Awaitable[None]],
+) -> list[tuple[str, int]]:
+    """Run `action` (once) while the worker prepares the batch from `at_row`; returns
+    what happened in order: ("prepare", row), ("commit", row) and ("committed", row)."""
+    prepare: Prepare = ClaimBatches.at
+    commit_batch = store.commit_batch
+    seen: list[tuple[str, int]] = []
 
-    async def prepare(
-        self: WorkerPool, job: BulkRequest, start: int, *args: Any
-    ) -> tuple[Any, Batch]:
-        prepared = await original(self, job, start, *args)
-        if start != job.next_row:  # ahead: the batch before it is committing now
-            ahead.append(start)
-            if start == at_row and ahead.count(at_row) == 1:  # the first time only
-                await action()
-        return prepared
+    async def at(self: ClaimBatches, start: int) -> Batch:
+        batch = await prepare(self, start)
+        seen.append(("prepare", start))
+        if start == at_row and seen.count(("prepare", at_row)) == 1:
+            await action()
+        return batch
 
-    monkeypatch.setattr(WorkerPool, "_prepare", prepare)
-    return ahead
+    async def commit(job: BulkRequest, worker: str, batch: Batch) -> BulkRequest:
+        seen.append(("commit", batch.start_row))
+        done = await commit_batch(job, worker, batch)
+        seen.append(("committed", batch.start_row))
+        return done
+
+    monkeypatch.setattr(ClaimBatches, "at", at)
+    monkeypatch.setattr(store, "commit_batch", commit)
+    return seen
+
+
+def _prepared_while_committing(seen: list[tuple[str, int]], row: int) -> bool:
+    """Whether the batch from `row` was prepared while the batch before it committed."""
+    previous = row - BATCH
+    return (
+        seen.index(("commit", previous))
+        < seen.index(("prepare", row))
+        < seen.index(("committed", previous))
+    )
 
 
 async def _stored_rows(api: Api, request_id: int) -> list[int]:
@@ -64,12 +82,13 @@ async def test_a_cancel_while_the_next_batch_is_prepared_drops_it(
     async def cancel() -> None:
         await api.post(f"/v1/bulk_requests/{request_id[0]}/cancel", expect=202)
 
-    ahead = _when_preparing_ahead(monkeypatch, 3 * BATCH, cancel)
+    seen = _when_preparing_ahead(monkeypatch, api.app[STORE], 3 * BATCH, cancel)
     summary = await api.submit([record(i) for i in range(ROWS)])
     request_id.append(summary["id"])
     done = await api.wait_terminal(summary["id"])
 
-    assert 3 * BATCH in ahead  # the batch from row 30 was prepared while 20..29 committed
+    assert _prepared_while_committing(seen, 3 * BATCH)  # row 30 on, while 20..29 committed
+    assert ("commit", 3 * BATCH) not in seen[: seen.index(("commit", 0), 1)]  # not sent
     # Rows 20..29 were committing when the cancel came: they are kept; 30.. never sent.
     assert (done["status"], done["processed_items"]) == ("cancelled", 3 * BATCH)
     assert done["successful_items"] == 3 * BATCH
@@ -94,11 +113,11 @@ async def test_a_claim_lost_while_the_next_batch_is_prepared_commits_nothing_twi
         # the next commit under the old claim is fenced out.
         assert await store.requeue_orphans(set(), "test: claim taken away")
 
-    ahead = _when_preparing_ahead(monkeypatch, 5 * BATCH, take_the_claim_away)
+    seen = _when_preparing_ahead(monkeypatch, store, 5 * BATCH, take_the_claim_away)
     summary = await api.submit([record(i) for i in range(ROWS)])
     done = await api.wait_terminal(summary["id"])
 
-    assert 5 * BATCH in ahead
+    assert _prepared_while_committing(seen, 5 * BATCH)
     assert done["status"] == "completed"
     assert (done["processed_items"], done["successful_items"]) == (ROWS, ROWS)
     assert await _stored_rows(api, summary["id"]) == list(range(ROWS))
