@@ -4,7 +4,9 @@ cancel or a lost claim (fence) meanwhile drops it, so no row is stored twice or 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -110,8 +112,13 @@ async def test_a_claim_lost_while_the_next_batch_is_prepared_commits_nothing_twi
 
     async def take_the_claim_away() -> None:
         # As the sweeper does for a worker it believes gone: the claim is requeued, so
-        # the next commit under the old claim is fenced out.
-        assert await store.requeue_orphans(set(), "test: claim taken away")
+        # the next commit under the old claim is fenced out. On PostgreSQL the claim is
+        # stale only once its heartbeat is older than now; the commit in flight may
+        # write a later one, so ask again (the worker waits in this hook meanwhile).
+        deadline = time.monotonic() + 10
+        while not await store.requeue_orphans(set(), "test: claim taken away"):
+            assert time.monotonic() < deadline, "the claim was never requeued"
+            await asyncio.sleep(0.01)
 
     seen = _when_preparing_ahead(monkeypatch, store, 5 * BATCH, take_the_claim_away)
     summary = await api.submit([record(i) for i in range(ROWS)])
