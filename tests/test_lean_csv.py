@@ -136,8 +136,10 @@ def test_small_plain_files_stage_and_fail_as_in_the_general_reader(data: bytes) 
 # --- the same staged chunks and rejections, file by file ----------------------------------
 
 
-def _rows_text(rng: random.Random, n: int, header: list[str]) -> bytes:
-    """A plain file: ordinary rows, and rows the lean path must hand back."""
+def _rows_text(rng: random.Random, n: int, header: list[str], ids: str = "x") -> bytes:
+    """A plain file: ordinary rows, and rows the lean path must hand back. Its
+    external_ids start with `ids`: two files sharing none, which of them stores a
+    duplicate does not depend on how the workers interleave them."""
     rows: list[list[str]] = [header]
     for i in range(n):
         key = rng.choice(["bank", "yen", "dinar", "bank", "bank", "bank", "bank", ""])
@@ -150,7 +152,7 @@ def _rows_text(rng: random.Random, n: int, header: list[str]) -> bytes:
             "amount": amount,
             "currency": rng.choice(["", "", {"bank": "USD", "yen": "JPY"}.get(key, "BHD")]),
             "description": rng.choice(["", f"row {i}", 'say "hi"\non two lines', "caf\u00e9"]),
-            "external_id": rng.choice(["", f"x-{i}", f"x-{i}", f"x-{i}", f"x-{i % 7}"]),
+            "external_id": rng.choice(["", f"{ids}-{i}", f"{ids}-{i}", f"{ids}-{i % 7}"]),
             "data_stream_key": key,
         }
         odd = rng.random()
@@ -237,9 +239,9 @@ async def test_lean_general_and_precise_paths_store_identical_records_and_row_er
 ) -> None:
     rng = random.Random(41)
     headers = [HEADER, HEADER[::-1], ["amount", "date", "data_stream_key", "external_id"]]
-    files = [(_rows_text(rng, 150, header), {}) for header in headers]
+    files = [(_rows_text(rng, 150, header, f"f{n}"), {}) for n, header in enumerate(headers)]
     files.append(
-        (_rows_text(rng, 100, ["date", "amount", "description"]), {"data_stream_key": "yen"})
+        (_rows_text(rng, 100, ["date", "amount", "description"], "yen"), {"data_stream_key": "yen"})
     )
     outcomes = []
     for name, provable, lean in (
@@ -251,7 +253,9 @@ async def test_lean_general_and_precise_paths_store_identical_records_and_row_er
         # "precise": every row staged as JSON and validated by the worker.
         monkeypatch.setattr(server.jobs.parsing, "_provable", lambda job, p=provable: p)
         monkeypatch.setattr(server.jobs.parsing, "_lean", lambda job, p=lean: p)
-        api = await _make(make_api, dataclasses.replace(settings, batch_size=40), name)
+        # Time slices of ~one batch: the four requests interleave, as under load.
+        quick = dataclasses.replace(settings, batch_size=40, time_slice=0.001)
+        api = await _make(make_api, quick, name)
         ids = []
         for content, options in files:
             _, summary = await upload(api, content, **options)
