@@ -331,3 +331,14 @@ MIN_RUN_AT_YEAR = 1970
 # fire a little early, and a claim a microsecond before `run_at` would find nothing and
 # sleep again.
 SCHEDULE_WAKE_MARGIN_SECONDS = 0.005
+# The lean CSV path (server/ingest/lean_csv.py) remembers per file the calendar dates and
+# currencies it has checked (a file's rows share few): at most this many of each, ~100
+# bytes apiece, so a file of all-distinct dates costs a bounded ~1 MB.
+MAX_REMEMBERED_DATES = 10_000
+
+# --- The interpreter ------------------------------------------------------------------
+# Allocations between two collections of the cyclic GC's youngest generation (CPython's
+# default is 700). A batch or a parsed chunk allocates tens of thousands of short-lived
+# objects that reference counting frees; collecting every 700 walked them ~100 times per
+# chunk for no garbage. Cyclic garbage is rare here, so it waits a little longer.
+GC_YOUNG_THRESHOLD = 20_000

@@ -222,6 +222,11 @@ class ChunkFill:
         self.rows = 0
         self.size = 0
 
+    @staticmethod
+    def limits() -> tuple[int, int]:
+        """(rows, bytes) at which a chunk is full, for a caller that counts inline."""
+        return PARSE_CHUNK_ROWS, PARSE_CHUNK_BYTES
+
     def add(self, size: int) -> bool:
         """Count one row of `size` bytes; True when the chunk is now full."""
         self.rows += 1

@@ -308,6 +308,17 @@ class RowConverter:
                 fields["date"] = iso
         return None
 
+    def settle(self, fields: JSON) -> RowProblem | None:
+        """The row's problem once converted, skipping the call when only a plain amount
+        could need work and it is plain (the reader's hot path, and lean_csv's)."""
+        if self.only_amounts:
+            amount = fields.get("amount")
+            if not (
+                isinstance(amount, str) and (amount.strip(PLAIN_AMOUNT_CHARS) or amount[-1] == "-")
+            ):
+                return None
+        return self(fields)
+
     def _amount(self, fields: JSON, amount: str) -> RowProblem | None:
         if self._decimal == "." and is_plain_amount(amount):
             return None

@@ -20,6 +20,7 @@ import csv
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from operator import itemgetter
+from typing import cast
 
 from server.constants import MAX_CSV_COLUMNS, MAX_CSV_ROW_BYTES
 from server.ingest.csv_mapping import (
@@ -27,13 +28,13 @@ from server.ingest.csv_mapping import (
     DELIMITERS,
     METADATA_PREFIX,
     PAIR_TARGETS,
-    PLAIN_AMOUNT_CHARS,
     RECORD_TARGETS,
     RowConverter,
     column_targets,
     detect_delimiter,
 )
 from server.ingest.csv_options import DEFAULT_CSV_OPTIONS, CsvOptions
+from server.ingest.lean_csv import LeanLayout, LeanRow
 from server.types import FileRejected, ParseReport, RowProblem, SourceRow
 
 EXPECTED_COLUMNS = ", ".join(RECORD_TARGETS) + " or metadata.<name>"
@@ -41,6 +42,8 @@ EXPECTED_COLUMNS = ", ".join(RECORD_TARGETS) + " or metadata.<name>"
 # row, and a row is refused past MAX_CSV_ROW_BYTES before csv sees the line that is over.
 assert csv.field_size_limit() > MAX_CSV_ROW_BYTES
 _BOM = "\ufeff"
+# A LeanRow from its fields without the NamedTuple's Python __new__ (once per row).
+new_lean_row = tuple.__new__
 
 
 class _RowBudget:
@@ -265,6 +268,32 @@ def iter_csv_rows(
     Rows may already have been yielded when FileRejected is raised (the caller discards
     them). `line` is the physical line where the row starts, the header being line 1.
     """
+    rows = _csv_rows(chunks, data_stream_key, options, report, lean=False)
+    return cast(Iterator[SourceRow], rows)  # lean=False: never a LeanRow
+
+
+def iter_csv_rows_lean(
+    chunks: Iterable[bytes],
+    *,
+    data_stream_key: str | None,
+    options: CsvOptions = DEFAULT_CSV_OPTIONS,
+    report: ParseReport | None = None,
+) -> Iterator[SourceRow | LeanRow]:
+    """As iter_csv_rows, but when the file qualifies (server/ingest/lean_csv.py) a
+    full-width row whose date cell starts with a digit comes as a LeanRow, its cells
+    not yet made fields (LeanRow.layout.source_row makes them the very SourceRow).
+    Every other row, and every row of a file that does not qualify, is as there."""
+    return _csv_rows(chunks, data_stream_key, options, report, lean=True)
+
+
+def _csv_rows(
+    chunks: Iterable[bytes],
+    data_stream_key: str | None,
+    options: CsvOptions,
+    report: ParseReport | None,
+    *,
+    lean: bool,
+) -> Iterator[SourceRow | LeanRow]:
     budget = _RowBudget()
     delimiter, lines = _header_delimiter(_Utf8Lines(chunks, budget).lines(), options, report)
     reader = csv.reader(lines, delimiter=delimiter, strict=True)
@@ -288,10 +317,12 @@ def iter_csv_rows(
         meta_names = columns.meta_names
         get_meta = columns.get_meta
         convert = columns.convert
-        # The default options (and any with only a column mapping): a plain amount and
-        # an ISO date need no work, and most rows have nothing else, so the hot path
-        # asks only that much before calling convert (measured in README, "CSV as…").
-        plain_first = convert.only_amounts
+        layout = (
+            LeanLayout.of(field_names, get_meta is not None, convert, default_key)
+            if lean and get_fields is not None
+            else None
+        )
+        lean_date = layout.date if layout is not None else 0
         rows = 0
         for cells in reader:
             start = end + 1
@@ -299,6 +330,13 @@ def iter_csv_rows(
             size = budget.used
             budget.start_line = end + 1
             budget.used = 0
+            if layout is not None and len(cells) == width:
+                values = get_fields(cells)  # type: ignore[misc]  # a lean file has fields
+                # A date cell starting with a digit: the row is not blank, so it is a row.
+                if values[lean_date][:1].isdigit():
+                    rows += 1
+                    yield new_lean_row(LeanRow, (values, start, size, layout))
+                    continue
             if len(cells) == width:
                 # The hot path: every row of a well-formed file comes through here.
                 fields: dict[str, object] = (
@@ -320,14 +358,10 @@ def iter_csv_rows(
                         fields["metadata"] = meta
                 if not fields and _blank(cells):
                     continue
-                if plain_first:
-                    amount = fields.get("amount")
-                    needs_reading = isinstance(amount, str) and bool(
-                        amount.strip(PLAIN_AMOUNT_CHARS) or amount[-1] == "-"
-                    )
-                    problem = convert(fields) if needs_reading else None
-                else:
-                    problem = convert(fields)
+                # The default options (and any with only a column mapping): a plain
+                # amount and an ISO date need no work, and most rows have nothing else
+                # (measured in README, "CSV as…").
+                problem = convert.settle(fields)
             else:
                 if _blank(cells):
                     continue  # an empty line, or fewer/more commas and nothing else

@@ -32,12 +32,12 @@ _PLAIN_FIELDS = frozenset(
 # An amount with exactly its currency's decimals ("-1234.56" in USD), as nearly every
 # export writes it: its minor units are its digits (int() of them, never a float). A
 # regex and one int() cost ~0.4 µs where plain_minor_units, which decides the rest, ~1.
-_EXACT_AMOUNT = {
+EXACT_AMOUNT = {
     exponent: re.compile(rf"-?[0-9]{{1,16}}\.[0-9]{{{exponent}}}" if exponent else "-?[0-9]{1,16}")
     for exponent in range(5)
 }
 # A ValidRecord from its fields without _make's Python frame (this runs once per row).
-_new_record = tuple.__new__
+new_record = tuple.__new__
 
 
 def csv_record(fields: dict[str, object], streams: Mapping[str, StreamRef]) -> ValidRecord | None:
@@ -60,7 +60,7 @@ def csv_record(fields: dict[str, object], streams: Mapping[str, StreamRef]) -> V
     # A leading quote: plain_minor_units reads JSON string text, which a cell is not.
     if exponent is None or not isinstance(amount, str) or amount[:1] == '"':
         return None
-    exact = _EXACT_AMOUNT.get(exponent)
+    exact = EXACT_AMOUNT.get(exponent)
     if exact is not None and exact.fullmatch(amount):
         minor = int(amount.replace(".", ""))
         amount_minor = minor if -MAX_ABS_MINOR_UNITS <= minor <= MAX_ABS_MINOR_UNITS else None
@@ -82,7 +82,7 @@ def csv_record(fields: dict[str, object], streams: Mapping[str, StreamRef]) -> V
         and "\x00" not in external_id
     ):
         return None
-    record: ValidRecord = _new_record(
+    record: ValidRecord = new_record(
         ValidRecord, (stream.id, day, amount_minor, currency, description, external_id, None)
     )
     return record

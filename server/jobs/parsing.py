@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Generator, Iterator
-from typing import Protocol
+from collections.abc import Generator, Iterator, Sequence
+from typing import Protocol, TypeVar
 
 from server.constants import FILE_READ_BYTES
 from server.db.port import Storage, UploadSource
 from server.ingest.csv_options import CsvOptions
-from server.ingest.csv_reader import iter_csv_rows
+from server.ingest.csv_reader import iter_csv_rows, iter_csv_rows_lean
 from server.ingest.fast_csv import csv_record
+from server.ingest.lean_csv import LeanRow
 from server.ingest.nacha import iter_nacha_rows
 from server.ingest.nacha_codes import NachaOption
 from server.ingest.validation import StreamRef, ValidRecord
@@ -60,10 +61,14 @@ class ParseHost(Protocol):
 
 log = logging.getLogger("server.parsing")
 
+# A row as the readers yield it: a plain CSV file's rows come lean (server/ingest/lean_csv.py).
+ParsedRow = SourceRow | LeanRow
+R = TypeVar("R", SourceRow, LeanRow, ParsedRow)
+
 
 def _file_rows(
     job: BulkRequest, source: UploadSource, report: ParseReport
-) -> Generator[SourceRow, None, None]:
+) -> Generator[ParsedRow, None, None]:
     data_stream_key = job.default_data_stream_key
     chunks = iter(lambda: source.read(FILE_READ_BYTES), b"")
     if job.upload_format == "nacha":
@@ -75,7 +80,10 @@ def _file_rows(
             chunks, data_stream_key=data_stream_key, report=report, options=options
         )
     else:
-        yield from iter_csv_rows(
+        # A provable file's plain rows come lean (cells, not fields): stage_block proves
+        # them from their cells, or makes them the SourceRow they stand for.
+        read = iter_csv_rows_lean if _lean(job) else iter_csv_rows
+        yield from read(
             chunks,
             data_stream_key=data_stream_key,
             options=CsvOptions.from_stored(job.csv_options),
@@ -83,13 +91,17 @@ def _file_rows(
         )
 
 
-def take_chunk(rows: Iterator[SourceRow]) -> list[SourceRow]:
-    """The next chunk: PARSE_CHUNK_ROWS rows, or fewer once they hold PARSE_CHUNK_BYTES."""
-    block: list[SourceRow] = []
-    fill = ChunkFill()
+def take_chunk(rows: Iterator[R]) -> list[R]:
+    """The next chunk: PARSE_CHUNK_ROWS rows, or fewer once they hold PARSE_CHUNK_BYTES
+    (ChunkFill's rule, counted inline: this runs once per row)."""
+    max_rows, max_bytes = ChunkFill.limits()
+    block: list[R] = []
+    append = block.append
+    size = 0
     for row in rows:
-        block.append(row)
-        if fill.add(row.size):
+        append(row)
+        size += row.size
+        if len(block) >= max_rows or size >= max_bytes:
             break
     return block
 
@@ -103,26 +115,39 @@ def _staged(row: SourceRow) -> StagedItem:
     ]
 
 
-def _take_chunk_and_keys(rows: Iterator[SourceRow]) -> tuple[list[SourceRow], set[str]]:
+def _take_chunk_and_keys(rows: Iterator[ParsedRow]) -> tuple[list[ParsedRow], set[str]]:
     """The next chunk and the stream keys its rows name (one hop off the event loop)."""
     block = take_chunk(rows)
     keys: set[str] = set()
     for row in block:
-        key = row.fields.get("data_stream_key")
+        key = (
+            row.layout.stream_key(row.values)
+            if isinstance(row, LeanRow)
+            else row.fields.get("data_stream_key")
+        )
         if isinstance(key, str):
             keys.add(key)
     return block, keys
 
 
-def stage_block(rows: list[SourceRow], streams: dict[str, StreamRef] | None) -> bytes:
+def stage_block(rows: Sequence[ParsedRow], streams: dict[str, StreamRef] | None) -> bytes:
     """The chunk of `rows`: with `streams` (a CSV file, on_conflict=skip) each row the
-    parse can prove ordinary is staged as its record (server/ingest/fast_csv.py), so
-    the worker only binds it; otherwise, and when it proves none, JSON as ever."""
+    parse can prove ordinary is staged as its record (server/ingest/lean_csv.py from a
+    lean row's cells, else server/ingest/fast_csv.py from its fields), so the worker
+    only binds it; otherwise, and when it proves none, JSON as ever."""
     if streams:
         records: list[ValidRecord] = []
         lines: list[int | None] = []
         others: list[tuple[int, StagedItem]] = []
         for offset, row in enumerate(rows):
+            if type(row) is LeanRow:
+                record = row.layout.record(row.values, streams)
+                if record is not None:
+                    records.append(record)
+                    lines.append(row.line)
+                    continue
+                row = row.layout.source_row(row)
+            assert isinstance(row, SourceRow)
             record = None if row.problem else csv_record(row.fields, streams)
             if record is None:
                 others.append((offset, _staged(row)))
@@ -131,7 +156,16 @@ def stage_block(rows: list[SourceRow], streams: dict[str, StreamRef] | None) -> 
                 lines.append(row.line)
         if records:
             return encode_checked(streams, records, lines, others)
-    return encode_items([_staged(r) for r in rows])
+    return encode_items([_staged(_source_row(r)) for r in rows])
+
+
+def _source_row(row: ParsedRow) -> SourceRow:
+    return row.layout.source_row(row) if isinstance(row, LeanRow) else row
+
+
+def _lean(job: BulkRequest) -> bool:
+    """Whether the parse reads the file's plain rows lean: only when it proves rows."""
+    return _provable(job)
 
 
 def _provable(job: BulkRequest) -> bool:

@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Sequence
 
-from server.batches import checked_batch, stream_keys_of, validate_batch, validated_batch
+from server.batches import (
+    Batch,
+)
 from server.clock import utc_now
 from server.config import Settings
 from server.constants import (
@@ -31,22 +32,12 @@ from server.constants import (
     WORKER_IDLE_POLL_SECONDS,
 )
 from server.db.port import FencedOut, Storage
-from server.ingest.validation import StreamRef
+from server.jobs.batch_source import ClaimBatches
 from server.jobs.parsing import parse_upload, remove_unreferenced_uploads
 from server.models import BulkRequest
-from server.staging import CheckedRows, StagedItem, ValidatedRows
 from server.types import JSON, Status
 
 log = logging.getLogger("server.worker")
-
-
-ChunkRows = list[StagedItem] | ValidatedRows | CheckedRows
-
-
-def _row_count(rows: ChunkRows) -> int:
-    if isinstance(rows, list):
-        return len(rows)
-    return len(rows.records) if isinstance(rows, ValidatedRows) else len(rows.rows)
 
 
 class WorkerPool:
@@ -226,47 +217,57 @@ class WorkerPool:
             if parsed is None:
                 return
             job = parsed
-        streams: dict[str, StreamRef] = {}
-        chunk: tuple[int, ChunkRows] | None = None
+        batches = ClaimBatches(self.store, job, self.settings.batch_size)
+        # Pipelined: while the writer commits batch N, the next batch is decoded and
+        # validated here (Python, on the loop; the INSERT runs in C without the GIL).
+        # At most one commit is in flight, so the checks below still come between two
+        # commits; a prepared batch the commit's outcome makes moot is dropped unsent.
+        ahead: Batch | BaseException | None = None
+        # Whether another request waits once the time slice is over: asked while the
+        # commit before runs (a reader query), so it never holds the writer idle.
+        others_wait = False
         while job.status == "processing":
             if self.should_cancel(job):
                 await self.finish(job, worker, Status.CANCELLED)
                 return
-            if self._stopping or (
-                loop.time() >= slice_ends and await self.store.has_runnable_request()
-            ):
+            if self._stopping or others_wait:
                 await self._release(job, worker)
                 return
-            start = job.next_row
-            if chunk is None or not chunk[0] <= start < chunk[0] + _row_count(chunk[1]):
-                chunk = await self._load_chunk(job.id, start)
-            first_row, rows = chunk
-            end = min(
-                start + self.settings.batch_size, first_row + _row_count(rows), job.total_items
-            )
-            if isinstance(rows, list):
-                items = rows[start - first_row : end - first_row]
-                await self._resolve_streams(job.environment_id, items, streams)
-                batch = validate_batch(start, items, streams)
-            elif isinstance(rows, ValidatedRows):
-                await self._check_streams(job, rows.streams, streams)
-                batch = validated_batch(
-                    start, rows.records[start - first_row : end - first_row], rows.streams
-                )
+            if isinstance(ahead, BaseException):
+                raise ahead  # where the batch would have been prepared unpipelined
+            if ahead is not None and ahead.start_row == job.next_row:
+                batch = ahead
             else:
-                await self._check_streams(job, rows.streams, streams)
-                part = rows.rows[start - first_row : end - first_row]
-                await self._resolve_streams(
-                    job.environment_id, [row for row in part if isinstance(row, list)], streams
-                )
-                batch = checked_batch(
-                    start,
-                    part,
-                    rows.lines[start - first_row : end - first_row],
-                    rows.streams,
-                    streams,
-                )
-            job = await self.store.commit_batch(job, worker, batch)
+                batch = await batches.at(job.next_row)
+            ahead = None
+            commit = asyncio.ensure_future(self.store.commit_batch(job, worker, batch))
+            following = batch.start_row + len(batch.items)
+            waiting = None
+            if following < job.total_items:
+                if loop.time() >= slice_ends:
+                    # On a reader connection, beside the commit on the writer.
+                    waiting = asyncio.ensure_future(self.store.has_runnable_request())
+                try:
+                    # One turn of the loop first: the commit shapes its rows and hands the
+                    # transaction to the writer, which then works while this prepares.
+                    await asyncio.sleep(0)
+                    ahead = await batches.at(following)
+                except Exception as exc:  # raised after the commit, if still relevant
+                    ahead = exc
+                except BaseException:
+                    # Cancelled (a shutdown past its grace): as unpipelined, the commit
+                    # completes or not on its own; nobody waits for its outcome.
+                    commit.cancel()
+                    if waiting is not None:
+                        waiting.cancel()
+                    raise
+            try:
+                job = await commit
+            except BaseException:
+                if waiting is not None:
+                    waiting.cancel()
+                raise
+            others_wait = await waiting if waiting is not None else False
             if self.settings.batch_pause and job.status == "processing":
                 await self._pause_between_batches()
         self._cancel_requested.discard(job.id)
@@ -283,42 +284,6 @@ class WorkerPool:
 
     def should_cancel(self, job: BulkRequest) -> bool:
         return job.id in self._cancel_requested or job.cancellation_requested_at is not None
-
-    async def _load_chunk(self, request_id: int, row: int) -> tuple[int, ChunkRows]:
-        found = await self.store.get_chunk_at(request_id, row)
-        if found is None or row >= found.first_row + found.row_count:
-            raise RuntimeError(f"staged rows of bulk request {request_id} are missing at row {row}")
-        return found.first_row, found.rows()
-
-    async def _check_streams(
-        self, job: BulkRequest, proved: dict[str, StreamRef], streams: dict[str, StreamRef]
-    ) -> None:
-        """Before a batch of rows the accept validated (decoded and bound, not validated
-        again): the streams they were proved against must be this environment's as they
-        are now. Streams never change, so this guards against a chunk that is not what it
-        claims; found streams are cached for the claim, so it costs a dict compare."""
-        if job.on_conflict != "skip":
-            # Validated rows are staged for on_conflict=skip only (they keep no source
-            # for a duplicate_external_id row error), and retries keep on_conflict.
-            raise RuntimeError(f"bulk request {job.id} has validated rows but on_conflict=error")
-        missing = proved.keys() - streams.keys()
-        if missing:
-            streams.update(await self.store.find_data_streams(job.environment_id, missing))
-        for key, ref in proved.items():
-            if streams.get(key) != ref:
-                raise RuntimeError(
-                    f"bulk request {job.id}: data stream {key!r} is not what its rows were "
-                    "validated against"
-                )
-
-    async def _resolve_streams(
-        self, environment_id: int, items: Sequence[StagedItem], streams: dict[str, StreamRef]
-    ) -> None:
-        # Streams never disappear, so found ones are cached for the whole claim; unknown
-        # keys are asked again each batch in case the stream was created meanwhile.
-        missing = stream_keys_of(items) - streams.keys()
-        if missing:
-            streams.update(await self.store.find_data_streams(environment_id, missing))
 
     async def _release(self, job: BulkRequest, worker: str) -> None:
         if len(self._sliced) > MAX_REMEMBERED_SLICED_IDS:
