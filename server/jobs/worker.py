@@ -31,10 +31,11 @@ from server.constants import (
     WORKER_IDLE_POLL_SECONDS,
 )
 from server.db.port import FencedOut, Storage
+from server.ingest.fast_records import decode_fast_body, every_record, stream_keys
 from server.ingest.validation import StreamRef
 from server.jobs.parsing import parse_upload, remove_unreferenced_uploads
 from server.models import BulkRequest
-from server.staging import CheckedRows, StagedItem, ValidatedRows
+from server.staging import CheckedRows, RawBody, StagedItem, ValidatedRows, precise_items
 from server.types import JSON, Status
 
 log = logging.getLogger("server.worker")
@@ -239,7 +240,7 @@ class WorkerPool:
                 return
             start = job.next_row
             if chunk is None or not chunk[0] <= start < chunk[0] + _row_count(chunk[1]):
-                chunk = await self._load_chunk(job.id, start)
+                chunk = await self._load_chunk(job, start, streams)
             first_row, rows = chunk
             end = min(
                 start + self.settings.batch_size, first_row + _row_count(rows), job.total_items
@@ -284,11 +285,34 @@ class WorkerPool:
     def should_cancel(self, job: BulkRequest) -> bool:
         return job.id in self._cancel_requested or job.cancellation_requested_at is not None
 
-    async def _load_chunk(self, request_id: int, row: int) -> tuple[int, ChunkRows]:
-        found = await self.store.get_chunk_at(request_id, row)
+    async def _load_chunk(
+        self, job: BulkRequest, row: int, streams: dict[str, StreamRef]
+    ) -> tuple[int, ChunkRows]:
+        found = await self.store.get_chunk_at(job.id, row)
         if found is None or row >= found.first_row + found.row_count:
-            raise RuntimeError(f"staged rows of bulk request {request_id} are missing at row {row}")
-        return found.first_row, found.rows()
+            raise RuntimeError(f"staged rows of bulk request {job.id} are missing at row {row}")
+        rows = found.rows()
+        if isinstance(rows, RawBody):
+            return found.first_row, await self._finish_raw_body(job, rows.text, streams)
+        return found.first_row, rows
+
+    async def _finish_raw_body(
+        self, job: BulkRequest, text: bytes, streams: dict[str, StreamRef]
+    ) -> list[StagedItem] | ValidatedRows:
+        """A body the accept staged raw: its records when the fast proof holds for every
+        row against the environment's streams now, else its rows staged the precise
+        way, which the worker validates as any JSON chunk (so each row error is worded
+        as the precise path words it, and an unknown stream is asked again per batch)."""
+        decoded = decode_fast_body(text)
+        if decoded is not None:
+            keys = stream_keys(decoded)
+            missing = keys - streams.keys()
+            if missing:
+                streams.update(await self.store.find_data_streams(job.environment_id, missing))
+            records = every_record(decoded, streams)
+            if records is not None:
+                return ValidatedRows({key: streams[key] for key in keys}, records)
+        return precise_items(text)
 
     async def _check_streams(
         self, job: BulkRequest, proved: dict[str, StreamRef], streams: dict[str, StreamRef]
