@@ -11,6 +11,7 @@ from aiohttp import web
 from server import bulk_requests as domain
 from server.api.common import (
     LARGE_BODIES,
+    POOL,
     SETTINGS,
     STORE,
     STREAMS,
@@ -152,12 +153,14 @@ def _check_structure(document: JsonDocument, body: JSON, records: list[JSON]) ->
 
 
 async def submit_records(request: web.Request) -> web.Response:
-    length = request.content_length
-    if length is not None and length <= LARGE_JSON_BODY_BYTES:
-        return await _submit_records(request)
-    # Read, parsed and staged one large body at a time: each costs ~10× its size.
-    async with request.app[LARGE_BODIES]:
-        return await _submit_records(request)
+    # Worker batches wait while this runs, within a bound (server/jobs/accept_gate.py).
+    with request.app[POOL].accepts.accepting():
+        length = request.content_length
+        if length is not None and length <= LARGE_JSON_BODY_BYTES:
+            return await _submit_records(request)
+        # Read, parsed and staged one large body at a time: each costs ~10× its size.
+        async with request.app[LARGE_BODIES]:
+            return await _submit_records(request)
 
 
 def _accepted(row: BulkRequest, replayed: bool) -> web.Response:

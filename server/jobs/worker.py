@@ -33,6 +33,7 @@ from server.constants import (
 from server.db.port import FencedOut, Storage
 from server.ingest.fast_records import decode_fast_body, every_record, stream_keys
 from server.ingest.validation import StreamRef
+from server.jobs.accept_gate import AcceptGate
 from server.jobs.parsing import parse_upload, remove_unreferenced_uploads
 from server.models import BulkRequest
 from server.staging import CheckedRows, RawBody, StagedItem, ValidatedRows, precise_items
@@ -72,6 +73,8 @@ class WorkerPool:
         # Claim transactions run, found work or not (/metrics): shows that idle workers
         # sleep until the next run_at instead of polling.
         self.claim_attempts_total = 0
+        # Bulk POSTs being accepted go before worker batches, within a bound.
+        self.accepts = AcceptGate()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -230,6 +233,8 @@ class WorkerPool:
         streams: dict[str, StreamRef] = {}
         chunk: tuple[int, ChunkRows] | None = None
         while job.status == "processing":
+            # Before the cancel check, so a cancel that arrives meanwhile is seen now.
+            await self.accepts.turn()
             if self.should_cancel(job):
                 await self.finish(job, worker, Status.CANCELLED)
                 return
