@@ -44,6 +44,25 @@ async def test_a_batch_waits_for_accepts_in_flight_but_never_past_the_bound() ->
     assert (gate.waits_total, gate.bound_hits_total) == (2, 1)
 
 
+async def test_an_accept_that_never_ends_holds_batches_back_only_within_the_bound(
+    make_api: ApiFactory, settings: Settings
+) -> None:
+    """The starvation bound, with the app's own gate held by an accept in flight for the
+    whole test: a request submitted meanwhile is still processed, batch by batch."""
+    api = await make_api(dataclasses.replace(settings, workers=1, batch_size=10))
+    await api.create_stream("bank", "USD")
+    gate = api.app[POOL].accepts
+    with gate.accepting():
+        started = time.monotonic()
+        small = await api.submit([record(n) for n in range(30)])
+        done = await api.wait_terminal(small["id"], within=5)
+        took = time.monotonic() - started
+        assert gate.in_flight == 1
+    assert done["status"] == "completed"
+    assert gate.bound_hits_total >= 3  # each of its three batches waited out the bound
+    assert took < 3.0, took
+
+
 async def test_a_small_request_completes_during_a_flood_of_posts(
     make_api: ApiFactory, settings: Settings
 ) -> None:

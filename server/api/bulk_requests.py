@@ -153,14 +153,12 @@ def _check_structure(document: JsonDocument, body: JSON, records: list[JSON]) ->
 
 
 async def submit_records(request: web.Request) -> web.Response:
-    # Worker batches wait while this runs, within a bound (server/jobs/accept_gate.py).
-    with request.app[POOL].accepts.accepting():
-        length = request.content_length
-        if length is not None and length <= LARGE_JSON_BODY_BYTES:
-            return await _submit_records(request)
-        # Read, parsed and staged one large body at a time: each costs ~10× its size.
-        async with request.app[LARGE_BODIES]:
-            return await _submit_records(request)
+    length = request.content_length
+    if length is not None and length <= LARGE_JSON_BODY_BYTES:
+        return await _submit_records(request)
+    # Read, parsed and staged one large body at a time: each costs ~10× its size.
+    async with request.app[LARGE_BODIES]:
+        return await _submit_records(request)
 
 
 def _accepted(row: BulkRequest, replayed: bool) -> web.Response:
@@ -226,8 +224,15 @@ async def _submit_deferred(request: web.Request, raw: bytes) -> web.Response | N
 
 
 async def _submit_records(request: web.Request) -> web.Response:
-    caller = caller_of(request)
     raw = await read_json_text(request)
+    # Worker batches wait while this runs, within a bound (server/jobs/accept_gate.py):
+    # from the body's arrival on, so a client sending slowly holds nothing back.
+    with request.app[POOL].accepts.accepting():
+        return await _accept_records(request, raw)
+
+
+async def _accept_records(request: web.Request, raw: bytes) -> web.Response:
+    caller = caller_of(request)
     deferred = await _submit_deferred(request, raw)
     if deferred is not None:
         return deferred
