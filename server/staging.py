@@ -164,7 +164,6 @@ class RawBody:
     rows (ValidatedRows) or, when one is not provable, stages them the precise way."""
 
     text: bytes
-    rows: int
 
 
 def encode_raw_body(text: bytes) -> bytes:
@@ -218,14 +217,12 @@ def decode_chunk(body: bytes) -> list[StagedItem] | ValidatedRows:
     return decode_items(body)
 
 
-def decode_rows(
-    body: bytes, row_count: int
-) -> list[StagedItem] | ValidatedRows | CheckedRows | RawBody:
+def decode_rows(body: bytes) -> list[StagedItem] | ValidatedRows | CheckedRows | RawBody:
     """A stored chunk's rows as the worker processes them."""
     if body[:1] == CHECKED_V1:
         return _decode_checked(body)
     if body[:1] == RAW_BODY_V1:
-        return RawBody(zlib.decompress(body[1:]), row_count)
+        return RawBody(zlib.decompress(body[1:]))
     return decode_chunk(body)
 
 
@@ -242,7 +239,7 @@ class StagedChunk:
     body: bytes
 
     def rows(self) -> list[StagedItem] | ValidatedRows | CheckedRows | RawBody:
-        return decode_rows(self.body, self.row_count)
+        return decode_rows(self.body)
 
     def items(self) -> list[StagedItem]:
         """The rows of a chunk staged as they arrived (JSON); not of a validated one."""
