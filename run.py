@@ -120,9 +120,12 @@ async def _serve(settings: Settings) -> int:
 
 
 def _tune_gc() -> None:
-    """Everything loaded by now lives as long as the process: move it out of the cyclic
-    collector's view (gc.freeze), so a full collection does not walk it again and again,
-    and collect the youngest generation less often (GC_YOUNG_THRESHOLD)."""
+    """Everything alive once serving (modules, the app, its tables) lives as long as the
+    process: move it out of the cyclic collector's view (gc.freeze), so a full
+    collection does not walk it again and again — each took 20–30 ms, which every bulk
+    POST in flight waited for —, and collect the youngest generation less often
+    (GC_YOUNG_THRESHOLD; README, Performance, fourth wave)."""
+    gc.collect()
     gc.freeze()
     _young, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)

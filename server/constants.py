@@ -87,6 +87,10 @@ FILE_READ_BYTES = 256 * 1024
 # worker batches, but at most this many in a row while a batch waits: accept latency
 # stays low under load and processing still advances during a flood of submissions.
 URGENT_BURST = 8
+# The same rule on the event loop (server/jobs/accept_gate.py): a worker about to run a
+# batch waits while bulk POSTs are being accepted, at most this long per batch, so accept
+# latency does not include worker batches and draining still advances during a flood.
+ACCEPT_PRIORITY_MAX_WAIT_SECONDS = 0.025
 # Rows per multi-row INSERT statement: 500 x 10 columns stays far below SQLite's limit
 # of 32766 bound parameters, and a larger --batch-size simply takes several statements.
 MAX_ROWS_PER_INSERT = 500

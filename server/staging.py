@@ -1,11 +1,12 @@
 """Staged rows: their encoding, and where they are cut into chunks (one rule for uploads,
 POSTs and retries). Every storage adapter stores these bodies as they are.
 
-Three encodings: rows as they arrived (JSON, validated by the worker); rows the accept
+Four encodings: rows as they arrived (JSON, validated by the worker); rows the accept
 already proved valid (msgpack ValidRecords, marked by a leading VALIDATED_V1 byte, which
-neither older form can start with), which the worker only decodes and binds; and a
+neither older form can start with), which the worker only decodes and binds; a
 parsed file's rows (CHECKED_V1), each the record the parse proved or, for a row it could
-not prove, the staged item the worker validates as ever.
+not prove, the staged item the worker validates as ever; and a bulk POST's body as it
+arrived (RAW_BODY_V1), whose rows the worker proves or stages the precise way.
 
 A chunk is held whole in memory while it is staged and again when a worker decodes it,
 so every path that stages rows closes a chunk at PARSE_CHUNK_ROWS rows or once its rows
@@ -25,6 +26,7 @@ import orjson
 
 from server.constants import PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
 from server.ingest.json_checks import fits_storage
+from server.ingest.json_document import precise_records
 from server.ingest.validation import StreamRef, ValidRecord
 from server.money import currency_exponent, format_major_units
 
@@ -150,6 +152,31 @@ def _decode_checked(body: bytes) -> CheckedRows:
     return CheckedRows(streams, rows, lines)
 
 
+# The first byte of a bulk POST body staged as it arrived, for the worker to finish row
+# by row (the accept decided only what concerns the whole request; see
+# server/ingest/fast_records.py deferrable_body).
+RAW_BODY_V1 = b"\x03"
+
+
+@dataclass(frozen=True, slots=True)
+class RawBody:
+    """A bulk POST body the accept staged raw (its JSON text): the worker proves its
+    rows (ValidatedRows) or, when one is not provable, stages them the precise way."""
+
+    text: bytes
+
+
+def encode_raw_body(text: bytes) -> bytes:
+    """RAW_BODY_V1, then the body's text, zlib level 1 like the other encodings."""
+    return RAW_BODY_V1 + zlib.compress(text, 1)
+
+
+def precise_items(text: bytes) -> list[StagedItem]:
+    """The staged rows the precise path would have staged for this body, as a worker
+    reads them back (encoded and decoded: the very values, not merely equal ones)."""
+    return decode_items(encode_items([[None, record, None] for record in precise_records(text)]))
+
+
 def record_source(record: ValidRecord, stream_key: str, line: int | None) -> StagedItem:
     """The staged row a proved record stands for, rebuilt from it (it kept no text):
     the fields it was sent with, the amount in the currency's decimals and the currency
@@ -176,6 +203,8 @@ def decode_chunk(body: bytes) -> list[StagedItem] | ValidatedRows:
     if body[:1] == VALIDATED_V1:
         streams, records = _VALIDATED_DECODER.decode(zlib.decompress(body[1:]))
         return ValidatedRows(streams, records)
+    if body[:1] == RAW_BODY_V1:
+        return precise_items(zlib.decompress(body[1:]))
     if body[:1] == CHECKED_V1:
         checked = _decode_checked(body)
         keys = {ref.id: key for key, ref in checked.streams.items()}
@@ -188,10 +217,12 @@ def decode_chunk(body: bytes) -> list[StagedItem] | ValidatedRows:
     return decode_items(body)
 
 
-def decode_rows(body: bytes) -> list[StagedItem] | ValidatedRows | CheckedRows:
+def decode_rows(body: bytes) -> list[StagedItem] | ValidatedRows | CheckedRows | RawBody:
     """A stored chunk's rows as the worker processes them."""
     if body[:1] == CHECKED_V1:
         return _decode_checked(body)
+    if body[:1] == RAW_BODY_V1:
+        return RawBody(zlib.decompress(body[1:]))
     return decode_chunk(body)
 
 
@@ -207,7 +238,7 @@ class StagedChunk:
     row_count: int
     body: bytes
 
-    def rows(self) -> list[StagedItem] | ValidatedRows | CheckedRows:
+    def rows(self) -> list[StagedItem] | ValidatedRows | CheckedRows | RawBody:
         return decode_rows(self.body)
 
     def items(self) -> list[StagedItem]:

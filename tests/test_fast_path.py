@@ -21,7 +21,13 @@ from server.config import Settings
 from server.db.port import Storage
 from server.ingest.validation import StreamRef, ValidRecord
 from server.jobs.worker import WorkerPool
-from server.staging import VALIDATED_V1, ValidatedRows, decode_chunk, encode_validated
+from server.staging import (
+    RAW_BODY_V1,
+    VALIDATED_V1,
+    ValidatedRows,
+    decode_chunk,
+    encode_validated,
+)
 from tests.conftest import Api, record, wait_until
 from tests.db_access import stored_rows
 from tests.test_atomic import slow, submit_atomic
@@ -46,7 +52,8 @@ async def _query(store: Storage, sql: str) -> list[tuple[Any, ...]]:
 async def _chunk_kinds(store: Storage) -> list[str]:
     query = "SELECT body FROM request_chunks ORDER BY bulk_request_id, first_row"
     bodies = [row[0] for row in await _query(store, query)]
-    return ["validated" if b[:1] == VALIDATED_V1 else "json" for b in bodies]
+    kinds = {VALIDATED_V1: "validated", RAW_BODY_V1: "raw"}
+    return [kinds.get(b[:1], "json") for b in bodies]
 
 
 def _row_text(fields: list[tuple[str, str]]) -> bytes:
@@ -172,19 +179,29 @@ async def test_fast_and_precise_paths_store_identical_records_and_row_errors(
 async def test_a_provable_body_is_staged_validated_and_any_other_as_json(
     make_api: MakeApi, settings: Settings
 ) -> None:
+    """Unkeyed bodies of scalar rows are staged raw, whatever their rows hold (the
+    worker finishes them); a keyed provable body is staged validated (its fingerprint
+    needs the parse anyway); anything else as JSON."""
     api = await make_api(dataclasses.replace(settings, workers=0))
     await api.create_stream("bank", "USD")
     store = api.app[STORE]
-    await api.submit([record(1), record(2, external_id="e2")])
+    await api.post(
+        "/v1/records/bulk",
+        {"records": [record(1), record(2, external_id="e2")]},
+        expect=202,
+        headers={"Idempotency-Key": "k"},
+    )
     assert await _chunk_kinds(store) == ["validated"]
     for body in [
         {"records": [record(1), record(2, amount="1.234")]},  # a row error
-        {"records": [record(1)], "on_conflict": "error"},  # duplicates would need the row
         {"records": [record(1, stream="later")]},  # a stream unknown at accept
+        {"records": [record(1), record(2)]},
+        {"records": [record(1)], "on_conflict": "error"},  # duplicates would need the row
         {"records": [record(1, metadata={"a": 1})]},
+        {"records": [record(1, description="ref: 12")]},  # the ':' proof cannot tell
     ]:
         await api.post("/v1/records/bulk", body, expect=202)
-    assert await _chunk_kinds(store) == ["validated"] + ["json"] * 4
+    assert await _chunk_kinds(store) == ["validated"] + ["raw"] * 3 + ["json"] * 3
     (body,) = (await _query(store, "SELECT body FROM request_chunks WHERE bulk_request_id = 1"))[0]
     rows = decode_chunk(body)
     assert isinstance(rows, ValidatedRows)
@@ -292,7 +309,7 @@ async def test_a_stream_created_after_accept_is_found_by_the_worker(
     api = await make_api(dataclasses.replace(settings, workers=0))
     await api.create_stream("bank", "USD")
     waiting = await api.submit([record(1), record(2, stream="later"), record(3, stream="never")])
-    assert (await _chunk_kinds(api.app[STORE])) == ["json"]
+    assert (await _chunk_kinds(api.app[STORE])) == ["raw"]
     await api.create_stream("later", "EUR")
     (done,) = await _run_workers(api, settings, [waiting["id"]])
     assert (done["successful_items"], done["failed_items"]) == (2, 1)
@@ -333,7 +350,7 @@ async def test_a_fast_staged_request_cancelled_midway_retries_its_remaining_rows
     await api.create_stream("bank", "USD")
     rows = [record(n, external_id=f"r{n}") for n in range(60)]
     first = await api.submit(rows)
-    assert (await _chunk_kinds(api.app[STORE])) == ["validated"]
+    assert (await _chunk_kinds(api.app[STORE])) == ["raw"]
     await wait_until(
         lambda: api.get(f"/v1/bulk_requests/{first['id']}"), lambda r: r["processed_items"] >= 10
     )
@@ -343,7 +360,8 @@ async def test_a_fast_staged_request_cancelled_midway_retries_its_remaining_rows
     assert cancelled["processed_items"] < 60
     child = await api.post(f"/v1/bulk_requests/{first['id']}/retry", expect=201)
     assert child["total_items"] == 60 - cancelled["processed_items"]
-    assert (await _chunk_kinds(api.app[STORE]))[-1] == "validated"
+    # A raw body's rows are copied as the precise path stages them (decode_chunk).
+    assert (await _chunk_kinds(api.app[STORE]))[-1] == "json"
     done = await api.wait_terminal(child["id"], within=60)
     assert done["status"] == "completed"
     stored = await _query(
@@ -371,7 +389,8 @@ async def test_a_validated_row_whose_external_id_an_atomic_request_holds_is_a_ro
         b' "external_id": "a0", "description": "held"},'
         b' {"date": "2024-01-31", "data_stream_key": "bank", "amount": 3, "external_id": "free"}]}',
     )
-    assert (await _chunk_kinds(api.app[STORE]))[-1] == "validated"
+    # Staged raw, proved by the worker: the same record_source as a validated chunk's.
+    assert (await _chunk_kinds(api.app[STORE]))[-1] == "raw"
     done = await api.wait_terminal(fast["id"])
     assert (done["status"], done["successful_items"], done["failed_items"]) == ("completed", 1, 1)
     (error,) = await api.all_pages(f"/v1/bulk_requests/{fast['id']}/errors")

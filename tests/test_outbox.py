@@ -235,13 +235,15 @@ async def test_a_fenced_out_batch_leaves_neither_records_nor_event(
     and the current holder's batch commits both."""
     api = await make_api(dataclasses.replace(settings, workers=0))
     await api.create_stream()
-    summary = await api.submit([record(i) for i in range(3)])
+    # With a key, ordinary rows are staged validated (the accept's fast path; unkeyed
+    # they would be staged raw for the worker to prove): bound, not validated.
+    keyed = {"Idempotency-Key": "fenced"}
+    summary = await api.submit([record(i) for i in range(3)], headers=keyed)
     store = api.app[STORE]
     job = await claim_without_event(store, "holder:0:0000")
     assert job is not None
     chunk = await store.get_chunk_at(summary["id"], 0)
     assert chunk is not None
-    # Ordinary rows are staged validated (the accept's fast path): bound, not validated.
     rows = chunk.rows()
     assert isinstance(rows, ValidatedRows)
     batch = validated_batch(0, rows.records, rows.streams)

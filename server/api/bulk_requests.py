@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 
 import orjson
 from aiohttp import web
@@ -12,10 +11,10 @@ from aiohttp import web
 from server import bulk_requests as domain
 from server.api.common import (
     LARGE_BODIES,
+    POOL,
     SETTINGS,
     STORE,
     STREAMS,
-    JsonDocument,
     decode_cursor,
     idempotency_key,
     json_response,
@@ -37,12 +36,14 @@ from server.constants import (
     LARGE_JSON_BODY_BYTES,
     MAX_LISTED_FIELD_ERRORS,
     MAX_RECORDS_PER_REQUEST,
+    PARSE_CHUNK_BYTES,
 )
 from server.db.port import IdempotencyClaim
 from server.http.auth import caller_of
 from server.http.errors import Problem, field_error, not_found
 from server.ingest.fast_records import (
     decode_fast_body,
+    deferrable_body,
     every_record,
     skips_conflicts,
     stream_keys,
@@ -50,14 +51,13 @@ from server.ingest.fast_records import (
 from server.ingest.json_checks import (
     BodyIssue,
     duplicate_key_issue,
-    fits_storage,
     proves_no_duplicate_keys,
     record_issues,
     scan_records,
     shallow_count,
 )
+from server.ingest.json_document import JsonDocument, rewrite_amounts
 from server.models import BulkRequest
-from server.money import canonical_amount_text
 from server.scheduling import run_at_text
 from server.types import JSON, Mode, OnConflict, Source, Status
 
@@ -119,22 +119,6 @@ def _validate_submission(body: JSON) -> _Submission:
     return _Submission(records, on_conflict, run_at, Mode(mode))
 
 
-def _rewrite_amounts(records: list[JSON]) -> None:
-    """Amounts as canonical decimal text, where that matters (see submit_records)."""
-    for record in records:
-        amount = record.get("amount")
-        if isinstance(amount, Decimal):
-            record["amount"] = canonical_amount_text(str(amount))
-        elif isinstance(amount, float):
-            record["amount"] = canonical_amount_text(repr(amount))
-        elif isinstance(amount, str):
-            record["amount"] = canonical_amount_text(amount)
-        elif isinstance(amount, int) and not fits_storage(amount):
-            # Out of range for every currency (a row error, amount_out_of_range), and
-            # for orjson: as text it stages like any other bad amount.
-            record["amount"] = str(amount)
-
-
 def _body_problem(issues: list[BodyIssue]) -> Problem:
     return Problem(
         422,
@@ -189,7 +173,7 @@ def _fingerprint_payload(raw: bytes) -> JSON:
     """The body as the precise path fingerprints it (parsed, amounts as canonical text),
     so a key's fingerprint does not depend on which path accepted the body."""
     body: JSON = parse_json_document(raw).value
-    _rewrite_amounts(body["records"])
+    rewrite_amounts(body["records"])
     return body
 
 
@@ -222,9 +206,36 @@ async def _submit_proved(request: web.Request, raw: bytes) -> web.Response | Non
     return _accepted(row, replayed)
 
 
+async def _submit_deferred(request: web.Request, raw: bytes) -> web.Response | None:
+    """The body staged as it arrived, when nothing in it can refuse or shape the whole
+    request beyond what one msgspec pass proves (fast_records.deferrable_body): the
+    answer is then 202 whatever its rows hold, and the worker finishes each row. None:
+    decide here (a key's fingerprint needs the parsed body; a body over one chunk)."""
+    if len(raw) > PARSE_CHUNK_BYTES or idempotency_key(request) is not None:
+        return None
+    deferrable = deferrable_body(raw, MAX_RECORDS_PER_REQUEST)
+    if deferrable is None:
+        return None
+    with translate_domain_errors():
+        row = await domain.submit_raw_body(
+            request.app[STORE], caller_of(request).environment_id, raw, deferrable
+        )
+    return _accepted(row, replayed=False)
+
+
 async def _submit_records(request: web.Request) -> web.Response:
-    caller = caller_of(request)
     raw = await read_json_text(request)
+    # Worker batches wait while this runs, within a bound (server/jobs/accept_gate.py):
+    # from the body's arrival on, so a client sending slowly holds nothing back.
+    with request.app[POOL].accepts.accepting():
+        return await _accept_records(request, raw)
+
+
+async def _accept_records(request: web.Request, raw: bytes) -> web.Response:
+    caller = caller_of(request)
+    deferred = await _submit_deferred(request, raw)
+    if deferred is not None:
+        return deferred
     proved = await _submit_proved(request, raw)
     if proved is not None:
         return proved
@@ -244,7 +255,7 @@ async def _submit_records(request: web.Request) -> web.Response:
     # by value. Otherwise every number is a float or int that stages (and validates)
     # exactly as it is, and this loop (~0.5 ms per 1000 rows) is skipped.
     if document.may_hold_decimals or key is not None:
-        _rewrite_amounts(records)
+        rewrite_amounts(records)
     _check_structure(document, body, records)
     body_bytes = len(document.raw)
     del document  # its text (the body's size again) is not needed while staging

@@ -5,13 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -31,12 +28,8 @@ from server.db.port import Conflict, IdempotencyMismatch, Storage
 from server.events import ProgressHub
 from server.http.errors import Problem, field_error, not_found, parameter_error
 from server.ids import parse_stored_int
-from server.ingest.json_checks import (
-    STRUCTURAL_BYTES,
-    BodyIssue,
-    duplicate_key_issue,
-    pointer_token,
-)
+from server.ingest.json_checks import BodyIssue, duplicate_key_issue, pointer_token
+from server.ingest.json_document import JsonDocument, parse_document
 from server.jobs.worker import WorkerPool
 from server.scheduling import RunAtProblem, parse_run_at
 from server.types import JSON
@@ -61,46 +54,6 @@ def json_response(
     return web.Response(
         body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
     )
-
-
-# Finds JSON numbers a double might not hold exactly: a run of 16+ number characters, or
-# a digit followed by an exponent. It matches inside strings too (long ids, "2eggs");
-# those bodies merely take the slower exact path. bytes.translate + `in` run in C: a
-# regex over a 150 kB body cost more than the whole parse it was meant to save. The
-# same translation marks the bytes `: { [` as `x`, for the duplicate-key proof of
-# json_checks.proves_no_duplicate_keys (one count instead of a second parse).
-_SHAPE = bytes(
-    ord("0")
-    if chr(b) in "0123456789.+-"
-    else ord("e")
-    if chr(b) in "eE"
-    else ord("x")
-    if b in STRUCTURAL_BYTES
-    else ord(" ")
-    for b in range(256)
-)
-_LONG_NUMBER = b"0" * 16
-_EXPONENT = b"0e"
-
-
-@dataclass(frozen=True, slots=True)
-class JsonDocument:
-    """A parsed request body, with what the checks after parsing need of its text."""
-
-    value: Any
-    raw: bytes
-    # True when numbers may be Decimals or integers beyond 64 bits (the exact parser ran).
-    may_hold_decimals: bool
-    # How many of the bytes `: { [` the body holds. Counted before parsing, so that the
-    # body's shape (a copy of its size) is gone before the parsed objects exist.
-    structural: int
-
-    def structural_count(self) -> int:
-        return self.structural
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def _issues_problem(detail: str, issues: list[BodyIssue]) -> Problem:
@@ -144,24 +97,9 @@ async def read_json_text(request: web.Request) -> bytes:
 
 
 def parse_json_document(raw: bytes) -> JsonDocument:
-    """A JSON body parsed (see JsonDocument).
-
-    Numbers a double holds exactly come back as float/int; any other number comes
-    back as an exact Decimal (or a big int), and then `may_hold_decimals` is True.
-    """
-    shape = raw.translate(_SHAPE)
-    structural = shape.count(b"x")
-    maybe_inexact = _LONG_NUMBER in shape or _EXPONENT in shape
-    del shape
-    if not maybe_inexact:
-        # orjson is ~3× faster than json+Decimal (most of a bulk POST's accept time) and
-        # exact here: with no exponent and at most 15 significant digits, a decimal
-        # literal survives float → repr() unchanged (DBL_DIG is 15). Anything it rejects
-        # goes on to the exact parser below, which also words the 400.
-        with contextlib.suppress(orjson.JSONDecodeError):
-            return JsonDocument(orjson.loads(raw), raw, False, structural)
+    """A JSON body parsed (server/ingest/json_document.py), its errors worded."""
     try:
-        value = json.loads(raw, parse_float=Decimal, parse_constant=_reject_constant)
+        return parse_document(raw)
     except json.JSONDecodeError as exc:
         raise Problem(
             400, "invalid-json", f"{exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -176,7 +114,6 @@ def parse_json_document(raw: bytes) -> JsonDocument:
         ) from None
     except ValueError as exc:
         raise Problem(400, "invalid-json", f"the request body is not valid JSON: {exc}") from None
-    return JsonDocument(value, raw, True, structural)
 
 
 def require_object(body: Any, allowed: set[str]) -> JSON:

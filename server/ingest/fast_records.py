@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
 from typing import Annotated
@@ -199,6 +200,71 @@ def every_record(decoded: FastBody, streams: Mapping[str, StreamRef]) -> list[Va
             return None
         records.append(record)
     return records
+
+
+# --- A body accepted raw, finished by the worker ---------------------------------------
+# The accept decides only what refuses or shapes the whole request; the worker finishes
+# each row (server/staging.py RAW_BODY_V1). A body passes when msgspec decodes it into
+# these shapes: every value a scalar, every string real text (msgspec refuses a lone
+# surrogate), every number within a double's range or an integer, no metadata, no
+# member but the six of an ordinary row, and no repeated key (the ':' count). For such a
+# body the precise path answers 202 whatever its rows hold — a row that is not ordinary
+# is only a row error —, so the answer is decided here and each row later, by the
+# worker: the fast proof where it holds, else the precise staging of the whole body.
+Scalar = int | float | str | bool | None
+
+
+class AcceptRow(Struct, forbid_unknown_fields=True):
+    data_stream_key: str
+    date: str
+    amount: Scalar
+    currency: str | UnsetType | None = UNSET
+    description: str | UnsetType | None = UNSET
+    external_id: str | UnsetType | None = UNSET
+
+
+class AcceptBody(Struct, forbid_unknown_fields=True):
+    records: list[AcceptRow]
+    on_conflict: Raw | UnsetType = UNSET
+
+
+_ACCEPT_BODY = msgspec.json.Decoder(AcceptBody)
+
+
+def _accept_members(row: AcceptRow) -> int:
+    return (
+        _REQUIRED_MEMBERS
+        + (row.currency is not UNSET)
+        + (row.description is not UNSET)
+        + (row.external_id is not UNSET)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DeferrableBody:
+    """What the accept keeps of a body whose rows the worker finishes."""
+
+    rows: int
+    stream_keys: set[str]
+
+
+def deferrable_body(body: bytes, max_rows: int) -> DeferrableBody | None:
+    """The body's row count and stream keys when its rows can be left to the worker
+    (above) and on_conflict is absent or exactly "skip", else None (then the accept
+    decides as before: the fast proof of every row, or the precise path)."""
+    try:
+        decoded = _ACCEPT_BODY.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    records = decoded.records
+    if not 0 < len(records) <= max_rows:
+        return None
+    if not (decoded.on_conflict is UNSET or bytes(decoded.on_conflict) == b'"skip"'):
+        return None
+    members = 1 + (decoded.on_conflict is not UNSET) + sum(map(_accept_members, records))
+    if body.count(b":") != members:
+        return None
+    return DeferrableBody(len(records), {row.data_stream_key for row in records})
 
 
 def stream_keys(decoded: FastBody) -> set[str]:

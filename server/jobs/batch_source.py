@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 from server.batches import Batch, checked_batch, stream_keys_of, validate_batch, validated_batch
 from server.db.port import Storage
+from server.ingest.fast_records import decode_fast_body, every_record, stream_keys
 from server.ingest.validation import StreamRef
 from server.models import BulkRequest
-from server.staging import CheckedRows, StagedItem, ValidatedRows
+from server.staging import CheckedRows, RawBody, StagedItem, ValidatedRows, precise_items
 
 ChunkRows = list[StagedItem] | ValidatedRows | CheckedRows
 
@@ -59,7 +60,29 @@ class ClaimBatches:
         found = await self._store.get_chunk_at(request_id, row)
         if found is None or row >= found.first_row + found.row_count:
             raise RuntimeError(f"staged rows of bulk request {request_id} are missing at row {row}")
-        return found.first_row, found.rows()
+        rows = found.rows()
+        if isinstance(rows, RawBody):
+            return found.first_row, await self._finish_raw_body(rows.text)
+        return found.first_row, rows
+
+    async def _finish_raw_body(self, text: bytes) -> list[StagedItem] | ValidatedRows:
+        """A body the accept staged raw: its records when the fast proof holds for every
+        row against the environment's streams now, else its rows staged the precise
+        way, which are validated as any JSON chunk (so each row error is worded as the
+        precise path words it, and an unknown stream is asked again per batch)."""
+        decoded = decode_fast_body(text)
+        if decoded is not None:
+            keys = stream_keys(decoded)
+            streams = self._streams
+            missing = keys - streams.keys()
+            if missing:
+                streams.update(
+                    await self._store.find_data_streams(self._job.environment_id, missing)
+                )
+            records = every_record(decoded, streams)
+            if records is not None:
+                return ValidatedRows({key: streams[key] for key in keys}, records)
+        return precise_items(text)
 
     async def _check_streams(self, proved: dict[str, StreamRef]) -> None:
         """Before a batch of rows the accept validated (decoded and bound, not validated

@@ -32,6 +32,7 @@ from server.constants import (
     WORKER_IDLE_POLL_SECONDS,
 )
 from server.db.port import FencedOut, Storage
+from server.jobs.accept_gate import AcceptGate
 from server.jobs.batch_source import ClaimBatches
 from server.jobs.parsing import parse_upload, remove_unreferenced_uploads
 from server.models import BulkRequest
@@ -62,6 +63,8 @@ class WorkerPool:
         # Claim transactions run, found work or not (/metrics): shows that idle workers
         # sleep until the next run_at instead of polling.
         self.claim_attempts_total = 0
+        # Bulk POSTs being accepted go before worker batches, within a bound.
+        self.accepts = AcceptGate()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -227,6 +230,8 @@ class WorkerPool:
         # commit before runs (a reader query), so it never holds the writer idle.
         others_wait = False
         while job.status == "processing":
+            # Before the cancel check, so a cancel that arrives meanwhile is seen now.
+            await self.accepts.turn()
             if self.should_cancel(job):
                 await self.finish(job, worker, Status.CANCELLED)
                 return

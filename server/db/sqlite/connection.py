@@ -73,6 +73,18 @@ def open_sync_connection(path: Path, synchronous: str = "NORMAL") -> sqlite3.Con
     return conn
 
 
+def open_lookup_connection(path: Path) -> sqlite3.Connection:
+    """A read-only connection for point lookups run on the event loop itself (see
+    Store.find_api_key): it never waits for a lock (busy_timeout 0), the caller falls
+    back to a pooled reader when SQLite says busy."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+    conn.row_factory = sqlite3.Row
+    for pragma in _pragmas("NORMAL", read_only=True):
+        conn.execute(pragma)
+    conn.execute("PRAGMA busy_timeout = 0")
+    return conn
+
+
 def open_writer_connection(path: Path, synchronous: str) -> sqlite3.Connection:
     """The server's one writer; checkpoints are left to Store's checkpointer (see there)."""
     conn = open_sync_connection(path, synchronous)
