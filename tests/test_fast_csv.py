@@ -222,6 +222,20 @@ async def _make(make_api: MakeApi, settings: Settings, name: str) -> Api:
     return api
 
 
+async def upload_and_store_all(
+    api: Api, files: list[tuple[bytes, dict[str, str]]]
+) -> dict[str, list[tuple[Any, ...]]]:
+    """Upload every file, wait until each request ends, and return what the database
+    then holds (records, row errors, requests: tests.test_fast_path._stored)."""
+    ids = []
+    for content, options in files:
+        _, summary = await upload(api, content, **options)
+        ids.append(summary["id"])
+    for request_id in ids:
+        await api.wait_terminal(request_id)
+    return _stored(api.app[SETTINGS].db_path)
+
+
 async def _chunk_kinds(api: Api) -> list[str]:
     query = "SELECT body FROM request_chunks ORDER BY bulk_request_id, first_row"
     kinds = {VALIDATED_V1: "validated", CHECKED_V1: "checked"}
@@ -239,13 +253,7 @@ async def test_csv_fast_and_precise_paths_store_identical_records_and_row_errors
         # The precise side is the path every CSV row took before the fast path existed.
         monkeypatch.setattr(server.jobs.parsing, "_provable", lambda job, p=provable: p)
         api = await _make(make_api, settings, name)
-        ids = []
-        for content, options in files:
-            _, summary = await upload(api, content, **options)
-            ids.append(summary["id"])
-        for request_id in ids:
-            await api.wait_terminal(request_id)
-        outcomes.append(_stored(api.app[SETTINGS].db_path))
+        outcomes.append(await upload_and_store_all(api, files))
     fast, precise = outcomes
     assert len(fast["records"]) > 400
     assert len(fast["row_errors"]) > 40

@@ -17,7 +17,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import server.jobs.parsing
-from server.api.common import SETTINGS
 from server.config import Settings
 from server.constants import MAX_DESCRIPTION_CHARS, MAX_EXTERNAL_ID_CHARS
 from server.ingest.csv_mapping import RowConverter
@@ -28,9 +27,7 @@ from server.jobs.parsing import ParsedRow, stage_block, take_chunk
 from server.staging import decode_rows
 from server.types import FileRejected
 from tests.conftest import Api
-from tests.test_fast_csv import STREAMS, _make
-from tests.test_fast_path import _stored
-from tests.test_uploads import upload
+from tests.test_fast_csv import STREAMS, _make, upload_and_store_all
 
 MakeApi = Callable[[Settings], Awaitable[Api]]
 HEADER = ["date", "amount", "currency", "description", "external_id", "data_stream_key"]
@@ -256,13 +253,7 @@ async def test_lean_general_and_precise_paths_store_identical_records_and_row_er
         # Time slices of ~one batch: the four requests interleave, as under load.
         quick = dataclasses.replace(settings, batch_size=40, time_slice=0.001)
         api = await _make(make_api, quick, name)
-        ids = []
-        for content, options in files:
-            _, summary = await upload(api, content, **options)
-            ids.append(summary["id"])
-        for request_id in ids:
-            await api.wait_terminal(request_id)
-        outcomes.append(_stored(api.app[SETTINGS].db_path))
+        outcomes.append(await upload_and_store_all(api, files))
     lean_outcome, fast, precise = outcomes
     assert len(lean_outcome["records"]) > 250
     assert len(lean_outcome["row_errors"]) > 30
