@@ -259,7 +259,7 @@ def deferrable_body(body: bytes, max_rows: int) -> DeferrableBody | None:
     records = decoded.records
     if not 0 < len(records) <= max_rows:
         return None
-    if not (decoded.on_conflict is UNSET or bytes(decoded.on_conflict) == b'"skip"'):
+    if not skips_conflicts(decoded):
         return None
     members = 1 + (decoded.on_conflict is not UNSET) + sum(map(_accept_members, records))
     if body.count(b":") != members:
@@ -271,7 +271,7 @@ def stream_keys(decoded: FastBody) -> set[str]:
     return {row.data_stream_key for row in decoded.records}
 
 
-def skips_conflicts(decoded: FastBody) -> bool:
+def skips_conflicts(decoded: FastBody | AcceptBody) -> bool:
     """on_conflict is absent or exactly "skip" (anything else: the precise path)."""
     return decoded.on_conflict is UNSET or bytes(decoded.on_conflict) == b'"skip"'
 
