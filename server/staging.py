@@ -15,6 +15,7 @@ hold PARSE_CHUNK_BYTES of input, whichever comes first (see server/constants.py)
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from server.constants import PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
+from server.constants import ORJSON_MAX_TEXT_BYTES, PARSE_CHUNK_BYTES, PARSE_CHUNK_ROWS
 from server.ingest.json_checks import fits_storage
 from server.ingest.json_document import precise_records
 from server.ingest.validation import StreamRef, ValidRecord
@@ -65,9 +66,21 @@ def pack_items(json_array: bytes | bytearray) -> bytes:
     return zlib.compress(json_array, 1)
 
 
+def _int_as_orjson_reads_it(text: str) -> int | float:
+    # orjson reads an integer beyond 64 bits as the nearest double; metadata numbers are
+    # doubles (README, "Numbers in metadata") whichever parser reads the chunk back.
+    number = int(text)
+    return number if -(2**63) <= number < 2**64 else float(text)
+
+
 def decode_items(body: bytes) -> list[StagedItem]:
     # Chunks staged before compression was introduced are plain JSON arrays.
-    items: list[StagedItem] = orjson.loads(body if body[:1] == b"[" else zlib.decompress(body))
+    text = body if body[:1] == b"[" else zlib.decompress(body)
+    items: list[StagedItem]
+    if len(text) > ORJSON_MAX_TEXT_BYTES:  # wide rows: orjson's tree would triple the peak
+        items = json.loads(text, parse_int=_int_as_orjson_reads_it)
+    else:
+        items = orjson.loads(text)
     return items
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from server.constants import ORJSON_MAX_TEXT_BYTES
 from server.ingest.json_checks import STRUCTURAL_BYTES, fits_storage
 from server.money import canonical_amount_text
 from server.types import JSON
@@ -67,6 +68,11 @@ def parse_document(raw: bytes) -> JsonDocument:
     structural = shape.count(b"x")
     maybe_inexact = _LONG_NUMBER in shape or _EXPONENT in shape
     del shape
+    if not maybe_inexact and len(raw) > ORJSON_MAX_TEXT_BYTES:
+        # Exact for the reason given below, without orjson's document tree, which more
+        # than doubles a large body's peak memory (constants.ORJSON_MAX_TEXT_BYTES).
+        value = json.loads(raw, parse_constant=_reject_constant)
+        return JsonDocument(value, raw, False, structural)
     if not maybe_inexact:
         # orjson is ~3× faster than json+Decimal (most of a bulk POST's accept time) and
         # exact here: with no exponent and at most 15 significant digits, a decimal

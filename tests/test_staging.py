@@ -1,0 +1,76 @@
+"""server/staging.py: a wide chunk is read back without orjson's document tree, to the
+same values orjson gives (constants.ORJSON_MAX_TEXT_BYTES)."""
+
+from __future__ import annotations
+
+import tracemalloc
+import zlib
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from server.constants import ORJSON_MAX_TEXT_BYTES, PARSE_CHUNK_BYTES
+from server.staging import StagedItem, decode_items, encode_items
+
+# Everything the accept may stage inside a record: Decimals and integers of any size a
+# double holds (json_checks.fits_storage refuses the rest before staging).
+_NUMBERS = (
+    st.integers(-(10**300), 10**300)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.decimals(-(10**30), 10**30, allow_nan=False, allow_infinity=False)
+)
+_SCALARS = st.none() | st.booleans() | _NUMBERS | st.text(st.characters(exclude_categories=["Cs"]))
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(st.characters(exclude_categories=["Cs"])), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def _wide_items(rows: int) -> list[StagedItem]:
+    metadata = {f"k{j:04d}": "v" for j in range(1350)}
+    return [[n, {"description": "d" * 1000, "metadata": metadata}, None] for n in range(rows)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(values=st.lists(_VALUES, min_size=1, max_size=5))
+def test_a_wide_chunk_reads_back_as_orjson_reads_it(values: list[Any]) -> None:
+    padding = "p" * (ORJSON_MAX_TEXT_BYTES + 1)
+    items: list[StagedItem] = [[n, {"metadata": value}, None] for n, value in enumerate(values)]
+    body = encode_items([*items, [len(items), {"description": padding}, None]])
+    expected = orjson.loads(zlib.decompress(body))
+    # Compared as JSON text: 1 and 1.0, or 0.0 and -0.0, are equal in Python.
+    assert orjson.dumps(decode_items(body)) == orjson.dumps(expected)
+
+
+def test_an_integer_beyond_64_bits_reads_back_as_a_double_from_either_size_of_chunk() -> None:
+    padding = "p" * (ORJSON_MAX_TEXT_BYTES + 1)
+    for description in ("short", padding):
+        body = encode_items(
+            [
+                [1, {"metadata": {"n": Decimal(2**64), "m": 2**63 - 1}}, None],
+                [2, {"description": description}, None],
+            ]
+        )
+        metadata = decode_items(body)[0][1]["metadata"]
+        assert (metadata, type(metadata["m"])) == ({"n": float(2**64), "m": 2**63 - 1}, int)
+
+
+def test_a_chunk_of_the_widest_rows_reads_back_within_a_fraction_of_orjsons_peak() -> None:
+    rows = PARSE_CHUNK_BYTES // 20_000  # each row ~20 KB: a chunk closes at 4 MiB of input
+    body = encode_items(_wide_items(rows))
+    size = len(zlib.decompress(body))
+    tracemalloc.start()
+    try:
+        items = decode_items(body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(items) == rows
+    assert peak < 5 * size, f"reading {size / 1e6:.1f} MB peaked at {peak / 1e6:.0f} MB"
