@@ -3,7 +3,6 @@ tree, to the same values (constants.ORJSON_MAX_TEXT_BYTES)."""
 
 from __future__ import annotations
 
-import tracemalloc
 from typing import Any
 
 import orjson
@@ -12,7 +11,7 @@ from hypothesis import strategies as st
 
 from server.constants import ORJSON_MAX_TEXT_BYTES
 from server.ingest.json_document import parse_document
-from tests.test_memory import max_size_json_body
+from tests.test_memory import max_size_json_body, traced_peak
 
 # Numbers the scan lets orjson parse: no exponent, under 16 number characters.
 _PLAIN_NUMBERS = st.integers(-(10**14) + 1, 10**14 - 1) | st.decimals(
@@ -32,12 +31,7 @@ _VALUES = st.recursive(
 def test_a_max_size_body_parses_within_a_fraction_of_orjsons_peak() -> None:
     """orjson's tree took this 20 MB body to a 383 MB peak for 143 MB of objects."""
     raw = max_size_json_body(0)
-    tracemalloc.start()
-    try:
-        document = parse_document(raw)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    document, peak = traced_peak(lambda: parse_document(raw))
     assert len(document.value["records"]) == 1000
     assert not document.may_hold_decimals
     assert peak < 5 * len(raw), f"parsing {len(raw) / 1e6:.0f} MB peaked at {peak / 1e6:.0f} MB"

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import threading
 import time
+import tracemalloc
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -24,8 +26,20 @@ from tests.server_process import _OPENER, ServerProcess, poll
 
 pytestmark = pytest.mark.slow
 
+T = TypeVar("T")
+
 RSS_LIMIT_MB = 300  # SPEC §11
 HEALTHZ_MAX_SECONDS = 2.0  # generous for a shared 2-core machine; before: 11 s measured
+
+
+def traced_peak(call: Callable[[], T]) -> tuple[T, int]:
+    """`call`'s result and the most bytes Python's allocators held at once while it ran."""
+    tracemalloc.start()
+    try:
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def vm_kb(pid: int, field: str) -> int:

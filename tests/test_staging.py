@@ -3,7 +3,6 @@ same values orjson gives (constants.ORJSON_MAX_TEXT_BYTES)."""
 
 from __future__ import annotations
 
-import tracemalloc
 import zlib
 from decimal import Decimal
 from typing import Any
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 
 from server.constants import ORJSON_MAX_TEXT_BYTES, PARSE_CHUNK_BYTES
 from server.staging import StagedItem, decode_items, encode_items
+from tests.test_memory import traced_peak
 
 # Everything the accept may stage inside a record: Decimals and integers of any size a
 # double holds (json_checks.fits_storage refuses the rest before staging).
@@ -66,11 +66,6 @@ def test_a_chunk_of_the_widest_rows_reads_back_within_a_fraction_of_orjsons_peak
     rows = PARSE_CHUNK_BYTES // 20_000  # each row ~20 KB: a chunk closes at 4 MiB of input
     body = encode_items(_wide_items(rows))
     size = len(zlib.decompress(body))
-    tracemalloc.start()
-    try:
-        items = decode_items(body)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    items, peak = traced_peak(lambda: decode_items(body))
     assert len(items) == rows
     assert peak < 5 * size, f"reading {size / 1e6:.1f} MB peaked at {peak / 1e6:.0f} MB"
