@@ -84,7 +84,7 @@ async def _serve(settings: Settings) -> int:
 
     from server.app import create_app
     from server.constants import GIL_SWITCH_INTERVAL_SECONDS
-    from server.db.sqlite.store import DatabaseInUse
+    from server.db.sqlite.database import DatabaseInUse
     from server.http.logs import configure_logging
     from server.http.server import HardenedRunner
 

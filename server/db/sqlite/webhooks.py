@@ -7,16 +7,14 @@ on the writer thread (one BEGIN IMMEDIATE transaction) through `run_to_completio
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from server.db.drive import run_to_completion
+from server.db.sqlite.database import SqliteDatabase
 from server.db.sqlite.queries import Q
 from server.db.sqlite.tx import WriteTx
 from server.db.webhook_transactions import Body
 from server.types import JSON
-
-if TYPE_CHECKING:  # the store builds this (Store.webhooks); no import cycle at run time
-    from server.db.sqlite.store import Store
 
 T = TypeVar("T")
 
@@ -40,7 +38,7 @@ class SqliteWebhookTx:
 class SqliteWebhooks:
     """The shared webhook operations' WebhookBackend on this store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: SqliteDatabase) -> None:
         self.store = store
 
     async def transaction(self, body: Body[T], *, urgent: bool = False) -> T:
