@@ -130,6 +130,23 @@ async def test_heartbeat_age_stuck_and_recoveries(make_api: ApiFactory, settings
     assert value(samples, "bulk_recoveries_total") == 1
 
 
+async def test_batches_held_back_by_accepts_are_counted(
+    make_api: ApiFactory, settings: Settings
+) -> None:
+    api = await make_api(dataclasses.replace(settings, workers=1, batch_size=10))
+    await api.create_stream("bank", "USD")
+    _, samples = await scrape(api)
+    assert value(samples, "bulk_accept_priority_waits_total") == 0
+    assert value(samples, "bulk_accept_priority_bound_hits_total") == 0
+    with api.app[POOL].accepts.accepting():  # an accept in flight for the whole request
+        summary = await api.submit([record(n) for n in range(30)])
+        assert (await api.wait_terminal(summary["id"], within=5))["status"] == "completed"
+    _, samples = await scrape(api)
+    # Each of its three batches waited, and was let through by the bound.
+    assert value(samples, "bulk_accept_priority_waits_total") >= 3
+    assert value(samples, "bulk_accept_priority_bound_hits_total") >= 3
+
+
 async def test_each_app_has_its_own_registry(make_api: ApiFactory, settings: Settings) -> None:
     first = await make_api(settings)
     second = await make_api(

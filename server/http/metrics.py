@@ -95,6 +95,15 @@ class _Families:
             "Claim transactions the workers ran, whether they found work or not "
             "(idle workers sleep until woken or the next run_at: this stays flat while idle)",
         )
+        self.accept_waits = CounterMetricFamily(
+            "bulk_accept_priority_waits",
+            "Worker batches that waited for bulk POSTs being accepted (server/jobs/accept_gate.py)",
+        )
+        self.accept_bound_hits = CounterMetricFamily(
+            "bulk_accept_priority_bound_hits",
+            "Of those, batches let through by the wait bound while POSTs were still being "
+            "accepted (a steady rise: a flood of POSTs, drained at the bound's pace)",
+        )
         self.subscribers = GaugeMetricFamily(
             "bulk_sse_subscribers", "Open event streams, by scope", labels=["scope"]
         )
@@ -110,6 +119,8 @@ class _Families:
             self.workers,
             self.recoveries,
             self.claim_attempts,
+            self.accept_waits,
+            self.accept_bound_hits,
             self.subscribers,
         ]
 
@@ -159,6 +170,8 @@ class _StateCollector:
         families.workers.add_metric(["idle"], max(0, self.pool.worker_count - busy))
         families.recoveries.add_metric([], self.pool.recovered_total)
         families.claim_attempts.add_metric([], self.pool.claim_attempts_total)
+        families.accept_waits.add_metric([], self.pool.accepts.waits_total)
+        families.accept_bound_hits.add_metric([], self.pool.accepts.bound_hits_total)
         for scope in ("request", "environment"):
             families.subscribers.add_metric([scope], self.hub.subscriber_count(scope))
         return iter(families.all())

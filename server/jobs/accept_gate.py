@@ -24,7 +24,7 @@ class AcceptGate:
         self._idle = asyncio.Event()
         self._idle.set()
         # Batches that waited, and how many of those were let through by the bound while
-        # accepts were still in flight (/metrics-style counters; tests read them).
+        # accepts were still in flight (in /metrics: bulk_accept_priority_*_total).
         self.waits_total = 0
         self.bound_hits_total = 0
 
