@@ -15,12 +15,13 @@ from server.constants import ORJSON_MAX_TEXT_BYTES, PARSE_CHUNK_BYTES
 from server.staging import StagedItem, decode_items, encode_items
 from tests.test_memory import traced_peak
 
-# Everything the accept may stage inside a record: Decimals and integers of any size a
-# double holds (json_checks.fits_storage refuses the rest before staging).
+# Every number the accept may stage inside a record (json_checks.fits_storage refuses
+# the rest first): integers within 64 bits, doubles, and the exact parser's Decimals,
+# which always have a point or an exponent.
 _NUMBERS = (
-    st.integers(-(10**300), 10**300)
+    st.integers(-(2**63), 2**64 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.decimals(-(10**30), 10**30, allow_nan=False, allow_infinity=False)
+    | st.decimals(-(10**30), 10**30, allow_nan=False, allow_infinity=False, places=3)
 )
 _SCALARS = st.none() | st.booleans() | _NUMBERS | st.text(st.characters(exclude_categories=["Cs"]))
 _VALUES = st.recursive(
@@ -49,17 +50,14 @@ def test_a_wide_chunk_reads_back_as_orjson_reads_it(values: list[Any]) -> None:
     assert orjson.dumps(decode_items(body)) == orjson.dumps(expected)
 
 
-def test_an_integer_beyond_64_bits_reads_back_as_a_double_from_either_size_of_chunk() -> None:
+def test_the_widest_integers_staged_read_back_exactly_from_either_size_of_chunk() -> None:
     padding = "p" * (ORJSON_MAX_TEXT_BYTES + 1)
     for description in ("short", padding):
-        body = encode_items(
-            [
-                [1, {"metadata": {"n": Decimal(2**64), "m": 2**63 - 1}}, None],
-                [2, {"description": description}, None],
-            ]
-        )
-        metadata = decode_items(body)[0][1]["metadata"]
-        assert (metadata, type(metadata["m"])) == ({"n": float(2**64), "m": 2**63 - 1}, int)
+        metadata = {"top": 2**64 - 1, "bottom": -(2**63), "exact": Decimal("0.1")}
+        body = encode_items([[1, {"metadata": metadata}, None], [2, {"d": description}, None]])
+        read = decode_items(body)[0][1]["metadata"]
+        assert read == {"top": 2**64 - 1, "bottom": -(2**63), "exact": 0.1}
+        assert type(read["top"]) is int
 
 
 def test_a_chunk_of_the_widest_rows_reads_back_within_a_fraction_of_orjsons_peak() -> None:

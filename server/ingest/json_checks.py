@@ -24,8 +24,8 @@ from server.constants import MAX_VALUE_DEPTH
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _MAX_DOUBLE = Decimal(sys.float_info.max)
-# Staged rows are written and read back with orjson: integers within 64 bits (signed
-# below zero, unsigned above).
+# Staged rows are written with orjson: integers within 64 bits (signed below zero,
+# unsigned above).
 _STORABLE_INTS = range(-(2**63), 2**64)
 # The bytes the duplicate-key proof counts in a raw body (see proves_no_duplicate_keys).
 STRUCTURAL_BYTES = b":{["
