@@ -134,16 +134,20 @@ def test_upload_cancel_and_event_streams_cross_processes(
     dsn = pg_database
     a = start(servers, tmp_path, dsn, "--workers", "0")
     b = start(servers, tmp_path, dsn, "--workers", "0")
+    # Three batches 0.3 s apart: several of B's 0.1 s bursts fall mid-way, however late
+    # the machine runs them.
     c = start(servers, tmp_path, dsn, "--workers", "1", "--batch-size", "10",
-              "--batch-pause", "0.05")  # fmt: skip
+              "--batch-pause", "0.3")  # fmt: skip
     a.post("/v1/data_streams", {"key": "bank", "currency": "USD"}, expect=201)
 
     csv = b"date,data_stream_key,amount,external_id\n" + b"".join(
         f"2024-01-31,bank,{n}.00,u{n}\n".encode() for n in range(30)
     )
-    uploaded = a.upload(csv, {"on_conflict": "error"})
-    stream = b.open_event_stream(f"/v1/bulk_requests/{uploaded['id']}/events")
+    # The environment's stream, open before the upload exists: a request stream opened
+    # after it could miss the mid-way progress when C ran ahead (it did once, under load).
+    stream = b.open_event_stream("/v1/events")
     try:
+        uploaded = a.upload(csv, {"on_conflict": "error"})
         [parsed] = wait_all_terminal(b, [uploaded["id"]], within=60)
         assert (parsed["status"], parsed["successful_items"]) == ("completed", 30)
         seen = _read_events(stream, until=b"event: done")
