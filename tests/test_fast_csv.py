@@ -225,14 +225,13 @@ async def _make(make_api: MakeApi, settings: Settings, name: str) -> Api:
 async def upload_and_store_all(
     api: Api, files: list[tuple[bytes, dict[str, str]]]
 ) -> dict[str, list[tuple[Any, ...]]]:
-    """Upload every file, wait until each request ends, and return what the database
-    then holds (records, row errors, requests: tests.test_fast_path._stored)."""
-    ids = []
+    """Upload every file, one after the other, and return what the database then holds
+    (records, row errors, requests: tests.test_fast_path._stored). One at a time: files
+    that repeat external_ids must meet in the same order on every side compared, or
+    which copy is stored and which is a duplicate would depend on the workers' timing."""
     for content, options in files:
         _, summary = await upload(api, content, **options)
-        ids.append(summary["id"])
-    for request_id in ids:
-        await api.wait_terminal(request_id)
+        await api.wait_terminal(summary["id"])
     return _stored(api.app[SETTINGS].db_path)
 
 
