@@ -7,12 +7,14 @@ the fix; the generated counterparts are in test_fuzz_inputs.py.
 from __future__ import annotations
 
 import base64
+import io
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import FormData
 
+from server.constants import ORJSON_MAX_TEXT_BYTES
 from tests.conftest import Api, record
 
 BULK = "/v1/records/bulk"
@@ -21,7 +23,9 @@ RECORD = '{"date": "2024-01-31", "data_stream_key": "bank", "amount": "1.25"%s}'
 
 
 async def post_raw(api: Api, path: str, raw: bytes, **headers: str) -> tuple[int, Any]:
-    async with api.client.post(path, data=raw, headers=api.headers(JSON_HEADERS | headers)) as r:
+    # As a stream: aiohttp warns that a large bytes body would block its loop.
+    data = io.BytesIO(raw)
+    async with api.client.post(path, data=data, headers=api.headers(JSON_HEADERS | headers)) as r:
         assert r.headers["X-Request-ID"]
         body = await r.read()
         if r.status >= 400:
@@ -294,6 +298,53 @@ async def test_bodies_without_duplicates_are_accepted(api: Api, extra: str) -> N
     assert status == 202, summary
     done = await api.wait_terminal(summary["id"])
     assert done["successful_items"] == 3
+
+
+# --- bodies over 1 MiB, parsed by the standard library's json (ORJSON_MAX_TEXT_BYTES) ---
+
+
+def large_bulk(last: str) -> bytes:
+    """1000 valid records of about 1.3 kB each (over 1 MiB), the last one ending in `last`."""
+    fields = ', "description": "%s", "external_id": "x%d", "metadata": {"pad": "%s"}'
+    records = [RECORD % (fields % ("d" * 1000, n, "p" * 200)) for n in range(999)]
+    body = '{"records": [' + ", ".join([*records, RECORD % last]) + "]}"
+    assert len(body) > ORJSON_MAX_TEXT_BYTES
+    return body.encode("utf-8", "surrogatepass")
+
+
+@pytest.mark.parametrize(
+    ("last", "status", "code"),
+    [
+        (', "description": "a\\ud800b"', 422, "invalid_unicode"),
+        (', "description": "a\ud800b"', 422, "invalid_unicode"),  # as raw bytes
+        (', "metadata": {"n": NaN}', 400, None),
+        (', "metadata": {"n": Infinity}', 400, None),
+        (', "amount": 2, "amount": 3', 422, "duplicate_key"),
+        (', "metadata": {"n": 1, "n": 2}', 422, "duplicate_key"),
+        (', "metadata": {"n": 1', 400, None),
+    ],
+    ids=["escaped-surrogate", "raw-surrogate", "nan", "infinity", "dup-field", "dup-meta", "cut"],
+)
+async def test_a_large_body_with_bad_input_is_a_4xx_problem(
+    api: Api, last: str, status: int, code: str | None
+) -> None:
+    await api.create_stream()
+    answer, problem = await post_raw(api, BULK, large_bulk(last))
+    assert answer == status, problem
+    if code is None:
+        assert problem["type"] == "/problems/invalid-json"
+    else:
+        assert [c for _, c in codes(problem)] == [code]
+        assert codes(problem)[0][0].startswith("/records/999/")
+    await assert_nothing_created(api)
+
+
+async def test_a_large_valid_body_is_accepted_whole(api: Api) -> None:
+    await api.create_stream()
+    answer, summary = await post_raw(api, BULK, large_bulk(', "metadata": {"n": 1.5}'))
+    assert answer == 202, summary
+    done = await api.wait_terminal(summary["id"])
+    assert (done["status"], done["successful_items"]) == ("completed", 1000)
 
 
 # --- 9.6 and 15.4: uploads ------------------------------------------------------------
