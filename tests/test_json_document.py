@@ -49,7 +49,8 @@ def test_a_large_body_parses_to_the_values_orjson_gives(values: list[Any]) -> No
 
 
 def test_a_large_body_with_a_lone_surrogate_parses_to_the_string_it_holds() -> None:
-    """orjson refuses it; the checks after parsing word it (a row error)."""
+    """orjson refuses it; the checks after parsing refuse the body (422 invalid_unicode,
+    tests/test_input_bounds.py test_a_large_body_with_bad_input_is_a_4xx_problem)."""
     raw = (
         b'{"records": [{"description": "\\ud800"}], "pad": "' + b"p" * ORJSON_MAX_TEXT_BYTES + b'"}'
     )
