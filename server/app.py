@@ -106,8 +106,10 @@ def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> w
                 _announce_key(new_key)
             await app[POOL].start()
             await dispatcher.start()
+            app[METRICS].loop_lag.start()
             yield
         finally:
+            await app[METRICS].loop_lag.stop()
             await dispatcher.stop()
             await app[POOL].stop()
             await store.close()

@@ -252,6 +252,13 @@ SSE_TRACKED_REQUESTS = 4096
 # batches are now one statement, and 0.5 ms still measured ~2 % faster than 5 ms, for
 # the few hand-overs left in each transaction (see README, Performance).
 GIL_SWITCH_INTERVAL_SECONDS = 0.0005
+# The event-loop lag probe (server/http/loop_lag.py) wakes this often: 20 wake-ups a
+# second cost nothing measurable (~20 µs each) and leave an idle laptop idle, and over a
+# busy second they sample the loop's lag 20 times. A stall this long is always seen.
+LOOP_LAG_PROBE_SECONDS = 0.05
+# Finer than the HTTP buckets at the low end, where an accept's tail lives (a 1000-row
+# bulk POST takes ~10 ms in the bench; issue 14's accept p99 target is 20 ms).
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 # PostgreSQL: the LISTEN/NOTIFY channel every outbox insert notifies (a trigger, migration
 # 1 of server/db/postgres/migrations.py), so each process's event streams see every

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.api.common import HUB, POOL, STORE
@@ -145,6 +147,32 @@ async def test_batches_held_back_by_accepts_are_counted(
     # Each of its three batches waited, and was let through by the bound.
     assert value(samples, "bulk_accept_priority_waits_total") >= 3
     assert value(samples, "bulk_accept_priority_bound_hits_total") >= 3
+
+
+def lags_over(samples: Samples, seconds: str) -> float:
+    """Samples of bulk_event_loop_lag_seconds later than the bucket bound `seconds`."""
+    total = value(samples, "bulk_event_loop_lag_seconds_count")
+    return total - value(samples, "bulk_event_loop_lag_seconds_bucket", le=seconds)
+
+
+@pytest.mark.sqlite_only("the probe watches the event loop; the storage plays no part")
+async def test_a_blocked_event_loop_shows_as_lag(api: Api) -> None:
+    # The app runs on this test's loop, so blocking the test blocks the server as a
+    # synchronous call in a handler would.
+    first = await wait_until(
+        lambda: scrape(api),
+        lambda s: value(s[1], "bulk_event_loop_lag_seconds_count") >= 2,
+        within=5,
+    )
+    before = lags_over(first[1], "0.25")
+    time.sleep(0.4)  # noqa: ASYNC251 — the stall under test
+    _, samples = await wait_until(
+        lambda: scrape(api), lambda s: lags_over(s[1], "0.25") > before, within=5
+    )
+    # The probe that fell due during the block woke at least 0.25 s late; nothing was
+    # 5 s late, so the block was measured, not a made-up huge value.
+    assert lags_over(samples, "0.25") >= before + 1
+    assert lags_over(samples, "5.0") == 0
 
 
 async def test_each_app_has_its_own_registry(make_api: ApiFactory, settings: Settings) -> None:

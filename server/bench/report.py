@@ -59,6 +59,15 @@ def _phase_max(result: JSON, phase: str) -> str:
     return f"≤{summary['max_ms']:.0f}" if summary["n"] else "none"
 
 
+def _loop_lag(lag: JSON) -> str:
+    def shares(part: JSON) -> str:
+        if not part["samples"]:
+            return "no samples"
+        return f">5 ms {part['over_5ms']:.0%}, >20 ms {part['over_20ms']:.0%} ({part['samples']})"
+
+    return f"posting {shares(lag['posting'])}; ingest {shares(lag['ingest'])}"
+
+
 def render_table(result: JSON) -> str:
     m, s = result["machine"], result["settings"]
     lines = [
@@ -115,6 +124,7 @@ def render_table(result: JSON) -> str:
             "p99 ≤ 20 ms",
             _mark(result, "accept_p99_ms"),
         )
+        row("event-loop lag (share of samples)", _loop_lag(i["loop_lag"]))
     if "cancel" in result:
         c = result["cancel"]
         lat = c["latency"]

@@ -23,6 +23,7 @@ from server.bench.support import (
     BenchError,
     bulk_body,
     latency_summary,
+    loop_lag_summary,
     process_cpu_seconds,
     rate,
     record_fields,
@@ -161,12 +162,14 @@ async def measure_ingest(
         return sum(process_cpu_seconds(a.server.pid) or 0.0 for a in apis)
 
     cpu_before = servers_cpu()
+    lag_before = await api.loop_lag()
     client_cpu_before = time.process_time()
     started = time.perf_counter()
     async with asyncio.TaskGroup() as group:
         for n in range(concurrency):
             group.create_task(client(apis[n % len(apis)]))
     posting_seconds = time.perf_counter() - started
+    lag_posted = await api.loop_lag()
     # All accepted: now the queue only shrinks, so "no runnable request" means done.
     deadline = time.monotonic() + 120 + rows / 500
     while (await api.get("/healthz"))["queue_depth"]:
@@ -184,6 +187,7 @@ async def measure_ingest(
         )
     cpu_seconds = servers_cpu() - cpu_before
     client_cpu_seconds = time.process_time() - client_cpu_before
+    lag_done = await api.loop_lag()
     last_completion = max(wall_seconds(r["completed_at"]) for r in requests)
     seconds = last_completion - first_post_wall[0]
     return {
@@ -199,6 +203,11 @@ async def measure_ingest(
         # The benchmark's own process (the clients), on the same cores as the servers.
         "client_cpu_us_per_row": round(client_cpu_seconds / rows * 1e6, 2),
         "accept": latency_summary(accept),
+        # The first server's event loop (with several processes, each has its own).
+        "loop_lag": {
+            "posting": loop_lag_summary(lag_before, lag_posted),
+            "ingest": loop_lag_summary(lag_before, lag_done),
+        },
     }
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from server.types import JSON
 
@@ -101,6 +102,23 @@ def latency_summary(seconds: list[float]) -> JSON:
         "p99_ms": round(percentile(seconds, 99) * 1000, 2),
         "max_ms": round(max(seconds) * 1000, 2),
     }
+
+
+LagBuckets = dict[str, float]  # bulk_event_loop_lag_seconds: cumulative count by `le`
+# The lags a summary reports the share of samples over (bucket bounds of LOOP_LAG_BUCKETS).
+LAG_SHARES_OVER = {"over_5ms": "0.005", "over_20ms": "0.02", "over_100ms": "0.1"}
+
+
+def loop_lag_summary(before: LagBuckets, after: LagBuckets) -> JSON:
+    """The server's event-loop lag samples taken between two scrapes, and the share of
+    them later than 5, 20 and 100 ms (server/http/loop_lag.py: the share of the time the
+    loop was that far behind)."""
+    samples = after["+Inf"] - before["+Inf"]
+    shares = {
+        name: round((samples - (after[le] - before[le])) / samples, 3) if samples else None
+        for name, le in LAG_SHARES_OVER.items()
+    }
+    return {"samples": int(samples), **shares}
 
 
 def wall_seconds(rfc3339: str) -> float:
@@ -380,6 +398,19 @@ class Api:
     async def post_json(self, path: str, body: bytes, expect: Container[int] = (202,)) -> Any:
         headers = {"Content-Type": "application/json"}
         return (await self.call("POST", path, expect=expect, data=body, headers=headers))[1]
+
+    async def loop_lag(self) -> LagBuckets:
+        """The server's bulk_event_loop_lag_seconds histogram, as it stands now."""
+        assert self._session is not None
+        async with self._session.get("/metrics") as resp:
+            text = await resp.text()
+        return {
+            sample.labels["le"]: sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "bulk_event_loop_lag_seconds"
+            for sample in family.samples
+            if sample.name.endswith("_bucket")
+        }
 
     async def create_stream(self) -> None:
         body = orjson.dumps({"key": STREAM_KEY, "currency": STREAM_CURRENCY})

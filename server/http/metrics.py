@@ -6,7 +6,8 @@ global registry would refuse the second one's metrics). Two kinds of values:
 - computed at scrape time: requests by status and source, queue depth, rows processed
   by outcome, heartbeat age, stuck requests (from the database, through the store's
   readers), and workers, recoveries and event-stream subscribers (from memory);
-- recorded as they happen: the HTTP request duration histogram, by canonical route.
+- recorded as they happen: the HTTP request duration histogram, by canonical route,
+  and the event loop's lag (server/http/loop_lag.py).
 
 Rows by outcome come from the requests' own counters, so they survive restarts and
 always agree with what the API reports.
@@ -31,6 +32,7 @@ from server.config import Settings
 from server.db.port import StatusSourceTotals, Storage, StorageUnavailable
 from server.events import ProgressHub
 from server.http.logs import log_access
+from server.http.loop_lag import LoopLagMonitor
 from server.jobs.worker import WorkerPool
 from server.types import Source, Status
 
@@ -192,6 +194,7 @@ class Metrics:
             registry=self.registry,
             buckets=HTTP_BUCKETS,
         )
+        self.loop_lag = LoopLagMonitor(self.registry)
         self._state = _StateCollector(pool, hub)
         self.registry.register(self._state)
 
