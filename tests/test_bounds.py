@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-import zlib
 from typing import Any
 
 import orjson
@@ -26,6 +25,7 @@ from tests.conftest import Api, record
 from tests.db_access import stored_rows
 from tests.test_cancel_retry import ApiFactory, slow
 from tests.test_chains import _cancel_mid_way
+from tests.test_staging import payload
 
 ERRORS = "/v1/bulk_requests/{}/errors"
 
@@ -48,7 +48,7 @@ async def staged_chunk_sizes(api: Api, request_id: int) -> list[tuple[int, int]]
         "SELECT row_count, body FROM request_chunks WHERE bulk_request_id = ? ORDER BY first_row",
         request_id,
     )
-    return [(row["row_count"], len(zlib.decompress(row["body"]))) for row in found]
+    return [(row["row_count"], len(payload(row["body"]))) for row in found]
 
 
 async def submit_large(api: Api, records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -277,7 +277,7 @@ async def test_chunks_staged_before_validated_ones_still_decode(
     api = await make_api(dataclasses.replace(settings, workers=0))
     await api.create_stream("bank", "USD")
     row = {"date": "2024-01-31", "data_stream_key": "bank", "amount": 1.5}
-    # As this version and the ones before it wrote them: zlib'd JSON, and plain JSON.
+    # As earlier versions wrote them: zlib'd JSON, and plain JSON.
     old_chunks = [
         zlib.compress(orjson.dumps([[None, row, None], [None, {**row, "amount": "x"}, None]]), 1),
         b'[[null, {"date": "2024-01-31", "data_stream_key": "bank", "amount": 2}, null]]',
