@@ -730,6 +730,39 @@ async def test_a_leased_delivery_is_sent_by_no_one_else_until_its_lease_runs_out
     assert [d.id for d in await webhooks.due_deliveries([], 10)] == [due.id]
 
 
+async def test_concurrent_failures_of_one_endpoint_all_count_towards_its_circuit(
+    store: Storage, tmp_path: Any
+) -> None:
+    # Two sends to one endpoint overlap (WEBHOOK_MAX_SENDS_PER_ENDPOINT), and so may
+    # their outcomes' transactions: each must count, or a dead receiver gets more than
+    # WEBHOOK_CIRCUIT_FAILURES attempts before its circuit opens.
+    env = await make_environment(store)
+    webhooks = store.webhooks
+    endpoint = await webhooks.create_endpoint(
+        env, url="http://127.0.0.1:9/hook", events=ALL_TYPES, description=None, secret="whsec_x"
+    )
+    dispatcher = WebhookDispatcher(webhooks, Settings(db_path=tmp_path / "unused.db"), _just_the_id)
+    for _ in range(WEBHOOK_CIRCUIT_FAILURES):
+        await finished_request(store, env)
+    await dispatcher.dispatch_once()
+    due = await webhooks.due_deliveries([], 10)
+    assert len(due) == WEBHOOK_CIRCUIT_FAILURES
+    await asyncio.gather(
+        *(
+            webhooks.record_attempt(
+                AttemptOutcome(d.id, now_rfc3339(), 500, "HTTP 500", 3),
+                retry_base=0.0,
+                circuit_cooldown=60,
+            )
+            for d in due
+        )
+    )
+    shown = await webhooks.get_endpoint(env, endpoint.id)
+    assert shown is not None
+    assert shown.consecutive_failures == WEBHOOK_CIRCUIT_FAILURES
+    assert shown.circuit_open_until is not None
+
+
 @pytest.mark.sqlite_only("one process owns a SQLite file: its leases are released at open")
 async def test_a_sqlite_store_opened_again_releases_a_dead_processs_leases(
     tmp_path: Any,
@@ -755,3 +788,4 @@ async def test_a_sqlite_store_opened_again_releases_a_dead_processs_leases(
         assert [d.id for d in await again.webhooks.due_deliveries([], 10)] == [due.id]
     finally:
         await again.close()
+

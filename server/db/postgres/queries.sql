@@ -715,12 +715,16 @@ WHERE d.status = 'pending' AND e.enabled = 1
 
 -- name: get_webhook_delivery_state
 -- FOR UPDATE OF d: two processes' outcomes for one delivery number their attempts in
--- turn (a lease that ran out while the first was still recording).
+-- turn (a lease that ran out while the first was still recording). And OF e: outcomes
+-- of two deliveries to one endpoint (sends overlap) count its failures in turn; reading
+-- consecutive_failures unlocked, both wrote the same count and failures were lost, so
+-- the circuit opened late. These lock d, then e; deleting an endpoint locks e, then its
+-- deliveries: the rare deadlock between the two is run again (POSTGRES_TRANSACTION_ATTEMPTS).
 -- params: id
 SELECT d.id, d.endpoint_id, d.attempt_count, e.consecutive_failures
 FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
 WHERE d.id = $1
-FOR UPDATE OF d;
+FOR UPDATE OF d, e;
 
 -- name: insert_webhook_attempt
 -- params: delivery_id, number, at, http_status, error, duration_ms
