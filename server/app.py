@@ -96,7 +96,7 @@ def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> w
     store.after_commit = AfterCommit(
         hub, pool.wake, pool.notify_cancel_requested, pool.purge_soon, dispatcher.nudge
     ).apply
-    app[METRICS] = Metrics(store, app[POOL], hub, settings)
+    app[METRICS] = Metrics(store, app[POOL], hub, dispatcher, settings)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await store.open()

@@ -5,7 +5,8 @@ global registry would refuse the second one's metrics). Two kinds of values:
 
 - computed at scrape time: requests by status and source, queue depth, rows processed
   by outcome, heartbeat age, stuck requests (from the database, through the store's
-  readers), and workers, recoveries and event-stream subscribers (from memory);
+  readers), and workers, recoveries, event-stream subscribers and webhook dispatch
+  rounds (from memory);
 - recorded as they happen: the HTTP request duration histogram, by canonical route,
   and the event loop's lag (server/http/loop_lag.py).
 
@@ -35,6 +36,7 @@ from server.http.logs import log_access
 from server.http.loop_lag import LoopLagMonitor
 from server.jobs.worker import WorkerPool
 from server.types import Source, Status
+from server.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger("server.metrics")
 
@@ -106,6 +108,11 @@ class _Families:
             "Of those, batches let through by the wait bound while POSTs were still being "
             "accepted (a steady rise: a flood of POSTs, drained at the bound's pace)",
         )
+        self.webhook_rounds = CounterMetricFamily(
+            "bulk_webhook_dispatch_rounds",
+            "Rounds the webhook dispatcher ran (outbox events to deliveries, then sends); "
+            "at most one per WEBHOOK_MIN_ROUND_INTERVAL_SECONDS however many commits nudge it",
+        )
         self.subscribers = GaugeMetricFamily(
             "bulk_sse_subscribers", "Open event streams, by scope", labels=["scope"]
         )
@@ -123,6 +130,7 @@ class _Families:
             self.claim_attempts,
             self.accept_waits,
             self.accept_bound_hits,
+            self.webhook_rounds,
             self.subscribers,
         ]
 
@@ -151,9 +159,10 @@ class _StateCollector:
     """Yields the values of one scrape: the database snapshot read just before, and
     the pool's and the hub's in-memory state."""
 
-    def __init__(self, pool: WorkerPool, hub: ProgressHub) -> None:
+    def __init__(self, pool: WorkerPool, hub: ProgressHub, dispatcher: WebhookDispatcher) -> None:
         self.pool = pool
         self.hub = hub
+        self.dispatcher = dispatcher
         self.snapshot: _DatabaseSnapshot | None = None
 
     def describe(self) -> Iterator[Metric]:
@@ -174,6 +183,7 @@ class _StateCollector:
         families.claim_attempts.add_metric([], self.pool.claim_attempts_total)
         families.accept_waits.add_metric([], self.pool.accepts.waits_total)
         families.accept_bound_hits.add_metric([], self.pool.accepts.bound_hits_total)
+        families.webhook_rounds.add_metric([], self.dispatcher.rounds_total)
         for scope in ("request", "environment"):
             families.subscribers.add_metric([scope], self.hub.subscriber_count(scope))
         return iter(families.all())
@@ -182,7 +192,14 @@ class _StateCollector:
 class Metrics:
     """One app's registry, its HTTP histogram and its scrape."""
 
-    def __init__(self, store: Storage, pool: WorkerPool, hub: ProgressHub, settings: Settings):
+    def __init__(
+        self,
+        store: Storage,
+        pool: WorkerPool,
+        hub: ProgressHub,
+        dispatcher: WebhookDispatcher,
+        settings: Settings,
+    ):
         self.store = store
         self.settings = settings
         self.registry = CollectorRegistry()
@@ -195,7 +212,7 @@ class Metrics:
             buckets=HTTP_BUCKETS,
         )
         self.loop_lag = LoopLagMonitor(self.registry)
-        self._state = _StateCollector(pool, hub)
+        self._state = _StateCollector(pool, hub, dispatcher)
         self.registry.register(self._state)
 
     async def _read_database(self) -> _DatabaseSnapshot | None:

@@ -13,7 +13,8 @@ One task per server process. Each round it
    one transaction (log, next state, circuit, the lease's end);
 3. sleeps until the next delivery is due, or until `nudge()`: server/outcomes.py's
    AfterCommit calls it after a commit with a terminal transition, and a send finishing
-   or a manual retry does too.
+   or a manual retry does too. Rounds start WEBHOOK_MIN_ROUND_INTERVAL_SECONDS apart at
+   least, so a burst of commits is dispatched in a few rounds, not one round each.
 Workers never wait for any of it: they only commit, and the nudge is a flag.
 """
 
@@ -36,6 +37,7 @@ from server.constants import (
     WEBHOOK_IDLE_POLL_SECONDS,
     WEBHOOK_MAX_CONCURRENT_SENDS,
     WEBHOOK_MAX_SENDS_PER_ENDPOINT,
+    WEBHOOK_MIN_ROUND_INTERVAL_SECONDS,
 )
 from server.db.webhook_port import NewDelivery, OutboxEvent, WebhookStorage
 from server.models import BulkRequest, DueDelivery, WebhookDelivery
@@ -72,6 +74,7 @@ class WebhookDispatcher:
         self._session: aiohttp.ClientSession | None = None
         self._sending: dict[int, asyncio.Task[None]] = {}  # delivery id → its send
         self._per_endpoint: Counter[int] = Counter()
+        self.rounds_total = 0  # rounds run since start (/metrics)
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -126,8 +129,11 @@ class WebhookDispatcher:
             except Exception:
                 log.exception("webhook round failed; retrying")
                 wait = ROUND_FAILURE_PAUSE_SECONDS
+            self.rounds_total += 1
+            # A nudge during this pause is kept (the flag stays set) and served after it.
+            await asyncio.sleep(WEBHOOK_MIN_ROUND_INTERVAL_SECONDS)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
+                async with asyncio.timeout(max(0.0, wait - WEBHOOK_MIN_ROUND_INTERVAL_SECONDS)):
                     await self._nudged.wait()
 
     async def dispatch_once(self) -> bool:
