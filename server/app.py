@@ -12,7 +12,6 @@ from server.api import bulk_requests, dashboard, data_streams, health, uploads, 
 from server.api import events as event_streams
 from server.api.common import HUB, LARGE_BODIES, POOL, SETTINGS, STORE, STREAMS
 from server.api.openapi import openapi_document
-from server.bulk_requests import StreamCache
 from server.config import Settings
 from server.constants import LARGE_JSON_BODY_SLOTS, MAX_JSON_BODY_BYTES, postgres_pool_size
 from server.db.port import Storage
@@ -25,6 +24,7 @@ from server.http.metrics import METRICS, Metrics, metrics_endpoint, observe_requ
 from server.http.server import head_limit_middleware
 from server.jobs.worker import WorkerPool
 from server.outcomes import AfterCommit
+from server.stream_cache import StreamCache
 from server.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger("server.app")
@@ -86,8 +86,8 @@ def create_app(settings: Settings, *, bootstrap_api_key: str | None = None) -> w
     app[STORE] = store
     app[HUB] = hub
     app[LARGE_BODIES] = asyncio.Semaphore(LARGE_JSON_BODY_SLOTS)
-    app[STREAMS] = StreamCache()
-    app[POOL] = pool = WorkerPool(store, settings)
+    app[STREAMS] = streams = StreamCache()
+    app[POOL] = pool = WorkerPool(store, settings, streams)
     app[webhooks.WEBHOOKS] = dispatcher = WebhookDispatcher(
         store.webhooks,
         settings,

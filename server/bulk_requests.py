@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
 
-from server.constants import MAX_CACHED_STREAMS, PARSE_CHUNK_BYTES
+from server.constants import PARSE_CHUNK_BYTES
 from server.db.port import (
     CancelOutcome,
     IdempotencyClaim,
@@ -94,32 +94,6 @@ async def submit_records(
         claim=claim,
         run_at=run_at,
     )
-
-
-class StreamCache:
-    """Data streams by environment and key, for the accept's fast path. Streams are
-    never changed or deleted, so a found one stays right; a key not found is asked for
-    again each time (its stream may have been created meanwhile)."""
-
-    def __init__(self) -> None:
-        self._found: dict[int, dict[str, StreamRef]] = {}
-        self._size = 0
-
-    async def lookup(
-        self, storage: Storage, environment_id: int, keys: Collection[str]
-    ) -> dict[str, StreamRef]:
-        """The environment's streams known so far, with every one of `keys` that exists."""
-        known = self._found.get(environment_id)
-        if known is None:
-            known = self._found[environment_id] = {}
-        missing = [key for key in keys if key not in known]
-        if missing:
-            found = await storage.find_data_streams(environment_id, missing)
-            if self._size + len(found) > MAX_CACHED_STREAMS:
-                self._found, self._size = {environment_id: known}, len(known)
-            known.update(found)
-            self._size += len(found)
-        return known
 
 
 async def submit_validated_records(

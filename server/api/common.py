@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
-from server.bulk_requests import StreamCache
 from server.clock import utc_now
 from server.config import Settings
 from server.constants import (
@@ -32,6 +31,7 @@ from server.ingest.json_checks import BodyIssue, duplicate_key_issue, pointer_to
 from server.ingest.json_document import JsonDocument, parse_document
 from server.jobs.worker import WorkerPool
 from server.scheduling import RunAtProblem, parse_run_at
+from server.stream_cache import StreamCache
 from server.types import JSON
 
 Choice = TypeVar("Choice", bound=StrEnum)

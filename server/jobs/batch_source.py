@@ -1,10 +1,11 @@
 """One claim's batches: the staged chunk they come from, decoded once and sliced, and
-the streams they name, looked up once per claim. A worker (server/jobs/worker.py) asks
-for the batch at a row, possibly while the batch before it commits (its pipeline)."""
+the streams they name, from the app's StreamCache (asked of the database only for a key
+it does not know yet). A worker (server/jobs/worker.py) asks for the batch at a row,
+possibly while the batch before it commits (its pipeline)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from server.batches import Batch, checked_batch, stream_keys_of, validate_batch, validated_batch
 from server.db.port import Storage
@@ -12,6 +13,7 @@ from server.ingest.fast_records import decode_fast_body, every_record, stream_ke
 from server.ingest.validation import StreamRef
 from server.models import BulkRequest
 from server.staging import CheckedRows, RawBody, StagedItem, ValidatedRows, precise_items
+from server.stream_cache import StreamCache
 
 ChunkRows = list[StagedItem] | ValidatedRows | CheckedRows
 
@@ -25,12 +27,16 @@ def _row_count(rows: ChunkRows) -> int:
 class ClaimBatches:
     """The batches of `job` (as claimed) of at most `batch_size` rows."""
 
-    def __init__(self, store: Storage, job: BulkRequest, batch_size: int) -> None:
+    def __init__(
+        self, store: Storage, job: BulkRequest, batch_size: int, streams: StreamCache
+    ) -> None:
         self._store = store
         self._job = job  # only its id, environment, on_conflict and total_items are read
         self._batch_size = batch_size
         self._chunk: tuple[int, ChunkRows] | None = None  # (first row, its rows)
-        # Streams never disappear, so found ones are cached for the whole claim.
+        self._cache = streams
+        # The environment's streams known so far (the cache's own dict, kept current by
+        # _known_with): every batch validates against it.
         self._streams: dict[str, StreamRef] = {}
 
     async def at(self, start: int) -> Batch:
@@ -41,11 +47,10 @@ class ClaimBatches:
             chunk = self._chunk = await self._load_chunk(start)
         first_row, rows = chunk
         end = min(start + self._batch_size, first_row + _row_count(rows), job.total_items)
-        streams = self._streams
         if isinstance(rows, list):
             items = rows[start - first_row : end - first_row]
             await self._resolve_streams(items)
-            return validate_batch(start, items, streams)
+            return validate_batch(start, items, self._streams)
         await self._check_streams(rows.streams)
         if isinstance(rows, ValidatedRows):
             records = rows.records[start - first_row : end - first_row]
@@ -53,7 +58,7 @@ class ClaimBatches:
         part = rows.rows[start - first_row : end - first_row]
         await self._resolve_streams([row for row in part if isinstance(row, list)])
         lines = rows.lines[start - first_row : end - first_row]
-        return checked_batch(start, part, lines, rows.streams, streams)
+        return checked_batch(start, part, lines, rows.streams, self._streams)
 
     async def _load_chunk(self, row: int) -> tuple[int, ChunkRows]:
         request_id = self._job.id
@@ -73,12 +78,7 @@ class ClaimBatches:
         decoded = decode_fast_body(text)
         if decoded is not None:
             keys = stream_keys(decoded)
-            streams = self._streams
-            missing = keys - streams.keys()
-            if missing:
-                streams.update(
-                    await self._store.find_data_streams(self._job.environment_id, missing)
-                )
+            streams = await self._known_with(keys)
             records = every_record(decoded, streams)
             if records is not None:
                 return ValidatedRows({key: streams[key] for key in keys}, records)
@@ -94,10 +94,7 @@ class ClaimBatches:
             # Validated rows are staged for on_conflict=skip only (they keep no source
             # for a duplicate_external_id row error), and retries keep on_conflict.
             raise RuntimeError(f"bulk request {job.id} has validated rows but on_conflict=error")
-        streams = self._streams
-        missing = proved.keys() - streams.keys()
-        if missing:
-            streams.update(await self._store.find_data_streams(job.environment_id, missing))
+        streams = await self._known_with(proved.keys())
         for key, ref in proved.items():
             if streams.get(key) != ref:
                 raise RuntimeError(
@@ -107,8 +104,9 @@ class ClaimBatches:
 
     async def _resolve_streams(self, items: Sequence[StagedItem]) -> None:
         # Unknown keys are asked again each batch in case the stream was created meanwhile.
-        missing = stream_keys_of(items) - self._streams.keys()
-        if missing:
-            self._streams.update(
-                await self._store.find_data_streams(self._job.environment_id, missing)
-            )
+        await self._known_with(stream_keys_of(items))
+
+    async def _known_with(self, keys: Collection[str]) -> dict[str, StreamRef]:
+        """The environment's streams known so far, with every one of `keys` that exists."""
+        self._streams = await self._cache.lookup(self._store, self._job.environment_id, keys)
+        return self._streams

@@ -36,15 +36,20 @@ from server.jobs.accept_gate import AcceptGate
 from server.jobs.batch_source import ClaimBatches
 from server.jobs.parsing import parse_upload, remove_unreferenced_uploads
 from server.models import BulkRequest
+from server.stream_cache import StreamCache
 from server.types import JSON, Status
 
 log = logging.getLogger("server.worker")
 
 
 class WorkerPool:
-    def __init__(self, store: Storage, settings: Settings) -> None:
+    def __init__(
+        self, store: Storage, settings: Settings, streams: StreamCache | None = None
+    ) -> None:
         self.store = store
         self.settings = settings
+        # The data streams the batches name; the app shares its accepts' cache.
+        self.streams = streams if streams is not None else StreamCache()
         # A fresh id per process start tells this process's claims from a dead one's.
         self.boot_id = secrets.token_hex(4)
         self._wake = asyncio.Event()
@@ -220,7 +225,7 @@ class WorkerPool:
             if parsed is None:
                 return
             job = parsed
-        batches = ClaimBatches(self.store, job, self.settings.batch_size)
+        batches = ClaimBatches(self.store, job, self.settings.batch_size, self.streams)
         # Pipelined: while the writer commits batch N, the next batch is decoded and
         # validated here (Python, on the loop; the INSERT runs in C without the GIL).
         # At most one commit is in flight, so the checks below still come between two
