@@ -33,9 +33,9 @@ from server.db.postgres.storage import PostgresStorage
 from server.db.postgres.tx import PgTx
 from server.db.sqlite.store import Store
 from server.db.sqlite.tx import WriteTx
-from server.db.webhook_port import NewDelivery
+from server.db.webhook_port import NewDelivery, WebhookStorage
 from server.http.auth import generate_api_key
-from server.models import AttemptOutcome, BulkRequest
+from server.models import AttemptOutcome, BulkRequest, WebhookEndpoint
 from server.outcomes import Transition
 from server.types import JSON, Source
 from server.webhooks.dispatcher import WebhookDispatcher
@@ -695,15 +695,33 @@ async def test_events_of_environments_without_endpoints_are_not_rendered_but_not
     assert delivery.bulk_request_id == late.id
 
 
+async def endpoint_and_dispatcher(
+    store: Storage, tmp_path: Any
+) -> tuple[int, WebhookEndpoint, WebhookDispatcher]:
+    """An environment with one endpoint for every event type, and a dispatcher (never
+    started: the test runs its rounds) rendering a request as its id."""
+    env = await make_environment(store)
+    endpoint = await store.webhooks.create_endpoint(
+        env, url="http://127.0.0.1:9/hook", events=ALL_TYPES, description=None, secret="whsec_x"
+    )
+    settings = Settings(db_path=tmp_path / "unused.db")
+    return env, endpoint, WebhookDispatcher(store.webhooks, settings, _just_the_id)
+
+
+async def record_failure(webhooks: WebhookStorage, delivery_id: int) -> None:
+    """A send of the delivery that the receiver answered with a 500."""
+    await webhooks.record_attempt(
+        AttemptOutcome(delivery_id, now_rfc3339(), 500, "HTTP 500", 3),
+        retry_base=0.0,
+        circuit_cooldown=60,
+    )
+
+
 async def test_a_leased_delivery_is_sent_by_no_one_else_until_its_lease_runs_out(
     store: Storage, tmp_path: Any
 ) -> None:
-    env = await make_environment(store)
+    env, endpoint, dispatcher = await endpoint_and_dispatcher(store, tmp_path)
     webhooks = store.webhooks
-    endpoint = await webhooks.create_endpoint(
-        env, url="http://127.0.0.1:9/hook", events=ALL_TYPES, description=None, secret="whsec_x"
-    )
-    dispatcher = WebhookDispatcher(webhooks, Settings(db_path=tmp_path / "unused.db"), _just_the_id)
     await finished_request(store, env)
     await dispatcher.dispatch_once()
     (due,) = await webhooks.due_deliveries([], 10)
@@ -719,11 +737,7 @@ async def test_a_leased_delivery_is_sent_by_no_one_else_until_its_lease_runs_out
     assert [d.id for d in await webhooks.due_deliveries([], 10)] == [due.id]
     assert await webhooks.lease_deliveries([due.id]) == {due.id}
     # Its outcome ends the lease.
-    await webhooks.record_attempt(
-        AttemptOutcome(due.id, now_rfc3339(), 500, "HTTP 500", 3),
-        retry_base=0.0,
-        circuit_cooldown=60,
-    )
+    await record_failure(webhooks, due.id)
     (delivery,) = await webhooks.list_deliveries(
         endpoint.id, status=None, before_id=2**62, limit=10
     )
@@ -738,27 +752,14 @@ async def test_concurrent_failures_of_one_endpoint_all_count_towards_its_circuit
     # Two sends to one endpoint overlap (WEBHOOK_MAX_SENDS_PER_ENDPOINT), and so may
     # their outcomes' transactions: each must count, or a dead receiver gets more than
     # WEBHOOK_CIRCUIT_FAILURES attempts before its circuit opens.
-    env = await make_environment(store)
+    env, endpoint, dispatcher = await endpoint_and_dispatcher(store, tmp_path)
     webhooks = store.webhooks
-    endpoint = await webhooks.create_endpoint(
-        env, url="http://127.0.0.1:9/hook", events=ALL_TYPES, description=None, secret="whsec_x"
-    )
-    dispatcher = WebhookDispatcher(webhooks, Settings(db_path=tmp_path / "unused.db"), _just_the_id)
     for _ in range(WEBHOOK_CIRCUIT_FAILURES):
         await finished_request(store, env)
     await dispatcher.dispatch_once()
     due = await webhooks.due_deliveries([], 10)
     assert len(due) == WEBHOOK_CIRCUIT_FAILURES
-    await asyncio.gather(
-        *(
-            webhooks.record_attempt(
-                AttemptOutcome(d.id, now_rfc3339(), 500, "HTTP 500", 3),
-                retry_base=0.0,
-                circuit_cooldown=60,
-            )
-            for d in due
-        )
-    )
+    await asyncio.gather(*(record_failure(webhooks, d.id) for d in due))
     shown = await webhooks.get_endpoint(env, endpoint.id)
     assert shown is not None
     assert shown.consecutive_failures == WEBHOOK_CIRCUIT_FAILURES
