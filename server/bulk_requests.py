@@ -66,9 +66,8 @@ async def submit_records(
     now, claimed from then on (server/scheduling.py).
     """
     items: list[StagedItem] = [[None, record, None] for record in records]
-    # Before the transaction, so the writer only copies bytes; in a thread, because the
-    # JSON encoding of these rows is long and zstd releases the GIL: the compression runs
-    # on the other core, not on the event loop.
+    # Before the transaction, so the writer only copies bytes; in a thread, because zstd
+    # releases the GIL: the compression runs on the other core, not on the event loop.
     # A body of at most PARSE_CHUNK_BYTES is one chunk (every usual POST: one encoding);
     # a larger one is cut like a file's rows, so no worker decodes it whole.
     if body_bytes <= PARSE_CHUNK_BYTES:

@@ -10,8 +10,8 @@ suffered.
 What the histogram says, read as a sample: a probe is due at moments unrelated to the
 work, so the share of probes later than X estimates the share of time the loop was
 more than X behind. A stall longer than the interval is always seen; a shorter one
-only when a probe falls due inside it, so the count of stalls is not the number of
-stalls, and the histogram is for "how often, how long", not for counting events.
+only when a probe falls due inside it. So the counts are samples, not stalls: the
+histogram says how often and how long the loop lagged, not how many times.
 """
 
 from __future__ import annotations
