@@ -88,7 +88,8 @@ class SqliteDatabase:
         self._checkpointer: asyncio.Task[None] | None = None
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers: list[aiosqlite.Connection] = []
-        # The API key lookup of every request, run on the event loop (lookup_one).
+        # Point reads on a hot path (every request's API key, a claim's chunk), run on the
+        # event loop (lookup_one).
         self._lookup: sqlite3.Connection | None = None
         # The one place that acts on committed events (server/outcomes.py AfterCommit),
         # set by the app. Without one (a bare store), events are only in the outbox.
@@ -203,12 +204,16 @@ class SqliteDatabase:
             row = await cur.fetchone()
             return row[0] if row is not None else None
 
-    def lookup_one(self, sql: str, params: Any = ()) -> JSON | None:
-        """A point read every request makes, on the event loop: one indexed read takes
-        ~60 µs, where a pooled reader took three thread hops, each waiting for the GIL
-        and the loop (12–40 ms per request while bulk POSTs were being accepted; README,
-        Performance, fourth wave). Exact: no cache. Raises sqlite3.Error for a lock held
-        elsewhere (rare in WAL, and never waited for) or a store that is not open."""
-        if self._lookup is None:
-            raise sqlite3.OperationalError("the store is not open")
-        return row_dict(self._lookup.execute(sql, params).fetchone())
+    async def lookup_one(self, sql: str, params: Any = ()) -> JSON | None:
+        """A point read on a hot path, on the event loop: one indexed read takes ~60 µs,
+        where a pooled reader took three thread hops, each waiting for the GIL and the
+        loop (12–40 ms per request while bulk POSTs were being accepted; README,
+        Performance, fourth wave). Exact: no cache. When it raises sqlite3.Error (a lock
+        held elsewhere, rare in WAL and never waited for, or a store that is not open),
+        the pool reads it instead."""
+        try:
+            if self._lookup is None:
+                raise sqlite3.OperationalError("the store is not open")
+            return row_dict(self._lookup.execute(sql, params).fetchone())
+        except sqlite3.Error:
+            return await self.read_one(sql, params)

@@ -9,7 +9,6 @@ holds this file's connections (writer, readers, the lookup connection, the flock
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
 from pathlib import Path
@@ -102,12 +101,8 @@ class Store(SqliteDatabase, Writes):
         return await self.write(work)
 
     async def find_api_key(self, key_hash: str) -> ActiveApiKey | None:
-        # Every request asks this: on the loop (lookup_one), or the pool when it raises.
-        params = {"key_hash": key_hash}
-        try:
-            row = self.lookup_one(Q.find_api_key, params)
-        except sqlite3.Error:
-            row = await self.read_one(Q.find_api_key, params)
+        # Every request asks this: on the loop (lookup_one).
+        row = await self.lookup_one(Q.find_api_key, {"key_hash": key_hash})
         return ActiveApiKey(**row) if row is not None else None
 
     async def touch_api_key(self, key_id: int) -> None:
@@ -244,12 +239,8 @@ class Store(SqliteDatabase, Writes):
     async def get_chunk_at(self, request_id: int, row: int) -> StagedChunk | None:
         # A worker waits for this at every claim (its next batch comes from the chunk):
         # on the loop (lookup_one), ~30 µs for a usual chunk of 10-20 kB, where the pool
-        # costs a thread hop each way; the pool when it raises.
-        params = {"bulk_request_id": request_id, "row": row}
-        try:
-            found = self.lookup_one(Q.get_chunk_at, params)
-        except sqlite3.Error:
-            found = await self.read_one(Q.get_chunk_at, params)
+        # costs a thread hop each way.
+        found = await self.lookup_one(Q.get_chunk_at, {"bulk_request_id": request_id, "row": row})
         return StagedChunk(**found) if found is not None else None
 
     async def has_runnable_request(self) -> bool:
