@@ -5,7 +5,7 @@ possibly while the batch before it commits (its pipeline)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 
 from server.batches import Batch, checked_batch, stream_keys_of, validate_batch, validated_batch
 from server.db.port import Storage
@@ -35,9 +35,6 @@ class ClaimBatches:
         self._batch_size = batch_size
         self._chunk: tuple[int, ChunkRows] | None = None  # (first row, its rows)
         self._cache = streams
-        # The environment's streams known so far (the cache's own dict, kept current by
-        # _known_with): every batch validates against it.
-        self._streams: dict[str, StreamRef] = {}
 
     async def at(self, start: int) -> Batch:
         """The batch of rows from `start`, validated or bound."""
@@ -49,16 +46,17 @@ class ClaimBatches:
         end = min(start + self._batch_size, first_row + _row_count(rows), job.total_items)
         if isinstance(rows, list):
             items = rows[start - first_row : end - first_row]
-            await self._resolve_streams(items)
-            return validate_batch(start, items, self._streams)
+            # Unknown keys are asked again each batch: the stream may exist by now.
+            return validate_batch(start, items, await self._known_with(stream_keys_of(items)))
         await self._check_streams(rows.streams)
         if isinstance(rows, ValidatedRows):
             records = rows.records[start - first_row : end - first_row]
             return validated_batch(start, records, rows.streams)
         part = rows.rows[start - first_row : end - first_row]
-        await self._resolve_streams([row for row in part if isinstance(row, list)])
+        unproved = [row for row in part if isinstance(row, list)]
+        streams = await self._known_with(stream_keys_of(unproved))
         lines = rows.lines[start - first_row : end - first_row]
-        return checked_batch(start, part, lines, rows.streams, self._streams)
+        return checked_batch(start, part, lines, rows.streams, streams)
 
     async def _load_chunk(self, row: int) -> tuple[int, ChunkRows]:
         request_id = self._job.id
@@ -88,7 +86,8 @@ class ClaimBatches:
         """Before a batch of rows the accept validated (decoded and bound, not validated
         again): the streams they were proved against must be this environment's as they
         are now. Streams never change, so this guards against a chunk that is not what it
-        claims; found streams are cached for the claim, so it costs a dict compare."""
+        claims; found streams are kept in the app's StreamCache, so it costs a dict
+        compare."""
         job = self._job
         if job.on_conflict != "skip":
             # Validated rows are staged for on_conflict=skip only (they keep no source
@@ -102,11 +101,6 @@ class ClaimBatches:
                     "validated against"
                 )
 
-    async def _resolve_streams(self, items: Sequence[StagedItem]) -> None:
-        # Unknown keys are asked again each batch in case the stream was created meanwhile.
-        await self._known_with(stream_keys_of(items))
-
     async def _known_with(self, keys: Collection[str]) -> dict[str, StreamRef]:
         """The environment's streams known so far, with every one of `keys` that exists."""
-        self._streams = await self._cache.lookup(self._store, self._job.environment_id, keys)
-        return self._streams
+        return await self._cache.lookup(self._store, self._job.environment_id, keys)
